@@ -1,0 +1,118 @@
+"""SSD (Mamba-2): one public entry point, `ssd`, with three evaluation orders of one function, and `ssd_step`.
+
+Glossary (Dao & Gu 2024): x = X (input, per head), dt = Δ (step size), A = A (scalar per head, negative),
+B, C = B, C (input/output projections of the state, shared by the heads of a group), D = skip, z = gate,
+h = state (batch, nheads, headdim, dstate), chunk_size = Q.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import torch
+
+from ..validate import check_finite, check_impl, check_negative, check_same_device, check_tensor
+from ..varlen import check_cu_seqlens
+from .chunked import ssd_chunked
+from .quadratic import ssd_quadratic
+from .reference import ssd_recurrent
+from .step import ssd_step
+
+__all__ = ["ssd", "ssd_step", "ssd_recurrent", "ssd_quadratic", "ssd_chunked", "IMPLS"]
+
+IMPLS = ("auto", "reference", "quadratic", "chunked", "triton")
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None and importlib.util.find_spec(
+        "ssmkit.ops.ssd.triton") is not None
+
+
+def ssd(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None, chunk_size=64,
+        initial_state=None, return_final_state=False, cu_seqlens=None, impl="auto"):
+    """Computes out = (SSM(x) + D x) * silu(z) for the SSD layer.
+
+    x: (batch, seqlen, nheads, headdim); dt: (batch, seqlen, nheads); A: (nheads,), all < 0;
+    B, C: (batch, seqlen, ngroups, dstate) with nheads % ngroups == 0; D: (nheads,) or (nheads, headdim);
+    z: like x; dt_bias: (nheads,); dt_limit: (lo, hi) clamp of the step after bias and softplus;
+    initial_state: (batch, nheads, headdim, dstate), or (nseq, ...) with cu_seqlens;
+    cu_seqlens: (nseq + 1,) int offsets packing several sequences into one row (batch 1), states reset between.
+    impl: "reference" (recurrence), "quadratic" (attention form), "chunked" (block decomposition),
+    "triton" (fused GPU kernels), "auto" (triton on CUDA when available, else chunked).
+    Returns y (batch, seqlen, nheads, headdim) in x.dtype, and with return_final_state also the final state
+    (batch or nseq, nheads, headdim, dstate) in float32 (float64 for float64 inputs).
+    """
+    _check_inputs(x, dt, A, B, C, D, z, dt_bias, dt_limit, chunk_size, initial_state, cu_seqlens, impl)
+    impl = _resolve(impl, x)
+    args = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                initial_state=initial_state, cu_seqlens=cu_seqlens)
+    if impl == "reference":
+        y, final = ssd_recurrent(x, dt, A, B, C, **args)
+    elif impl == "quadratic":
+        y, final = ssd_quadratic(x, dt, A, B, C, **args)
+    elif impl == "chunked":
+        y, final = ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, **args)
+    else:
+        from .triton import ssd_triton
+
+        y, final = ssd_triton(x, dt, A, B, C, chunk_size=chunk_size, **args)
+    return (y, final) if return_final_state else y
+
+
+def _resolve(impl: str, x: torch.Tensor) -> str:
+    if impl == "auto":
+        return "triton" if x.is_cuda and triton_available() else "chunked"
+    if impl == "triton":
+        if not triton_available():
+            raise ValueError("impl: 'triton' needs the triton package and ssmkit.ops.ssd.triton, not found")
+        if not x.is_cuda and not _interpreting():
+            raise ValueError(f"impl: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {x.device}")
+    return impl
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _check_inputs(x, dt, A, B, C, D, z, dt_bias, dt_limit, chunk_size, initial_state, cu_seqlens, impl):
+    check_impl(impl, IMPLS)
+    check_tensor("x", x, ndim=4)
+    batch, seqlen, nheads, headdim = x.shape
+    check_tensor("dt", dt, shape=(batch, seqlen, nheads))
+    check_tensor("A", A, shape=(nheads,))
+    check_tensor("B", B, ndim=4)
+    ngroups, dstate = B.shape[2], B.shape[3]
+    check_tensor("B", B, shape=(batch, seqlen, ngroups, dstate))
+    check_tensor("C", C, shape=(batch, seqlen, ngroups, dstate))
+    if ngroups < 1 or nheads % ngroups != 0:
+        raise ValueError(f"B: nheads ({nheads}) must be divisible by ngroups, got ngroups={ngroups}")
+    if D is not None:
+        check_tensor("D", D, shape=(nheads,) if D.ndim == 1 else (nheads, headdim))
+    if z is not None:
+        check_tensor("z", z, shape=tuple(x.shape))
+    if dt_bias is not None:
+        check_tensor("dt_bias", dt_bias, shape=(nheads,))
+    if dt_limit is not None and (len(dt_limit) != 2 or not dt_limit[0] <= dt_limit[1]):
+        raise ValueError(f"dt_limit: expected (lo, hi) with lo <= hi, got {dt_limit}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    check_negative("A", A)
+    check_finite("x", x)
+    check_finite("dt", dt)
+    check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                      cu_seqlens=cu_seqlens)
+    nstates = batch
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, seqlen, batch)
+        nstates = cu_seqlens.numel() - 1
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, shape=(nstates, nheads, headdim, dstate))
+
+
+def warn_once(message: str, _seen=set()) -> None:
+    if message not in _seen:
+        _seen.add(message)
+        warnings.warn(message, stacklevel=3)
