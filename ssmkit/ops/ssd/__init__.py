@@ -99,11 +99,11 @@ def _check_inputs(x, dt, A, B, C, D, z, dt_bias, dt_limit, chunk_size, initial_s
         raise ValueError(f"dt_limit: expected (lo, hi) with lo <= hi, got {dt_limit}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                      cu_seqlens=cu_seqlens)
     check_negative("A", A)
     check_finite("x", x)
     check_finite("dt", dt)
-    check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
-                      cu_seqlens=cu_seqlens)
     nstates = batch
     if cu_seqlens is not None:
         check_cu_seqlens(cu_seqlens, seqlen, batch)

@@ -1,0 +1,48 @@
+"""Decode: ssd_step applied token by token equals the full-sequence output and final state."""
+
+import pytest
+import torch
+
+from ssmkit.ops.ssd import ssd, ssd_step
+from tests.compare import assert_close
+from tests.ops.ssd.inputs import make_inputs
+
+
+@pytest.mark.parametrize("ngroups", [1, 4])
+@pytest.mark.parametrize("state_dtype", [torch.float64, torch.float32])
+def test_step_by_step_equals_full_sequence(ngroups, state_dtype):
+    args = make_inputs(seqlen=19, ngroups=ngroups, with_h0=True)
+    y_full, h_full = ssd(**args, impl="chunked", chunk_size=8, return_final_state=True)
+    state = args["initial_state"].to(state_dtype).clone()
+    ys = []
+    for t in range(19):
+        ys.append(ssd_step(state, args["x"][:, t], args["dt"][:, t], args["A"], args["B"][:, t], args["C"][:, t],
+                           D=args["D"], z=args["z"][:, t], dt_bias=args["dt_bias"], dt_softplus=True))
+    key = state_dtype if state_dtype == torch.float32 else None
+    assert_close(torch.stack(ys, 1), y_full, dtype=key, name="y")
+    assert_close(state, h_full, dtype=key, name="state")
+
+
+def test_prefill_then_step_continues_the_sequence():
+    args = make_inputs(seqlen=30)
+    y_full = ssd(**args, impl="reference")
+    pre = {k: (v[:, :25] if isinstance(v, torch.Tensor) and v.ndim >= 3 else v) for k, v in args.items()}
+    _, state = ssd(**pre, impl="chunked", chunk_size=16, return_final_state=True)
+    for t in range(25, 30):
+        y_t = ssd_step(state, args["x"][:, t], args["dt"][:, t], args["A"], args["B"][:, t], args["C"][:, t],
+                       D=args["D"], z=args["z"][:, t], dt_bias=args["dt_bias"], dt_softplus=True)
+        assert_close(y_t, y_full[:, t], name=f"y[{t}]")
+
+
+def test_step_with_state_indices_updates_only_the_chosen_slots():
+    args = make_inputs(batch=3, seqlen=1)
+    pool = torch.randn(5, 4, 8, 5, dtype=torch.float64)
+    before = pool.clone()
+    slots = torch.tensor([4, 0, 2])
+    y = ssd_step(pool, args["x"][:, 0], args["dt"][:, 0], args["A"], args["B"][:, 0], args["C"][:, 0],
+                 D=args["D"], dt_bias=args["dt_bias"], dt_softplus=True, state_indices=slots)
+    y_ref, h_ref = ssd(**dict(args, z=None), initial_state=before[slots], impl="reference", return_final_state=True)
+    assert_close(y, y_ref[:, 0])
+    assert_close(pool[slots], h_ref)
+    untouched = torch.tensor([1, 3])
+    assert torch.equal(pool[untouched], before[untouched])
