@@ -73,6 +73,7 @@ def causal_conv1d_step(
     if bias is not None:
         check_tensor("bias", bias, shape=(dim,))
     _check_activation(activation)
+    _check_floating(conv_state=conv_state, x=x, weight=weight, bias=bias)
     check_same_device(conv_state=conv_state, x=x, weight=weight, bias=bias)
     fn = _pick("causal_conv1d_step", impl, x.device)
     return fn(conv_state, x, weight, bias, activation)
@@ -90,6 +91,7 @@ def _check_conv_args(x, weight, bias, activation, initial_state, cu_seqlens) -> 
     if bias is not None:
         check_tensor("bias", bias, shape=(dim,))
     _check_activation(activation)
+    _check_floating(x=x, weight=weight, bias=bias, initial_state=initial_state)
     check_same_device(x=x, weight=weight, bias=bias, initial_state=initial_state, cu_seqlens=cu_seqlens)
     nstates = batch
     if cu_seqlens is not None:
@@ -106,6 +108,12 @@ def _check_conv_args(x, weight, bias, activation, initial_state, cu_seqlens) -> 
         nstates = len(bounds) - 1
     if initial_state is not None:
         check_tensor("initial_state", initial_state, shape=(nstates, dim, width))
+
+
+def _check_floating(**tensors) -> None:
+    for name, t in tensors.items():
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
 
 
 def _check_activation(activation) -> None:

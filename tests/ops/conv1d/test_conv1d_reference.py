@@ -183,6 +183,7 @@ def _bad(**overrides):
         (dict(initial_state=torch.zeros(1, 4, 2, dtype=F64)), "initial_state"),
         (dict(initial_state=torch.zeros(2, 4, 3, dtype=F64)), "initial_state"),
         (dict(activation="relu"), "activation"),
+        (dict(x=torch.zeros(1, 6, 4, dtype=torch.int64)), "x"),
         (dict(impl="cuda"), "impl"),
         (dict(cu_seqlens=torch.tensor([0, 4, 3, 6])), "cu_seqlens"),
         (dict(cu_seqlens=torch.tensor([0, 2, 2, 6])), "cu_seqlens"),

@@ -1,0 +1,93 @@
+"""RMSNorm and the gated RMSNorm of Mamba-2, with one entry point each and an `impl=` argument.
+
+Glossary: x = the normalized input, z = the gate (Mamba-2's z branch), group_size = d_inner // ngroups.
+A GPU module `ssmkit.ops.norm.triton`, when present, provides `rms_norm_triton` and `gated_rms_norm_triton`
+with the arguments of the `_ref` functions; `impl="auto"` prefers it on CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import torch
+
+from ssmkit.ops.norm.reference import gated_rms_norm_ref, rms_norm_ref
+from ssmkit.ops.validate import check_impl, check_same_device, check_tensor
+
+__all__ = ["rms_norm", "gated_rms_norm", "rms_norm_ref", "gated_rms_norm_ref"]
+
+IMPLS = ("auto", "reference", "triton")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, impl: str = "auto") -> torch.Tensor:
+    """RMSNorm over the last axis, exactly as transformers' LlamaRMSNorm / Mamba2RMSNorm.
+
+    Args:
+        x: (..., dim). weight: (dim,). eps: added to mean(x^2). impl: "auto" | "reference" | "triton".
+    Returns:
+        (..., dim): weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype), statistics in float32 (float64 kept).
+    """
+    _check_norm_args(x, None, weight, eps)
+    return _pick("rms_norm", impl, x.device)(x, weight, eps)
+
+
+def gated_rms_norm(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float = 1e-6,
+    *,
+    group_size: int | None = None,
+    norm_before_gate: bool = False,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Mamba-2's gated RMSNorm, exactly as transformers' MambaRMSNormGated for norm_before_gate=False.
+
+    Args:
+        x: (..., dim). z: (..., dim) gate, or None. weight: (dim,).
+        group_size: channels per group, must divide dim (None = dim); groups are contiguous channel blocks.
+        norm_before_gate: False: norm(x * silu(z)) * weight. True: norm(x) * weight * silu(z).
+        impl: "auto" | "reference" | "triton".
+    Returns:
+        (..., dim).
+    """
+    _check_norm_args(x, z, weight, eps)
+    dim = x.shape[-1]
+    if group_size is not None and (
+        not isinstance(group_size, int) or group_size < 1 or dim % group_size != 0
+    ):
+        raise ValueError(f"group_size: expected a positive divisor of dim={dim}, got {group_size!r}")
+    fn = _pick("gated_rms_norm", impl, x.device)
+    return fn(x, z, weight, eps, group_size, norm_before_gate)
+
+
+def _check_norm_args(x, z, weight, eps) -> None:
+    check_tensor("x", x)
+    if x.ndim < 1:
+        raise ValueError(f"x: expected shape (..., dim) with at least 1 dim, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+    check_tensor("weight", weight, shape=(x.shape[-1],))
+    if z is not None:
+        check_tensor("z", z, shape=tuple(x.shape))
+    if not eps >= 0:
+        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    check_same_device(x=x, z=z, weight=weight)
+
+
+def _pick(name: str, impl: str, device: torch.device):
+    """Resolves impl to a function: the `_ref` spec, or the Triton module's `<name>_triton` when it exists."""
+    check_impl(impl, IMPLS)
+    ref = rms_norm_ref if name == "rms_norm" else gated_rms_norm_ref
+    if impl == "reference" or (impl == "auto" and device.type != "cuda"):
+        return ref
+    available = importlib.util.find_spec("triton") is not None and (
+        importlib.util.find_spec("ssmkit.ops.norm.triton") is not None
+    )
+    if not available:
+        if impl == "auto":
+            return ref
+        raise ValueError("impl: 'triton' is not available (needs the triton package and ssmkit.ops.norm.triton)")
+    # Imported only when present, so an error inside the kernel module surfaces instead of falling back.
+    return getattr(importlib.import_module("ssmkit.ops.norm.triton"), f"{name}_triton")
