@@ -1,0 +1,98 @@
+"""Softmax attention for the attention layers of Transformer++ and hybrid models, with KV cache and RoPE.
+
+Glossary: q, k, v = queries, keys, values (batch, seqlen, heads, headdim); nkv_heads < nheads is grouped-query
+attention (GQA); q_offset = absolute position of the first query in the key sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmkit.ops.attention.kv_cache import KVCache, dequantize_int8, quantize_int8
+from ssmkit.ops.attention.reference import attention_mask, attention_ref
+from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin
+from ssmkit.ops.attention.sdpa import attention_sdpa
+from ssmkit.ops.validate import check_impl, check_same_device, check_tensor
+
+__all__ = [
+    "attention",
+    "attention_ref",
+    "attention_sdpa",
+    "attention_mask",
+    "KVCache",
+    "quantize_int8",
+    "dequantize_int8",
+    "apply_rotary",
+    "rotary_cos_sin",
+]
+
+IMPLS = {"reference": attention_ref, "sdpa": attention_sdpa}
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    q_offset: int | torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """softmax(Q K^T * scale + mask) V.
+
+    Args:
+        q: (batch, q_len, nheads, headdim). k, v: (batch, kv_len, nkv_heads, headdim), nheads % nkv_heads == 0;
+            query head h reads kv head h // (nheads // nkv_heads).
+        causal: query i sits at position q_offset + i of the key sequence and sees keys up to there.
+        scale: default 1 / sqrt(headdim).
+        q_offset: int or (batch,) int tensor; default kv_len - q_len (the queries are the last q_len
+            positions, as in decode over a KV cache). Ignored when causal=False.
+        key_padding_mask: (batch, kv_len) bool, True = keep (e.g. left-padded prompts).
+        impl: "auto" (= "sdpa") | "sdpa" | "reference".
+    Returns:
+        (batch, q_len, nheads, headdim). Queries that may attend to no key (padding) get zeros.
+    """
+    check_impl(impl, ("auto", *IMPLS))
+    check_tensor("q", q, ndim=4)
+    batch, q_len, nheads, headdim = q.shape
+    check_tensor("k", k, ndim=4)
+    kv_len, nkv_heads = k.shape[1], k.shape[2]
+    if k.shape[0] != batch:
+        raise ValueError(f"k: expected batch {batch} (q.shape[0]), got shape {tuple(k.shape)}")
+    if k.shape[3] != headdim:
+        raise ValueError(f"k: expected headdim {headdim} (q.shape[-1]), got shape {tuple(k.shape)}")
+    if nheads % nkv_heads != 0:
+        raise ValueError(f"k: nheads={nheads} must be a multiple of nkv_heads={nkv_heads} (k.shape[2])")
+    check_tensor("v", v, shape=tuple(k.shape))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype != q.dtype or not t.is_floating_point():
+            raise ValueError(f"{name}: expected the floating dtype of q ({q.dtype}), got {t.dtype}")
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+            got = getattr(key_padding_mask, "dtype", type(key_padding_mask).__name__)
+            raise ValueError(f"key_padding_mask: expected a bool tensor, got {got}")
+        if tuple(key_padding_mask.shape) != (batch, kv_len):
+            raise ValueError(
+                f"key_padding_mask: expected shape ({batch}, {kv_len}), got {tuple(key_padding_mask.shape)}"
+            )
+    _check_q_offset(q_offset, batch, q_len, kv_len)
+    offset_tensor = q_offset if isinstance(q_offset, torch.Tensor) else None
+    check_same_device(q=q, k=k, v=v, key_padding_mask=key_padding_mask, q_offset=offset_tensor)
+    fn = IMPLS["sdpa" if impl == "auto" else impl]
+    return fn(q, k, v, causal, scale, q_offset if causal else None, key_padding_mask)
+
+
+def _check_q_offset(q_offset, batch: int, q_len: int, kv_len: int) -> None:
+    if q_offset is None:
+        return
+    if isinstance(q_offset, torch.Tensor):
+        if q_offset.dtype not in (torch.int32, torch.int64) or tuple(q_offset.shape) != (batch,):
+            raise ValueError(
+                f"q_offset: expected an int or an int tensor of shape ({batch},), "
+                f"got {q_offset.dtype} shape {tuple(q_offset.shape)}"
+            )
+        return  # values are not read here: that would synchronize with the device on every decode step
+    if isinstance(q_offset, bool) or not isinstance(q_offset, int) or not 0 <= q_offset <= kv_len - q_len:
+        raise ValueError(f"q_offset: expected an int in [0, kv_len - q_len = {kv_len - q_len}], got {q_offset!r}")
