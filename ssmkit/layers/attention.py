@@ -1,0 +1,106 @@
+"""Causal multi-head / grouped-query self-attention with optional RoPE and biases (Transformer++, Jamba, Bamba).
+
+Parameter names and shapes are transformers' LlamaAttention's: q_proj, k_proj, v_proj, o_proj. RoPE follows the
+rotate-half convention with an optional partial rotary dimension (Bamba rotates half of each head); Jamba's
+attention layers use no positional encoding (use_rope=False).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ssmkit.ops.attention import attention
+from ssmkit.ops.attention.kv_cache import KVCache
+from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin
+
+
+@dataclass
+class AttentionState:
+    """Decode state of one attention layer.
+
+    kv: the layer's KVCache (keys after RoPE), whose `length` (or per-row `lengths`) is the number of positions
+    seen. key_mask (batch, max_len) bool: False at positions that were padding, so later tokens never attend to
+    them; `padded` turns True once a key_padding_mask was given (until then the mask is not applied at all).
+    """
+
+    kv: KVCache
+    key_mask: torch.Tensor
+    padded: bool = False
+
+
+class Attention(nn.Module):
+    """Self-attention over (batch, seqlen, d_model). Reads n_heads, n_kv_heads, head_dim, use_rope, rope_theta,
+    partial_rotary_factor, attn_bias of ModelConfig."""
+
+    def __init__(self, config):
+        super().__init__()
+        d, h, hkv, hd = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = h, hkv, hd
+        self.use_rope, self.rope_theta, self.rotary_dim = config.use_rope, config.rope_theta, config.rotary_dim
+        self.q_proj = nn.Linear(d, h * hd, bias=config.attn_bias)
+        self.k_proj = nn.Linear(d, hkv * hd, bias=config.attn_bias)
+        self.v_proj = nn.Linear(d, hkv * hd, bias=config.attn_bias)
+        self.o_proj = nn.Linear(h * hd, d, bias=config.attn_bias)
+
+    def allocate_state(self, batch: int, max_len: int, dtype: torch.dtype, device=None, *,
+                       kv_dtype: torch.dtype | None = None, per_row: bool = False) -> AttentionState:
+        """An empty KV cache of max_len positions (kv_dtype=torch.int8 stores it quantized; per_row tracks a
+        length per row, see KVCache)."""
+        kv = KVCache(batch, max_len, self.n_kv_heads, self.head_dim, dtype=dtype, device=device,
+                     kv_dtype=kv_dtype, per_row=per_row)
+        key_mask = torch.ones(batch, max_len, dtype=torch.bool, device=kv.k.device)
+        return AttentionState(kv=kv, key_mask=key_mask)
+
+    def forward(self, hidden: torch.Tensor, state: AttentionState | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (batch, seqlen, d_model) -> (batch, seqlen, d_model).
+
+        Queries sit after the positions already in `state` (0 without a state); their keys and values are
+        appended to it. key_padding_mask (batch, seqlen) bool, False at padding. With left padding the RoPE
+        positions of a row are shifted by its pad count; attention scores depend only on position differences,
+        so the result equals the unpadded row's (up to rounding).
+        """
+        batch, seqlen, _ = hidden.shape
+        q = self.q_proj(hidden).view(batch, seqlen, self.n_heads, self.head_dim)
+        k = self.k_proj(hidden).view(batch, seqlen, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(batch, seqlen, self.n_kv_heads, self.head_dim)
+        start = self._start(state, hidden.device)  # int, or (batch, 1) with per-row lengths
+        positions = start + torch.arange(seqlen, device=hidden.device)  # (seqlen,) or (batch, seqlen)
+        if self.use_rope:
+            cos, sin = rotary_cos_sin(positions, self.head_dim, self.rope_theta, dtype=q.dtype,
+                                      device=hidden.device, rotary_dim=self.rotary_dim)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        mask, q_offset = key_padding_mask, None
+        if state is not None:
+            if state.kv.per_row:
+                q_offset = state.kv.lengths.clone()
+            k, v = state.kv.append(k, v)
+            mask = self._update_key_mask(state, positions, key_padding_mask, k.shape[1])
+        y = attention(q, k, v, causal=True, scale=self.head_dim ** -0.5, q_offset=q_offset,
+                      key_padding_mask=mask)
+        return self.o_proj(y.reshape(batch, seqlen, self.n_heads * self.head_dim))
+
+    def step(self, hidden: torch.Tensor, state: AttentionState) -> torch.Tensor:
+        """One token: hidden (batch, d_model) -> (batch, d_model); appends to the KV cache."""
+        return self.forward(hidden[:, None], state)[:, 0]
+
+    @staticmethod
+    def _start(state: AttentionState | None, device):
+        if state is None:
+            return 0
+        if state.kv.per_row:
+            return state.kv.lengths[:, None].to(device)
+        return state.kv.length
+
+    @staticmethod
+    def _update_key_mask(state: AttentionState, positions, key_padding_mask, kv_len: int):
+        """Records which new positions are padding; returns the (batch, kv_len) mask to attend with, or None."""
+        if key_padding_mask is not None:
+            state.key_mask.scatter_(1, positions.expand(key_padding_mask.shape[0], -1), key_padding_mask)
+            state.padded = True
+        elif state.padded:
+            state.key_mask.scatter_(1, positions.expand(state.key_mask.shape[0], -1), True)
+        return state.key_mask[:, :kv_len] if state.padded else None

@@ -1,0 +1,116 @@
+"""The Mamba-2 mixer (Dao & Gu 2024, figure 6): one in_proj to (z, xBC, dt), causal conv + SiLU over xBC, SSD with
+heads and groups, gated RMSNorm(y * silu(z)), out_proj. Parameter names and shapes are transformers' Mamba2Mixer's
+(and BambaMixer's): in_proj, conv1d, dt_bias, A_log, D, norm.weight, out_proj.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ssmkit.ops.conv1d import causal_conv1d, causal_conv1d_step
+from ssmkit.ops.ssd import ssd, ssd_step
+
+from .norm import GatedRMSNorm
+from .padding import padded_dt, state_dtype, zero_padded
+
+
+@dataclass
+class Mamba2State:
+    """Decode state of one Mamba-2 layer; sizes do not depend on the context length.
+
+    conv_state (batch, d_inner + 2 * ngroups * d_state, d_conv): the last d_conv inputs of the xBC conv, newest last.
+    ssm_state (batch, nheads, headdim, d_state): h of SSD (float32 for half-precision models).
+    """
+
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+
+
+class Mamba2(nn.Module):
+    """Mamba-2 mixer over (batch, seqlen, d_model). Reads the `mamba2_*` fields of ModelConfig."""
+
+    def __init__(self, config):
+        super().__init__()
+        d, di = config.d_model, config.mamba2_d_inner
+        self.d_inner, self.d_state = di, config.mamba2_d_state
+        self.nheads, self.headdim, self.ngroups = config.mamba2_nheads, config.mamba2_headdim, config.mamba2_ngroups
+        self.conv_dim = config.mamba2_conv_dim
+        self.chunk_size = config.mamba2_chunk_size
+        lo, hi = config.mamba2_dt_limit
+        self.dt_limit = None if (lo, hi) == (0.0, math.inf) else (lo, hi)
+        self.in_proj = nn.Linear(d, di + self.conv_dim + self.nheads, bias=config.mamba2_proj_bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, config.mamba2_d_conv, groups=self.conv_dim,
+                                bias=config.mamba2_conv_bias)
+        self.dt_bias = nn.Parameter(self._init_dt_bias(self.nheads))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, self.nheads + 1, dtype=torch.float32)))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.norm = GatedRMSNorm(di, config.mamba2_norm_group_size, config.norm_eps)
+        self.out_proj = nn.Linear(di, d, bias=config.mamba2_proj_bias)
+
+    @staticmethod
+    def _init_dt_bias(nheads: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:
+        """softplus^-1 of dt drawn log-uniform in [dt_min, dt_max] (Mamba-2 reference initialization)."""
+        dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=1e-4)
+        return dt + torch.log(-torch.expm1(-dt))
+
+    def allocate_state(self, batch: int, max_len: int, dtype: torch.dtype, device=None) -> Mamba2State:
+        """A zeroed state; max_len is unused (the state has a fixed size)."""
+        conv = torch.zeros(batch, self.conv_dim, self.conv1d.kernel_size[0], dtype=dtype, device=device)
+        ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, dtype=state_dtype(dtype), device=device)
+        return Mamba2State(conv_state=conv, ssm_state=ssm)
+
+    def _split_xBC(self, xBC: torch.Tensor):
+        """xBC (..., conv_dim) -> x (..., nheads, headdim), B and C (..., ngroups, d_state)."""
+        gn = self.ngroups * self.d_state
+        x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
+        lead = xBC.shape[:-1]
+        return (x.reshape(*lead, self.nheads, self.headdim), B.reshape(*lead, self.ngroups, self.d_state),
+                C.reshape(*lead, self.ngroups, self.d_state))
+
+    def forward(self, hidden: torch.Tensor, state: Mamba2State | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (batch, seqlen, d_model) -> (batch, seqlen, d_model).
+
+        With `state`, continues from it and updates it in place (prefill, chunked prefill or decode).
+        key_padding_mask (batch, seqlen) bool, False at (left) padding: see layers/padding.py.
+        """
+        batch, seqlen, _ = hidden.shape
+        z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC = zero_padded(xBC, key_padding_mask)
+        conv_w, conv_b = self.conv1d.weight[:, 0], self.conv1d.bias
+        if state is None:
+            xBC = causal_conv1d(xBC, conv_w, conv_b, activation="silu")
+        else:
+            xBC, conv_final = causal_conv1d(xBC, conv_w, conv_b, activation="silu",
+                                            initial_state=state.conv_state, return_final_state=True)
+            state.conv_state.copy_(conv_final)
+        x, B, C = self._split_xBC(xBC)
+        dt_bias, softplus, dt_limit = self.dt_bias, True, self.dt_limit
+        if key_padding_mask is not None:
+            dt = padded_dt(dt, dt_bias, key_padding_mask, self.dt_limit)
+            dt_bias, softplus, dt_limit = None, False, None
+        A = -torch.exp(self.A_log.float())
+        y = ssd(x, dt, A, B, C, D=self.D, dt_bias=dt_bias, dt_softplus=softplus, dt_limit=dt_limit,
+                chunk_size=self.chunk_size, initial_state=None if state is None else state.ssm_state,
+                return_final_state=state is not None)
+        if state is not None:
+            y, ssm_final = y
+            state.ssm_state.copy_(ssm_final)
+        y = self.norm(y.reshape(batch, seqlen, self.d_inner), z)
+        return self.out_proj(y)
+
+    def step(self, hidden: torch.Tensor, state: Mamba2State) -> torch.Tensor:
+        """One token: hidden (batch, d_model) -> (batch, d_model); updates `state` in place."""
+        z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC = causal_conv1d_step(state.conv_state, xBC, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                 activation="silu")
+        x, B, C = self._split_xBC(xBC)
+        A = -torch.exp(self.A_log.float())
+        y = ssd_step(state.ssm_state, x, dt, A, B, C, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                     dt_limit=self.dt_limit)
+        return self.out_proj(self.norm(y.reshape(hidden.shape[0], self.d_inner), z))

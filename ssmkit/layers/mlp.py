@@ -1,0 +1,29 @@
+"""Position-wise feed-forward layers: SwiGLU (Shazeer 2020, as in Llama) and GELU (GPT-2 style).
+
+Names follow transformers' LlamaMLP: gate_proj, up_proj, down_proj (the GELU MLP has no gate_proj).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); GELU: down(gelu(up(x))). Reads d_model, d_ff, mlp_activation, mlp_bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        d, f, bias = config.d_model, config.d_ff, config.mlp_bias
+        self.activation = config.mlp_activation
+        if self.activation == "swiglu":
+            self.gate_proj = nn.Linear(d, f, bias=bias)
+        self.up_proj = nn.Linear(d, f, bias=bias)
+        self.down_proj = nn.Linear(f, d, bias=bias)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (..., d_model) -> (..., d_model). key_padding_mask is accepted for a common interface and unused."""
+        if self.activation == "swiglu":
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.gelu(self.up_proj(x)))

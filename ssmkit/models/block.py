@@ -1,0 +1,53 @@
+"""A pre-norm residual block: x + mixer(norm(x)), then x + ff(ff_norm(x)) when the layer has a feed-forward.
+
+The mixer kind (mamba, mamba2, attention, s4) and the feed-forward kind (None, mlp, moe) come from the config's
+per-layer pattern; hybrids are patterns, not subclasses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssmkit.layers import MLP, Attention, Mamba, Mamba2, MoE, RMSNorm, S4
+
+MIXER_CLASSES = {"mamba": Mamba, "mamba2": Mamba2, "attention": Attention, "s4": S4}
+FEED_FORWARD_CLASSES = {"mlp": MLP, "moe": MoE}
+
+
+class Block(nn.Module):
+    """Layer `layer_idx` of a ModelConfig. Submodules: norm, mixer, and (with a feed-forward) ff_norm, ff."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.mixer_kind = config.mixers[layer_idx]
+        self.ff_kind = config.feed_forwards[layer_idx]
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = MIXER_CLASSES[self.mixer_kind](config)
+        if self.ff_kind is not None:
+            self.ff_norm = RMSNorm(config.d_model, config.norm_eps)
+            self.ff = FEED_FORWARD_CLASSES[self.ff_kind](config)
+
+    def allocate_state(self, batch: int, max_len: int, dtype: torch.dtype, device=None):
+        """The mixer's decode state (MambaState, Mamba2State, AttentionState or S4State)."""
+        return self.mixer.allocate_state(batch, max_len, dtype, device)
+
+    def forward(self, x: torch.Tensor, state=None, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (batch, seqlen, d_model) -> (batch, seqlen, d_model); `state` (this layer's) is updated in place."""
+        dtype = self.norm.weight.dtype
+        residual = x.float() if self.residual_in_fp32 else x
+        x = residual + self.mixer(self.norm(x.to(dtype)), state, key_padding_mask)
+        if self.ff_kind is not None:
+            x = x + self.ff(self.ff_norm(x.to(dtype)), key_padding_mask)
+        return x
+
+    def step(self, x: torch.Tensor, state) -> torch.Tensor:
+        """One token: x (batch, d_model) -> (batch, d_model), through the mixer's step."""
+        dtype = self.norm.weight.dtype
+        residual = x.float() if self.residual_in_fp32 else x
+        x = residual + self.mixer.step(self.norm(x.to(dtype)), state)
+        if self.ff_kind is not None:
+            x = x + self.ff(self.ff_norm(x.to(dtype)))
+        return x

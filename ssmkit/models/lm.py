@@ -1,0 +1,109 @@
+"""The language model: token embeddings, a stack of pre-norm blocks, a final RMSNorm and the LM head.
+
+One class serves Mamba, Mamba-2, Transformer++ (Llama), S4 and every hybrid, as described by a ModelConfig.
+Decoding uses a list of per-layer states from `allocate_state` (constant size for SSM layers, a KV cache for
+attention layers).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssmkit.layers import MoE, RMSNorm
+
+from .block import Block
+from .config import ModelConfig
+
+
+class LanguageModel(nn.Module):
+    """Submodules: embeddings, layers (Blocks), norm_f, lm_head (its weight is the embeddings' when tied).
+
+    After each forward, `aux_loss` holds moe_aux_loss_coef times the mean load-balancing loss of the MoE layers
+    (None without MoE layers); each MoE layer exposes `last_expert_counts`.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        nn.init.normal_(self.embeddings.weight, std=0.02)
+        nn.init.normal_(self.lm_head.weight, std=0.02)
+        self.tie_weights()
+        self.aux_loss: torch.Tensor | None = None
+
+    def tie_weights(self) -> None:
+        """Shares the embedding matrix with the LM head when config.tie_embeddings (call again after to_empty)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embeddings.weight
+
+    def allocate_state(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None) -> list:
+        """One state per layer, allocated once: SSM states of fixed size, KV caches of max_len positions.
+
+        dtype and device default to those of the model's parameters.
+        """
+        if batch < 1 or max_len < 1:
+            raise ValueError(f"batch, max_len: expected >= 1, got batch={batch}, max_len={max_len}")
+        ref = self.embeddings.weight
+        dtype = ref.dtype if dtype is None else dtype
+        device = ref.device if device is None else device
+        return [layer.allocate_state(batch, max_len, dtype, device) for layer in self.layers]
+
+    def forward(self, input_ids: torch.Tensor, state: list | None = None, *,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (batch, seqlen) int -> logits (batch, seqlen, vocab_size).
+
+        state: a list from `allocate_state`; the tokens continue the sequences it holds and it is updated in
+        place (prefill, chunked prefill, decode). key_padding_mask (batch, seqlen) bool, True at real tokens and
+        False at left padding: padded tokens leave the SSM states unchanged and are never attended to.
+        """
+        self._check_inputs(input_ids, state, key_padding_mask)
+        x = self.embeddings(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None if state is None else state[i], key_padding_mask)
+        self._collect_aux_loss()
+        return self.lm_head(self.norm_f(x).to(self.lm_head.weight.dtype))
+
+    def step(self, input_ids: torch.Tensor, state: list) -> torch.Tensor:
+        """One decode step without input checks: input_ids (batch,) -> logits (batch, vocab_size)."""
+        x = self.embeddings(input_ids)
+        for layer, layer_state in zip(self.layers, state):
+            x = layer.step(x, layer_state)
+        self._collect_aux_loss()
+        return self.lm_head(self.norm_f(x).to(self.lm_head.weight.dtype))
+
+    def generate(self, *args, **kwargs):
+        """See ssmkit.inference.generate.generate. Imported lazily: the one reference from models/ upward to
+        inference/, so that a model object carries `generate` like a transformers model does."""
+        from ssmkit.inference.generate import generate
+
+        return generate(self, *args, **kwargs)
+
+    def moe_layers(self) -> list[MoE]:
+        return [layer.ff for layer in self.layers if layer.ff_kind == "moe"]
+
+    def _collect_aux_loss(self) -> None:
+        losses = [moe.aux_loss for moe in self.moe_layers()]
+        self.aux_loss = None if not losses else self.config.moe_aux_loss_coef * torch.stack(losses).mean()
+
+    def _check_inputs(self, input_ids, state, key_padding_mask) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int32, torch.int64):
+            got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids: expected an int32/int64 tensor (batch, seqlen), got {got}")
+        if input_ids.ndim != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
+            raise ValueError(f"input_ids: expected shape (batch, seqlen) with batch, seqlen >= 1 (a non-empty "
+                             f"prompt), got shape {tuple(input_ids.shape)}")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(f"input_ids: expected token ids in [0, {self.config.vocab_size}) (vocab_size), "
+                             f"got ids in [{lo}, {hi}]")
+        if state is not None and len(state) != len(self.layers):
+            raise ValueError(f"state: expected a list of {len(self.layers)} layer states (from allocate_state), "
+                             f"got {len(state)}")
+        if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool
+                                             or tuple(key_padding_mask.shape) != tuple(input_ids.shape)):
+            raise ValueError(f"key_padding_mask: expected a bool tensor of shape {tuple(input_ids.shape)}, got "
+                             f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
