@@ -93,3 +93,14 @@ def test_step_rejects_unknown_activation_impl_and_mixed_devices():
         causal_conv1d_step(state, x, weight, impl="fast")
     with pytest.raises(ValueError, match="device"):
         causal_conv1d_step(state, x, weight, torch.zeros(2, device="meta"))
+
+
+@pytest.mark.gpu
+def test_step_on_cuda_equals_full_conv_on_cuda():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 40, 64, generator=g).cuda()
+    weight, bias = torch.randn(64, 4, generator=g).cuda(), torch.randn(64, generator=g).cuda()
+    full, full_final = causal_conv1d(x, weight, bias, activation="silu", return_final_state=True)
+    stepped, final = _step_through(x, weight, bias, "silu", torch.zeros(2, 64, 4, device="cuda"))
+    assert_close(stepped, full)
+    assert_close(final, full_final, name="final_state")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,15 @@ from ssmkit.ops.norm import gated_rms_norm, rms_norm
 from tests.compare import assert_close
 
 F64 = torch.float64
+
+
+def gated_module(module, hidden_size, group_size):
+    """transformers' gated norm; releases before the group_size argument normalize over all channels."""
+    if "group_size" in inspect.signature(module.__init__).parameters:
+        return module(hidden_size, group_size=group_size, eps=1e-6)
+    if group_size != hidden_size:
+        pytest.skip(f"this transformers' {module.__name__} has no group_size (it normalizes over all channels)")
+    return module(hidden_size, eps=1e-6)
 
 
 def rms_formula(x, weight, eps, group_size=None):
@@ -79,7 +90,7 @@ def test_gated_rms_norm_equals_transformers_module_on_same_weights(module, ngrou
     d_inner = 64
     x, z, weight = _data((2, 9, d_inner), seed=ngroups)
     # As the Mamba-2 mixers build it: group_size = intermediate_size // n_groups.
-    norm = module(d_inner, group_size=d_inner // ngroups, eps=1e-6).to(w_dtype)
+    norm = gated_module(module, d_inner, d_inner // ngroups).to(w_dtype)
     with torch.no_grad():
         norm.weight.copy_(weight)
         want = norm(x.to(x_dtype), z.to(x_dtype))
@@ -151,3 +162,16 @@ def test_bad_input_raises_value_error_naming_the_argument(call, argument):
     x, z, weight = _data((2, 12))
     with pytest.raises(ValueError, match=argument):
         call(x, z, weight)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group_size", [256, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_rms_norm_on_cuda_equals_transformers_module_on_cuda(dtype, group_size):
+    x, z, weight = _data((4, 33, 256), seed=11)
+    norm = gated_module(MambaRMSNormGated, 256, group_size).cuda()
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        want = norm(x.to("cuda", dtype), z.to("cuda", dtype))
+    got = gated_rms_norm(x.to("cuda", dtype), z.to("cuda", dtype), norm.weight.detach(), group_size=group_size)
+    assert_close(got, want, tol=(0.0, 0.0))  # the same operations in the same order: bitwise equal
