@@ -275,6 +275,6 @@ PRESETS: dict[str, dict] = {
     "hybrid-130m": {**_HYBRID, **hybrid_pattern(24, 0.1, ffn=None), "d_model": 768, "n_heads": 12},
     "hybrid-370m": {**_HYBRID, **hybrid_pattern(48, 0.1, ffn=None), "d_model": 1024, "n_heads": 16},
     "hybrid-1.3b": {**_HYBRID, **hybrid_pattern(48, 0.1, ffn=None), "d_model": 2048, "n_heads": 16},
-    "hybrid-moe-370m": {**_HYBRID, **hybrid_pattern(16, 0.125, moe_every=2), "d_model": 1024, "n_heads": 16,
+    "hybrid-moe-1.3b": {**_HYBRID, **hybrid_pattern(24, 0.1, moe_every=2), "d_model": 1024, "n_heads": 16,
                         "n_experts": 8, "moe_top_k": 2},
 }
