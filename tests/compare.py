@@ -42,6 +42,8 @@ def assert_close(actual, expected, dtype=None, *, grad: bool = False, name: str 
     """
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    if actual.numel() == 0:
+        return
     key = dtype if dtype is not None else actual.dtype
     rel_tol, abs_tol = tol if tol is not None else (GRAD_TOLERANCES if grad else TOLERANCES)[key]
     rel, mx, scale = errors(actual, expected)

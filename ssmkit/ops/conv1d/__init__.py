@@ -8,14 +8,13 @@ A GPU module `ssmkit.ops.conv1d.triton`, when present, provides `causal_conv1d_t
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 
 import torch
 
 from ssmkit.ops.conv1d.reference import causal_conv1d_ref
 from ssmkit.ops.conv1d.step import causal_conv1d_step_ref
-from ssmkit.ops.validate import check_impl, check_same_device, check_tensor
+from ssmkit.ops.dispatch import pick_impl
+from ssmkit.ops.validate import check_same_device, check_tensor
 
 __all__ = ["causal_conv1d", "causal_conv1d_step", "causal_conv1d_ref", "causal_conv1d_step_ref"]
 
@@ -122,17 +121,6 @@ def _check_activation(activation) -> None:
 
 
 def _pick(name: str, impl: str, device: torch.device):
-    """Resolves impl to a function: the `_ref` spec, or the Triton module's `<name>_triton` when it exists."""
-    check_impl(impl, IMPLS)
     ref = causal_conv1d_ref if name == "causal_conv1d" else causal_conv1d_step_ref
-    if impl == "reference" or (impl == "auto" and device.type != "cuda"):
-        return ref
-    available = importlib.util.find_spec("triton") is not None and (
-        importlib.util.find_spec("ssmkit.ops.conv1d.triton") is not None
-    )
-    if not available:
-        if impl == "auto":
-            return ref
-        raise ValueError("impl: 'triton' is not available (needs the triton package and ssmkit.ops.conv1d.triton)")
-    # Imported only when present, so an error inside the kernel module surfaces instead of falling back.
-    return getattr(importlib.import_module("ssmkit.ops.conv1d.triton"), f"{name}_triton")
+    return pick_impl("ssmkit.ops.conv1d", name, impl, device, ref, IMPLS)
+

@@ -7,13 +7,12 @@ with the arguments of the `_ref` functions; `impl="auto"` prefers it on CUDA.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 
 import torch
 
 from ssmkit.ops.norm.reference import gated_rms_norm_ref, rms_norm_ref
-from ssmkit.ops.validate import check_impl, check_same_device, check_tensor
+from ssmkit.ops.dispatch import pick_impl
+from ssmkit.ops.validate import check_same_device, check_tensor
 
 __all__ = ["rms_norm", "gated_rms_norm", "rms_norm_ref", "gated_rms_norm_ref"]
 
@@ -77,17 +76,6 @@ def _check_norm_args(x, z, weight, eps) -> None:
 
 
 def _pick(name: str, impl: str, device: torch.device):
-    """Resolves impl to a function: the `_ref` spec, or the Triton module's `<name>_triton` when it exists."""
-    check_impl(impl, IMPLS)
     ref = rms_norm_ref if name == "rms_norm" else gated_rms_norm_ref
-    if impl == "reference" or (impl == "auto" and device.type != "cuda"):
-        return ref
-    available = importlib.util.find_spec("triton") is not None and (
-        importlib.util.find_spec("ssmkit.ops.norm.triton") is not None
-    )
-    if not available:
-        if impl == "auto":
-            return ref
-        raise ValueError("impl: 'triton' is not available (needs the triton package and ssmkit.ops.norm.triton)")
-    # Imported only when present, so an error inside the kernel module surfaces instead of falling back.
-    return getattr(importlib.import_module("ssmkit.ops.norm.triton"), f"{name}_triton")
+    return pick_impl("ssmkit.ops.norm", name, impl, device, ref, IMPLS)
+

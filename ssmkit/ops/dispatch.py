@@ -1,0 +1,34 @@
+"""Choosing an operator's implementation: the `_ref` spec, or the GPU module `<op package>.triton` when present.
+
+`impl="auto"` takes the Triton form on CUDA when its module exists, else the reference; `impl="triton"` asks for
+it and fails with a clear message when it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Callable, Sequence
+
+import torch
+
+from .validate import check_impl
+
+
+def triton_module_available(package: str) -> bool:
+    """True when the triton package and `<package>.triton` can both be imported."""
+    return importlib.util.find_spec("triton") is not None and importlib.util.find_spec(f"{package}.triton") is not None
+
+
+def pick_impl(package: str, name: str, impl: str, device: torch.device, reference: Callable,
+              impls: Sequence[str] = ("auto", "reference", "triton")) -> Callable:
+    """Resolves impl to a function: `reference`, or `<package>.triton.<name>_triton`."""
+    check_impl(impl, impls)
+    if impl == "reference" or (impl == "auto" and device.type != "cuda"):
+        return reference
+    if not triton_module_available(package):
+        if impl == "auto":
+            return reference
+        raise ValueError(f"impl: 'triton' is not available (needs the triton package and {package}.triton)")
+    # Imported only when present, so an error inside the kernel module surfaces instead of falling back.
+    return getattr(importlib.import_module(f"{package}.triton"), f"{name}_triton")
