@@ -53,9 +53,11 @@ class MoE(nn.Module):
         self.aux_loss: torch.Tensor | None = None
 
     def route(self, x: torch.Tensor):
-        """x (tokens, d_model) -> probs (tokens, n_experts) float32, top-k index (tokens, k), weights (tokens, k)."""
-        probs = torch.softmax(self.router(x).float(), dim=-1)
-        index = torch.topk(probs + self.router_bias.float(), self.top_k, dim=-1).indices
+        """x (tokens, d_model) -> probs (tokens, n_experts) in float32 (float64 kept), top-k index (tokens, k),
+        weights (tokens, k) in x.dtype."""
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        probs = torch.softmax(self.router(x).to(ct), dim=-1)
+        index = torch.topk(probs + self.router_bias.to(ct), self.top_k, dim=-1).indices
         weights = probs.gather(-1, index)
         if self.renormalize:
             weights = weights / weights.sum(-1, keepdim=True)
@@ -95,7 +97,7 @@ class MoE(nn.Module):
         """Per-expert assignment counts and the load-balancing loss n_experts * sum_e f_e P_e over real tokens,
         f_e = assignments to e per token (sums to top_k, as transformers' load_balancing_loss_func counts them),
         P_e = mean router probability of e."""
-        w = torch.ones(probs.shape[0], device=probs.device) if valid is None else valid.to(probs.dtype)
+        w = torch.ones_like(probs[:, 0]) if valid is None else valid.to(probs.dtype)
         counts = torch.zeros(self.n_experts, device=probs.device, dtype=probs.dtype)
         counts.scatter_add_(0, index.reshape(-1), w.repeat_interleave(self.top_k))
         n = w.sum().clamp(min=1.0)
