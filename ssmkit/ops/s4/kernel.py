@@ -1,4 +1,4 @@
-"""The convolution view of a discrete LTI system (Gu et al. 2022, "S4", eq. 4-5): y = K * u + D u.
+"""The convolution view of a discrete LTI system (Gu et al. 2022, "S4", section 2.4): y = K * u + D u.
 
 K_l = C Abar^l Bbar; a diagonal Abar gives a Vandermonde product, a dense one repeated squaring. The causal
 convolution runs through rfft with n = 2L, so the circular wrap-around lands in the discarded half.
@@ -10,7 +10,7 @@ import torch
 
 from ssmkit.ops.validate import check_tensor
 
-from .system import check_real_or_complex, check_system, compute_dtypes
+from .system import check_system, compute_dtypes
 
 
 def ssm_kernel(Abar, Bbar, C, L: int) -> torch.Tensor:
@@ -20,9 +20,11 @@ def ssm_kernel(Abar, Bbar, C, L: int) -> torch.Tensor:
     Returns K (H, L) when any input has a channel dim, else (L,), real. For complex systems the real part is the
     output (so a system with N/2 conjugate pairs, as S4D stores them, needs C doubled).
     """
-    dense, lead, N = check_system(Abar, Bbar, C, names=("Abar", "Bbar", "C"))
+    dense, _, _ = check_system(Abar, Bbar, C, names=("Abar", "Bbar", "C"))
     if isinstance(L, bool) or not isinstance(L, int) or L < 1:
         raise ValueError(f"L: expected an int >= 1, got {L!r}")
+    common = torch.promote_types(Abar.dtype, Bbar.dtype)
+    Abar, Bbar = Abar.to(common), Bbar.to(common)
     if dense:
         # Columns Abar^l Bbar for l < 2^k, doubled each round by multiplying with Abar^(2^k).
         V = Bbar[..., :, None]  # (..., N, 1)
@@ -47,6 +49,8 @@ def fft_conv(u, K, D=None) -> torch.Tensor:
     """
     check_tensor("u", u, ndim=3)
     batch, L, H = u.shape
+    if not u.is_floating_point():
+        raise ValueError(f"u: expected a floating-point dtype, got {u.dtype}")
     check_tensor("K", K)
     if K.ndim not in (1, 2) or (K.ndim == 2 and K.shape[0] != H):
         raise ValueError(f"K: expected shape ({H}, Lk) or (Lk,), got {tuple(K.shape)}")

@@ -1,4 +1,4 @@
-"""One step of a discrete LTI system, h_t = Abar h_{t-1} + Bbar u_t, y_t = Re(C h_t) + D u_t (S4, eq. 3).
+"""One step of a discrete LTI system, h_t = Abar h_{t-1} + Bbar u_t, y_t = Re(C h_t) + D u_t (S4, section 2.3).
 
 `recurrence_step` is the one-step math, shared by the recurrent reference and `s4_step` (decoding in place).
 """
@@ -31,15 +31,16 @@ def prepare_system(u_dtype, H: int, Abar, Bbar, C, dense: bool):
     Returns (Abar (H, N) or (H, N, N), Bbar (H, N), C (H, N), state dtype).
     """
     real, cplx = compute_dtypes(u_dtype)
-    Abar, Bbar, C = (cast(t, real, cplx) for t in (Abar, Bbar, C))
-    N = Bbar.shape[-1]
-    Abar = Abar.expand((H, N, N) if dense else (H, N))
     state_dtype = cplx if (Abar.is_complex() or Bbar.is_complex()) else real
-    return Abar, Bbar.expand(H, N), C.expand(H, N), state_dtype
+    N = Bbar.shape[-1]
+    Abar = Abar.to(state_dtype).expand((H, N, N) if dense else (H, N))
+    return Abar, Bbar.to(state_dtype).expand(H, N), cast(C, real, cplx).expand(H, N), state_dtype
 
 
 def check_inputs(u, Abar, Bbar, C, D, state, state_name: str) -> bool:
     """Shared checks of s4_recurrent (u (batch, L, H)) and s4_step (u (batch, H)); returns `dense`."""
+    if not u.is_floating_point():
+        raise ValueError(f"u: expected a floating-point dtype, got {u.dtype}")
     dense, lead, N = check_system(Abar, Bbar, C, names=("Abar", "Bbar", "C"))
     batch, H = u.shape[0], u.shape[-1]
     if lead and lead[0] != H:

@@ -88,6 +88,8 @@ def _resolve(impl: str, device_type: str):
 def _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state) -> None:
     check_tensor("x", x, ndim=3)
     batch, seqlen, dim = x.shape
+    if not x.is_floating_point():
+        raise ValueError(f"x: expected a floating-point dtype, got {x.dtype}")
     if seqlen < 1:
         raise ValueError(f"x: expected seqlen >= 1, got shape {tuple(x.shape)}")
     check_tensor("dt", dt, shape=(batch, seqlen, dim))

@@ -144,6 +144,7 @@ def test_ssm_kernel_rejects_bad_input_naming_the_argument(args, match):
         (torch.ones(1, 5, 3), torch.ones(2, 5), None, r"^K: expected shape \(3, Lk\)"),
         (torch.ones(1, 5, 3), torch.ones(3, 5, dtype=torch.complex64), None, "^K: expected a floating-point"),
         (torch.ones(1, 5, 3), torch.ones(3, 5), torch.ones(2), "^D: expected shape"),
+        (torch.ones(1, 5, 3, dtype=torch.int64), torch.ones(3, 5), None, "^u: expected a floating-point dtype"),
     ],
 )
 def test_fft_conv_rejects_bad_input_naming_the_argument(u, K, D, match):

@@ -32,6 +32,7 @@ def _input(name):
     "changes, match",
     [
         ({"x": torch.zeros(2, 5)}, "^x: expected 3 dims"),
+        ({"x": torch.zeros(2, 5, 8, dtype=torch.int64)}, "^x: expected a floating-point dtype"),
         ({"x": torch.zeros(2, 0, 8), "dt": torch.zeros(2, 0, 8)}, "^x: expected seqlen >= 1"),
         ({"dt": torch.zeros(2, 5, 7)}, "^dt: expected shape"),
         ({"A": -torch.ones(7, 4)}, r"^A: expected shape \(8, dstate\)"),
