@@ -5,6 +5,7 @@ and outcome goes into the SQLite store, so the learned state survives a restart.
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from dataclasses import asdict, replace
@@ -25,6 +26,7 @@ class Router:
     config: feedback, reward, buckets, breakers, fallback order. clock: seconds, used for timestamps and breakers;
     tests pass a fake. The seed is read from the database when it has one, so a restart keeps drawing the same stream.
     Thread-safe: each decision and outcome is one SQLite transaction under a lock.
+    Breaker state is not persisted: it describes the live backends, and a restarted server should probe them afresh.
     """
 
     def __init__(self, policy: RulePolicy | None = None, db=":memory:", config: RouterConfig | None = None,
@@ -37,12 +39,14 @@ class Router:
         names = dict.fromkeys(self.candidates + self.fallback + self.policy.backends())
         self.breakers = {b: CircuitBreaker(b, self.config.breaker_for(b), clock) for b in names}
         self.store = FeedbackStore(db)
+        self._lock = threading.RLock()  # guards the breakers; the store has its own
         with self.store.transaction():
             if self.store.get_meta("seed") is None:
                 self.store.set_meta("seed", str(self.config.feedback.seed))
-            self.store.save_config({"feedback": asdict(self.config.feedback), "reward": asdict(self.config.reward),
-                                    "length_bands": list(self.config.length_bands), "candidates": self.candidates})
             self.seed = self.store.get_meta("seed")
+            feedback = asdict(self.config.feedback) | {"seed": int(self.seed)}  # the effective (stored) seed
+            self.store.save_config({"feedback": feedback, "reward": asdict(self.config.reward),
+                                    "length_bands": list(self.config.length_bands), "candidates": self.candidates})
 
     def _role_of(self, backend: str) -> str:
         return next((role for role, name in self.policy.roles.items() if name == backend), "")
@@ -82,8 +86,9 @@ class Router:
                               self.config.feedback, rng)
                 if pick.source != "rule":
                     backend, source, confidence = pick.backend, pick.source, pick.confidence
-                    reason = f"{pick.reason}; {base.reason} chose {base.backend}"
-            rerouted, why = self._reroute(backend)
+                    reason = f"{pick.reason}; the rules gave: {base.reason}"
+            with self._lock:
+                rerouted, why = self._reroute(backend)
             if why == "fallback":
                 reason += f"; breaker of {backend} open ({self.breakers[backend].reason}), rerouted to {rerouted}"
                 decision = replace(base, backend=rerouted, source="fallback", rerouted_from=backend,
@@ -131,11 +136,12 @@ class Router:
         with self.store.transaction():
             r = self._update(request_id, latency_ms=float(latency_ms), error=int(bool(error)))
             backend = self.store.decision(request_id)["backend"]
-        self._breaker(backend).record(latency_ms, error)
+        self.observe(backend, latency_ms, error)
         return r
 
     def record_quality(self, request_id: str, quality: float) -> float | None:
-        """The client's quality score in [0, 1] for a routed request. Returns the reward when the outcome is complete."""
+        """The client's quality score in [0, 1] for a routed request.
+        Returns the reward when the outcome is complete."""
         if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not 0.0 <= quality <= 1.0:
             raise ValueError(f"quality: expected a number in [0, 1], got {quality!r}")
         with self.store.transaction():
@@ -143,10 +149,13 @@ class Router:
 
     def observe(self, backend: str, latency_ms: float, error: bool = False) -> None:
         """A result from a backend that was not routed here (a pinned model): feeds its breaker only."""
-        self._breaker(backend).record(latency_ms, error)
+        with self._lock:
+            self._breaker(backend).record(latency_ms, error)
 
     def breaker_states(self) -> list[dict]:
-        return [b.snapshot() for b in self.breakers.values()]
+        """One snapshot per backend: state (closed | open | half_open), reason, window size, p99_ms, error_rate."""
+        with self._lock:
+            return [b.snapshot() for b in self.breakers.values()]
 
     def state(self) -> dict:
         """The whole persisted state (meta, decisions, outcomes, arms) as plain values."""

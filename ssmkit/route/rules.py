@@ -47,7 +47,8 @@ class Condition:
             return f"task{shown} {word} {{{', '.join(self.value)}}}"
         if self.feature == "requires_icl":
             return "requires in-context learning" if self.value else "no in-context learning"
-        return f"{self.feature}{shown} {NUMERIC_OPS[self.op]} {self.value:g}"
+        bound = int(self.value) if float(self.value).is_integer() else self.value
+        return f"{self.feature}{shown} {NUMERIC_OPS[self.op]} {bound}"
 
 
 @dataclass(frozen=True)
