@@ -85,7 +85,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads; on a machine shared with other jobs, 1 avoids OpenMP stalls")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run(args.sizes, repeats=args.repeats)
     print(f"selective scan on CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, batch 1, dim 64, dstate 16, ngroups 1, float32, no grad; "
