@@ -6,8 +6,7 @@ the module ssmkit.ops.selective_scan.triton exists and imports), "auto" (the fas
 
 from __future__ import annotations
 
-import importlib.util
-
+from ssmkit.ops.dispatch import triton_module_available
 from ssmkit.ops.validate import check_impl, check_negative, check_same_device, check_tensor
 
 from .parallel import selective_scan_parallel
@@ -48,13 +47,15 @@ def selective_scan(
 
 
 def _load_triton():
-    """The Triton entry point, or None when ssmkit.ops.selective_scan.triton is absent or does not import."""
-    if importlib.util.find_spec(__name__ + ".triton") is None:
+    """The Triton entry point, or None when the triton package or ssmkit.ops.selective_scan.triton is absent.
+
+    As in ssmkit.ops.dispatch, a module that exists is imported without a guard, so an error inside it surfaces
+    instead of falling back.
+    """
+    if not triton_module_available(__name__):
         return None
-    try:
-        from .triton import selective_scan_triton
-    except ImportError:
-        return None
+    from .triton import selective_scan_triton
+
     return selective_scan_triton
 
 
@@ -79,9 +80,7 @@ def _resolve(impl: str, device_type: str):
     name = auto_impl(device_type) if impl == "auto" else impl
     fn = _loaders()[name]()
     if fn is None:
-        raise ValueError(
-            f"impl: expected an available impl, got {impl!r}: module {__name__}.triton is absent or does not import"
-        )
+        raise ValueError(f"impl: {impl!r} is not available (needs the triton package and {__name__}.triton)")
     return fn
 
 
