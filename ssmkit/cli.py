@@ -34,7 +34,55 @@ def add_ops_bench(sub):
     p.set_defaults(handler=handler)
 
 
-COMMANDS = [add_demo, add_ops_bench]
+def add_route(sub):
+    p = sub.add_parser("route", help="the request router: check a policy file, report what the router learned")
+    route_sub = p.add_subparsers(dest="route_command", metavar="SUBCOMMAND", required=True)
+    rp = route_sub.add_parser("report", help="per bucket: decisions, mean reward per backend, current preference")
+    rp.add_argument("db", metavar="DB", help="the router's SQLite database")
+
+    def report(args):
+        from ssmkit.route.commands import route_report_main
+
+        return route_report_main(args.db)
+
+    rp.set_defaults(handler=report)
+    cp = route_sub.add_parser("check", help="validate a policy YAML (and a router config) and print its rules")
+    cp.add_argument("policy", metavar="POLICY", help="rule policy YAML")
+    cp.add_argument("--config", metavar="FILE", help="router config YAML (feedback, reward, breakers, fallback)")
+
+    def check(args):
+        from ssmkit.route.commands import route_check_main
+
+        return route_check_main(args.policy, args.config)
+
+    cp.set_defaults(handler=check)
+
+
+def add_advise(sub):
+    p = sub.add_parser("advise", help="Transformer, hybrid or Mamba: four questions, a reason at each step, "
+                                      "and a routing policy written from the answers")
+    yes_no = argparse.BooleanOptionalAction  # --flag / --no-flag; unset = ask (on a terminal) or error
+    p.add_argument("--long-context", action=yes_no, help="are most requests 32K tokens or longer?")
+    p.add_argument("--gpu-80gb", action=yes_no, help="do the serving GPUs have 80 GB of memory or more?")
+    p.add_argument("--icl-central", action=yes_no, help="is in-context learning central to the workload?")
+    p.add_argument("--quality-required", action=yes_no, help="is Transformer-level quality required?")
+    p.add_argument("--write-policy", metavar="PATH", help="write the matching rule policy YAML to PATH")
+    for role in ("transformer", "mamba", "hybrid"):
+        p.add_argument(f"--{role}-backend", metavar="NAME", help=f"backend playing the {role} role in the policy")
+    p.add_argument("--no-input", action="store_true", help="never ask; an unanswered question is an error")
+
+    def handler(args):
+        from ssmkit.route.commands import advise_main
+
+        roles = {r: getattr(args, f"{r}_backend") for r in ("transformer", "mamba", "hybrid")
+                 if getattr(args, f"{r}_backend")}
+        return advise_main(args.long_context, args.gpu_80gb, args.icl_central, args.quality_required,
+                           write_policy=args.write_policy, roles=roles, interactive=False if args.no_input else None)
+
+    p.set_defaults(handler=handler)
+
+
+COMMANDS = [add_demo, add_ops_bench, add_route, add_advise]
 
 
 def build_parser() -> argparse.ArgumentParser:
