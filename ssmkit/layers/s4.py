@@ -51,9 +51,13 @@ class S4(nn.Module):
         return S4State(ssm_state=torch.zeros(shape, dtype=state_dtype(dtype), device=device))
 
     def _system(self):
-        """(Abar (H, N, N), Bbar (H, N)) for the current dt."""
+        """(Abar (H, N, N), Bbar (H, N), C (H, N)) for the current dt, in float32 (float64 kept): the matrix
+        exponential and the kernel's powers of Abar are not computed in half precision."""
+        ct = torch.float64 if self.B.dtype == torch.float64 else torch.float32
         h, n = self.B.shape
-        return discretize(self.A.expand(h, n, n), self.B, torch.exp(self.log_dt), self.method)
+        Abar, Bbar = discretize(self.A.to(ct).expand(h, n, n), self.B.to(ct), torch.exp(self.log_dt.to(ct)),
+                                self.method)
+        return Abar, Bbar, self.C.to(ct)
 
     def forward(self, x: torch.Tensor, state: S4State | None = None,
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,16 +67,16 @@ class S4(nn.Module):
         an LTI state cannot skip a step, so padding after real tokens would decay it.
         """
         x = zero_padded(x, key_padding_mask)
-        Abar, Bbar = self._system()
+        Abar, Bbar, C = self._system()
         if state is None:
-            y = fft_conv(x, ssm_kernel(Abar, Bbar, self.C, x.shape[1]), D=self.D)
+            y = fft_conv(x, ssm_kernel(Abar, Bbar, C, x.shape[1]), D=self.D)
         else:
-            y, h = s4_recurrent(x, Abar, Bbar, self.C, D=self.D, initial_state=state.ssm_state,
+            y, h = s4_recurrent(x, Abar, Bbar, C, D=self.D, initial_state=state.ssm_state,
                                 return_final_state=True)
             state.ssm_state.copy_(h)
         return self.out_proj(F.gelu(y))
 
     def step(self, x: torch.Tensor, state: S4State) -> torch.Tensor:
         """One token: x (batch, d_model) -> (batch, d_model); updates `state` in place."""
-        Abar, Bbar = self._system()
-        return self.out_proj(F.gelu(s4_step(state.ssm_state, x, Abar, Bbar, self.C, D=self.D)))
+        Abar, Bbar, C = self._system()
+        return self.out_proj(F.gelu(s4_step(state.ssm_state, x, Abar, Bbar, C, D=self.D)))
