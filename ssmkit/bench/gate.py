@@ -43,8 +43,8 @@ class GateCheck:
             return "no value in the results"
         if self.passed:
             return "ok"
-        word = "over" if self.kind == "max" else "under"
-        pct = "" if math.isnan(self.excess_pct) else f" ({self.excess_pct:+.1f}% of the limit)"
+        word, side = ("over", "above") if self.kind == "max" else ("under", "below")
+        pct = "" if math.isnan(self.excess_pct) else f" ({self.excess_pct:.1f}% {side} the limit)"
         return f"{fmt_number(self.excess)} {self.unit} {word}{pct}".replace("  ", " ")
 
 

@@ -78,12 +78,18 @@ class MemoryMonitor:
         return _time_average(self.times, self.values)
 
     def window(self, t0: float, t1: float) -> tuple[int, int]:
-        """(peak, time-average) bytes over [t0, t1], including the last sample taken before t0."""
+        """(peak, time-average) bytes over [t0, t1]: samples are a step function, each value holding until the next
+        sample; the value held at t0 (the last sample before it) counts."""
         lo = max(bisect.bisect_right(self.times, t0) - 1, 0)
-        hi = bisect.bisect_right(self.times, t1)
-        vals = self.values[lo:max(hi, lo + 1)]
-        times = self.times[lo:max(hi, lo + 1)]
-        return max(vals, default=0), _time_average(times, vals)
+        idx = range(lo, max(bisect.bisect_right(self.times, t1), lo + 1))
+        peak = max(self.values[i] for i in idx)
+        area = 0.0
+        for i in idx:
+            a = max(self.times[i], t0)
+            b = min(self.times[i + 1], t1) if i + 1 < len(self.times) else t1
+            area += self.values[i] * max(b - a, 0.0)
+        span = t1 - max(t0, self.times[lo])
+        return peak, int(area / span) if span > 0 else self.values[idx[-1]]
 
 
 def _time_average(times: list[float], values: list[int]) -> int:

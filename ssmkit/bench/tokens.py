@@ -23,25 +23,27 @@ def load_tokenizer_spec(spec: str):
 
 
 def token_pieces(tokenizer, text: str, n: int = N_FIRST) -> list[tuple[int, str]]:
-    """The first n tokens of `text` as (id, piece).
+    """The first n tokens of `text` as (id, piece): the text each token adds to the decoded prefix.
 
-    A `tokenizers`-backed tokenizer shows the source text each token covers (from its offsets); a token that covers
-    part of a character another token also covers is shown as '~' + that text. A ByteTokenizer shows printable
-    ASCII bytes as themselves and other bytes as <0xNN>. Any other tokenizer shows decode([id]).
+    Tokens that split a character (byte-level BPE does) are marked: '~' before a piece means the token began
+    inside a character an earlier token started; a lone '~' is a token holding only part of a character.
+    A ByteTokenizer shows printable ASCII bytes as themselves and other bytes as <0xNN>.
     """
-    inner = getattr(tokenizer, "tokenizer", None)
-    if inner is not None and hasattr(inner, "encode") and hasattr(inner, "token_to_id"):
-        enc = inner.encode(text, add_special_tokens=False)
-        out, prev = [], None
-        for tid, (s, e) in list(zip(enc.ids, enc.offsets))[:n]:
-            piece = text[s:e]
-            out.append((tid, ("~" + piece) if (s, e) == prev else piece))
-            prev = (s, e)
-        return out
     ids = tokenizer.encode(text)[:n]
     if isinstance(tokenizer, ByteTokenizer):
         return [(i, chr(i) if 0x20 <= i < 0x7F else f"<0x{i:02X}>") for i in ids]
-    return [(i, tokenizer.decode([i])) for i in ids]
+    out, shown, pending = [], "", False
+    for k, tid in enumerate(ids):
+        decoded = tokenizer.decode(ids[:k + 1])
+        stable = decoded.rstrip("\ufffd")  # an incomplete UTF-8 sequence decodes to U+FFFD until completed
+        if not stable.startswith(shown):  # a decoder that rewrites earlier text: show the token on its own
+            out.append((tid, tokenizer.decode([tid])))
+            shown, pending = stable, False
+            continue
+        new = stable[len(shown):]
+        out.append((tid, ("~" if pending or not new else "") + new))
+        shown, pending = stable, len(decoded) > len(stable)
+    return out
 
 
 @dataclass
@@ -95,13 +97,13 @@ def format_token_comparison(rows: list[TextTokens], name_a: str, name_b: str, co
     table = markdown_table(
         ["text", "characters", "tokens A", "tokens B", "chars/token A", "chars/token B", "B/A", "cost impact"],
         [[r.name, r.characters, r.tokens_a, r.tokens_b, fmt_number(_per(r.characters, r.tokens_a)),
-          fmt_number(_per(r.characters, r.tokens_b)), fmt_number(r.ratio) + "x", _pct(r.cost_impact_pct)]
+          fmt_number(_per(r.characters, r.tokens_b)), "n/a" if r.ratio != r.ratio else f"{r.ratio:.3f}x", _pct(r.cost_impact_pct)]
          for r in rows])
     lines = [f"A: {name_a}", f"B: {name_b}", "", table, ""]
     for r in rows:
         if r.name == "total":
             continue
-        lines.append(f"first {len(r.first_a)} tokens of {r.name}")
+        lines.append(f"first {len(r.first_a)} tokens of {r.name} ('~': a character split across tokens)")
         for label, first in (("A", r.first_a), ("B", r.first_b)):
             lines.append(f"  {label}: " + " ".join(f"[{piece!r}]" for _, piece in first))
     lines += ["", *explain(rows[-1], context_tokens)]
@@ -114,6 +116,9 @@ def explain(total: TextTokens, context_tokens: int = 4096) -> list[str]:
         return ["One of the tokenizers produced no tokens (empty text): nothing to compare."]
     pct = total.cost_impact_pct
     more = "more" if pct > 0 else "fewer"
+    if total.tokens_a == total.tokens_b:
+        return [f"A and B need the same number of tokens for this text ({total.tokens_a}): cost estimates, length "
+                "limits and prompt layouts carry over unchanged (check other scripts and languages too)."]
     chars_a = context_tokens * total.characters / total.tokens_a
     chars_b = context_tokens * total.characters / total.tokens_b
     return [
@@ -122,8 +127,8 @@ def explain(total: TextTokens, context_tokens: int = 4096) -> list[str]:
         f"from A to B.",
         f"- length limits: a {context_tokens}-token window holds about {chars_a:.0f} characters with A and "
         f"{chars_b:.0f} with B; a prompt that fits one limit may be cut off or rejected under the other.",
-        f"- prompt layout: budgets in tokens (system prompt, retrieved context, room for the answer) must be re-derived "
-        f"with B's counts, and the same max_new_tokens yields about {100 / total.ratio:.0f}% as much text with B.",
+        f"- prompt layout: budgets in tokens (system prompt, retrieved context, room for the answer) must be "
+        f"re-derived with B's counts, and the same max_new_tokens yields about {100 / total.ratio:.0f}% as much text with B.",
         "- scripts differ: compare the per-file ratios; non-Latin text (Korean, Chinese) often shifts much more than "
         "English.",
     ]

@@ -131,7 +131,7 @@ def load_workload(path) -> Workload:
     try:
         requests, default_mode, description = _requests_from(source, data, path.parent)
     except ValueError as err:
-        fail(_error_keys(source, str(err)), str(err))
+        fail(_error_keys(source, str(err), lines), str(err))
     mode = data.get("mode", default_mode)
     fields = {}
     for key, default in (("concurrency", 1 if mode == "closed" else 0), ("warmup", 1), ("repeats", 1)):
@@ -171,16 +171,24 @@ def _requests_from(source: str, data: dict, base: Path) -> tuple[list[Request], 
         raise ValueError(f"replay: expected `path` or `trace` and optional time_scale, length_scale, limit; "
                          f"got keys {sorted(spec)}")
     scales = dict(time_scale=spec.get("time_scale", 1.0), length_scale=spec.get("length_scale", 1.0))
+    limit = spec.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"replay.limit: expected a number of requests >= 1, got {limit!r}")
     if "trace" in spec:
         service = str(spec["trace"]).removeprefix("azure-")
         if service not in AZURE_SERVICES:
             raise ValueError(f"replay.trace: expected one of {['azure-' + s for s in AZURE_SERVICES]}, "
                              f"got {spec['trace']!r}")
-        reqs = load_azure_trace(service, spec.get("limit"), **scales)
+        reqs = load_azure_trace(service, limit, **scales)
         origin = f"Azure LLM inference trace 2023 ({service}; CC BY 4.0, Patel et al., Splitwise, ISCA 2024)"
     else:
+        if not isinstance(spec["path"], str):
+            raise ValueError(f"replay.path: expected a file path, got {spec['path']!r}")
         log = base / spec["path"]
-        reqs = read_request_log(log, limit=spec.get("limit"), **scales)
+        try:
+            reqs = read_request_log(log, limit=limit, **scales)
+        except OSError as err:
+            raise ValueError(f"replay.path: cannot read {log}: {err.strerror or err}") from None
         origin = str(log)
     return reqs, "open", (f"replay of {len(reqs)} requests from {origin}, time x{scales['time_scale']}, "
                           f"lengths x{scales['length_scale']}")
@@ -191,7 +199,9 @@ def _prompt_requests(prompts, default_output: int) -> list[Request]:
         raise ValueError(f"prompts: expected a non-empty list, got {prompts!r}")
     reqs = []
     for i, p in enumerate(prompts):
-        text, out = (p.get("text"), p.get("output_tokens", default_output)) if isinstance(p, dict) else (p, default_output)
+        text, out = p, default_output
+        if isinstance(p, dict):
+            text, out = p.get("text"), p.get("output_tokens", default_output)
         if not isinstance(text, str) or not text:
             raise ValueError(f"prompts.{i}: expected non-empty text (a string or {{text, output_tokens}}), got {p!r}")
         if isinstance(out, bool) or not isinstance(out, int) or out < 1:
@@ -200,11 +210,14 @@ def _prompt_requests(prompts, default_output: int) -> list[Request]:
     return reqs
 
 
-def _error_keys(source: str, msg: str) -> tuple:
-    """The key path an error message starts with, under `source` ('seed: ...' -> ('synthetic', 'seed'))."""
+def _error_keys(source: str, msg: str, lines: dict[tuple, int]) -> tuple:
+    """The key path an error message starts with, looked up under `source` first ('seed: ...' ->
+    ('synthetic', 'seed')), then at the top level."""
     head = msg.split(":")[0].split(" ")[0]
     parts = tuple(int(p) if p.isdigit() else p for p in head.split("."))
-    return parts if parts[0] in TOP_KEYS else (source,) + parts
+    if (source,) + parts[:1] in lines or parts[0] not in TOP_KEYS:
+        return (source,) + parts
+    return parts
 
 
 def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
