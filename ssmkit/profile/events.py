@@ -1,0 +1,89 @@
+"""The one event schema of the per-layer profiler: a LayerEvent per call of a block's mixer or feed-forward and a
+MoERouting record per MoE call. The store's `events` and `moe_routing` tables have exactly these fields as columns
+(see schema.py); analysis is SQL over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+# Mixer kinds and feed-forward kinds of ModelConfig; "all_to_all" is the exchange of an expert-parallel MoE layer.
+LAYER_TYPES = ("mamba", "mamba2", "attention", "s4", "mlp", "moe", "all_to_all")
+PHASES = ("prefill", "decode")
+
+
+@dataclass
+class LayerEvent:
+    """One call of one layer (a mixer, a feed-forward or an all-to-all exchange).
+
+    call_id numbers the calls of a run in the order they began; moe_routing and kernels rows refer to it.
+    step counts the model calls of a request from 0 (the prefill, or its first chunk). start_ns is measured from
+    the start of the run on the run's clock (CPU monotonic clock or CUDA events); duration_ns is the call's time.
+    """
+
+    run_id: int
+    call_id: int
+    request_id: int
+    phase: str
+    step: int
+    layer_idx: int
+    layer_type: str
+    batch: int
+    seqlen: int
+    start_ns: int
+    duration_ns: int
+
+
+@dataclass
+class MoERouting:
+    """Routing of one MoE call (call_id of its LayerEvent).
+
+    expert_counts[e]: token assignments to expert e (top_k per token). imbalance: max / mean of the counts (1 =
+    balanced; None when no token was routed). capacity: ceil(capacity_factor * tokens * top_k / n_experts), the
+    layer's own factor or the profiler's; over_capacity: assignments past it summed over experts; dropped: the
+    assignments the layer actually dropped (MoE drops only in training mode). router_ns / expert_ns: time in
+    MoE.route and in the rest of the call; exchange_ns: all-to-all time of an expert-parallel layer (None when the
+    layer is not split over ranks).
+    """
+
+    run_id: int
+    call_id: int
+    layer_idx: int
+    n_tokens: int
+    expert_counts: list[int]
+    imbalance: float | None
+    capacity: int | None
+    over_capacity: int
+    dropped: int
+    router_ns: int | None
+    expert_ns: int | None
+    exchange_ns: int | None
+
+
+EVENT_COLUMNS = tuple(f.name for f in dataclasses.fields(LayerEvent))
+MOE_COLUMNS = tuple(f.name for f in dataclasses.fields(MoERouting))
+
+
+def infer_phase(seqlen: int) -> str:
+    """A model call over more than one position is a prefill (or a prefill chunk); one position is a decode step."""
+    return "prefill" if seqlen > 1 else "decode"
+
+
+def imbalance(counts: list[int]) -> float | None:
+    """max / mean of per-expert counts; None when nothing was routed."""
+    total = sum(counts)
+    return None if total == 0 else max(counts) * len(counts) / total
+
+
+def expert_capacity(capacity_factor: float | None, n_tokens: int, top_k: int, n_experts: int) -> int | None:
+    """Assignments one expert may take: ceil(factor * tokens * top_k / n_experts), as MoE._capacity computes it."""
+    if capacity_factor is None:
+        return None
+    return math.ceil(capacity_factor * n_tokens * top_k / n_experts)
+
+
+def over_capacity(counts: list[int], capacity: int | None) -> int:
+    """Assignments past the capacity, summed over experts (0 without a capacity)."""
+    return 0 if capacity is None else sum(max(0, c - capacity) for c in counts)

@@ -1,0 +1,164 @@
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssmkit.inference import allocate_cache, generate, prefill
+from ssmkit.profile import Profiler, TraceStore
+from tests.compare import assert_close
+
+from .models import CONFIG, UNITS, prompt, tiny_hybrid
+
+
+def _events(store, run_id):
+    return store.rows("SELECT * FROM events WHERE run_id = ? ORDER BY call_id", [run_id])
+
+
+def test_event_count_is_hooked_layers_times_model_calls_with_types_phases_and_shapes():
+    model = tiny_hybrid()
+    ids = prompt(batch=2, seqlen=7)
+    with Profiler(model) as prof:
+        generate(model, ids, max_new_tokens=6)
+    events = _events(prof.store, prof.run_id)
+    n_calls = 6  # the prefill, then one model.step per new token but the last
+    assert len(UNITS) == 8 and len(events) == len(UNITS) * n_calls
+    for i, e in enumerate(events):
+        step, unit = divmod(i, len(UNITS))
+        assert (e["call_id"], e["step"], e["request_id"]) == (i, step, 0)
+        assert (e["layer_idx"], e["layer_type"]) == UNITS[unit]
+        assert e["phase"] == ("prefill" if step == 0 else "decode")
+        assert (e["batch"], e["seqlen"]) == ((2, 7) if step == 0 else (2, 1))
+        assert e["duration_ns"] > 0 and e["start_ns"] >= 0
+    starts = [e["start_ns"] for e in events]
+    assert starts == sorted(starts)
+    ends = [e["start_ns"] + e["duration_ns"] for e in events]
+    assert all(end <= nxt for end, nxt in zip(ends, starts[1:]))  # the units of a model call never overlap
+    run = prof.store.rows("SELECT * FROM runs")[0]
+    assert run["status"] == "ok" and run["clock"] == "cpu" and run["wall_ns"] >= ends[-1]
+
+
+def test_each_generate_call_is_a_new_request_and_explicit_context_overrides_ids_and_phases():
+    model = tiny_hybrid()
+    ids = prompt(batch=1, seqlen=7)
+    with Profiler(model) as prof:
+        generate(model, ids, max_new_tokens=3)
+        generate(model, ids, max_new_tokens=2)
+        with prof.request(41), prof.phase("prefill"):
+            state = allocate_cache(model, 1, 7)
+            prefill(model, ids, state, chunk_size=3)  # chunks of 3, 3 and 1 tokens, all prefill
+    got = prof.store.query("SELECT request_id, step, phase, seqlen FROM events WHERE layer_idx = 0 AND "
+                           "layer_type = 'mamba2' ORDER BY call_id")[1]
+    assert got == [(0, 0, "prefill", 7), (0, 1, "decode", 1), (0, 2, "decode", 1),
+                   (1, 0, "prefill", 7), (1, 1, "decode", 1),
+                   (41, 0, "prefill", 3), (41, 1, "prefill", 3), (41, 2, "prefill", 1)]
+
+
+def test_moe_routing_counts_equal_an_independent_top_k_of_the_router_inputs():
+    model = tiny_hybrid()
+    inputs = {}  # layer_idx -> list of MoE inputs (tokens, d_model)
+    handles = [model.layers[i].ff.register_forward_pre_hook(
+        lambda m, args, i=i: inputs.setdefault(i, []).append(args[0].reshape(-1, CONFIG.d_model).clone()))
+        for i, kind in enumerate(CONFIG.feed_forwards) if kind == "moe"]
+    with Profiler(model) as prof:
+        generate(model, prompt(batch=3, seqlen=5), max_new_tokens=4)
+    for h in handles:
+        h.remove()
+    rows = prof.store.rows("SELECT m.*, e.step FROM moe_routing m JOIN events e USING (run_id, call_id) "
+                           "ORDER BY call_id")
+    assert len(rows) == 2 * 4  # two MoE layers, four model calls
+    for row in rows:
+        moe = model.layers[row["layer_idx"]].ff
+        x = inputs[row["layer_idx"]][row["step"]]
+        probs = torch.softmax(x @ moe.router.weight.T, dim=-1)
+        expected = torch.bincount(probs.topk(CONFIG.moe_top_k, dim=-1).indices.flatten(), minlength=CONFIG.n_experts)
+        assert row["expert_counts"] == expected.tolist()
+        assert row["n_tokens"] == x.shape[0]
+        assert row["imbalance"] == pytest.approx(expected.max().item() / expected.float().mean().item())
+        capacity = -(-5 * x.shape[0] * CONFIG.moe_top_k // (4 * CONFIG.n_experts))  # ceil(1.25 t k / E)
+        assert row["capacity"] == capacity
+        assert row["over_capacity"] == int((expected - capacity).clamp(min=0).sum())
+        assert row["dropped"] == 0  # eval mode never drops
+        assert 0 < row["router_ns"] and 0 < row["expert_ns"]
+
+
+def test_profiling_leaves_outputs_unchanged_and_removes_every_hook():
+    model = tiny_hybrid(dtype=torch.float64)
+    ids = prompt(batch=2, seqlen=6)
+    expected = generate(model, ids, max_new_tokens=5)
+    logits = model(ids)
+    with Profiler(model):
+        got = generate(model, ids, max_new_tokens=5)
+        got_logits = model(ids)
+    assert torch.equal(got, expected)
+    assert_close(got_logits, logits)
+    for block in model.layers:
+        for module in (block.mixer, getattr(block, "ff", None)):
+            if module is not None:
+                assert not module._forward_hooks and not module._forward_pre_hooks
+                assert "step" not in module.__dict__ and "route" not in module.__dict__
+
+
+def test_exception_mid_generation_leaves_a_readable_store_with_every_committed_batch(tmp_path):
+    model = tiny_hybrid()
+    db = tmp_path / "trace.duckdb"
+    calls = [0]
+
+    def fail_on_fifth_call(module, args, output):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise RuntimeError("injected failure")
+
+    with pytest.raises(RuntimeError, match="injected failure"):
+        with Profiler(model, db, batch_size=len(UNITS), flush_interval_s=1e9):
+            model.layers[2].ff.register_forward_hook(fail_on_fifth_call)
+            generate(model, prompt(), max_new_tokens=10)
+    with TraceStore(db, read_only=True) as store:
+        run = store.rows("SELECT status, error FROM runs")[0]
+        assert run == {"status": "error", "error": "RuntimeError: injected failure"}
+        # Four whole model calls, then layer 0's two units, layer 1's two and layer 2's mixer and ff (it ended
+        # before the failing hook, which runs after the profiler's).
+        assert store.query("SELECT count(*) FROM events")[1][0][0] == 4 * len(UNITS) + 6
+
+
+def test_killed_process_keeps_every_batch_committed_before_the_kill(tmp_path):
+    db = tmp_path / "trace.duckdb"
+    script = textwrap.dedent(f"""
+        import os, torch
+        from ssmkit.inference import generate
+        from ssmkit.profile import Profiler
+        from tests.profile.models import UNITS, prompt, tiny_hybrid
+        torch.set_num_threads(1)
+        model = tiny_hybrid()
+        calls = [0]
+        def kill(module, args):
+            calls[0] += 1
+            if calls[0] == 4:
+                os._exit(3)  # no cleanup at all: no flush, no end of run
+        model.layers[0].ff.register_forward_pre_hook(kill)  # its 4th call is in step 3
+        with Profiler(model, {str(db)!r}, batch_size=len(UNITS), flush_interval_s=1e9, background=False):
+            generate(model, prompt(), max_new_tokens=10)
+    """)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    with TraceStore(db, read_only=True) as store:
+        assert store.rows("SELECT status, error FROM runs") == [{"status": "running", "error": None}]
+        steps = store.query("SELECT step, count(*) FROM events GROUP BY step ORDER BY step")[1]
+    assert steps == [(0, len(UNITS)), (1, len(UNITS)), (2, len(UNITS))]
+
+
+@pytest.mark.gpu
+def test_cuda_events_time_every_layer_and_resolve_after_the_run():
+    model = tiny_hybrid().cuda()
+    with Profiler(model, batch_size=16) as prof:
+        generate(model, prompt().cuda(), max_new_tokens=20)
+    run = prof.store.rows("SELECT clock, status FROM runs")[0]
+    assert run == {"clock": "cuda", "status": "ok"}
+    events = _events(prof.store, prof.run_id)
+    assert len(events) == 20 * len(UNITS)
+    assert all(e["duration_ns"] > 0 for e in events)
+    starts = [e["start_ns"] for e in events]
+    assert starts == sorted(starts)
