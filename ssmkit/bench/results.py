@@ -151,6 +151,9 @@ class RunResult:
         if not isinstance(d, dict):
             raise ValueError(f"{source}: expected a JSON object at the top level, got {type(d).__name__}")
         version = d.get("schema_version")
+        if version is None:
+            raise SchemaVersionError(f"{source}: no schema_version (not an ssmkit results file?); this ssmkit reads "
+                                     f"schema version {SCHEMA_VERSION}")
         if version != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{source}: results schema version {version!r}, but this ssmkit reads schema version "

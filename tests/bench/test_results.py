@@ -117,6 +117,10 @@ def test_load_refuses_another_schema_version_naming_the_file_and_both_versions(t
         RunResult.load(path)
     msg = str(err.value)
     assert str(path) in msg and f"version {SCHEMA_VERSION + 1}" in msg and f"schema version {SCHEMA_VERSION}" in msg
+    del data["schema_version"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchemaVersionError, match=r"old\.json: no schema_version"):
+        RunResult.load(path)
 
 
 def test_load_names_the_file_for_missing_fields_and_invalid_json(tmp_path):
