@@ -77,11 +77,12 @@ def generate_command(checkpoint: str, prompt: str, max_new_tokens: int = 64, tem
 
 
 def _write_new_text(out, text: str, shown: str, final: bool = False) -> str:
-    """Writes the part of `text` past `shown`; holds back a trailing U+FFFD (an incomplete UTF-8 sequence that the
-    next byte token may complete) unless final. Returns what has been written so far."""
+    """Writes the part of `text` (the decoded new tokens so far) past the `shown` characters, as transformers'
+    TextStreamer does (decoding is assumed prefix-stable); holds back a trailing U+FFFD, an incomplete UTF-8
+    sequence the next byte token may complete, unless final. Returns what has been written so far."""
     if not final:
         text = text.rstrip("\ufffd")
-    if text.startswith(shown) and len(text) > len(shown):
+    if len(text) > len(shown):
         out.write(text[len(shown):])
         out.flush()
         return text
