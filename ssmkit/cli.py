@@ -82,7 +82,60 @@ def add_advise(sub):
     p.set_defaults(handler=handler)
 
 
-COMMANDS = [add_demo, add_ops_bench, add_route, add_advise]
+def add_compare(sub):
+    p = sub.add_parser("compare", help="B / A ratios of TTFT, tokens/s, peak memory and p95 latency of two "
+                                       "results files")
+    p.add_argument("a", help="results JSON of the baseline (A)")
+    p.add_argument("b", help="results JSON of the candidate (B); ratio > 1: B has more")
+
+    def handler(args):
+        from ssmkit.bench.commands import compare_command
+
+        return compare_command(args.a, args.b)
+
+    p.set_defaults(handler=handler)
+
+
+def add_gate(sub):
+    p = sub.add_parser("gate", help="check a results file against limits; exit 1 with a table when one fails")
+    p.add_argument("results", help="results JSON written by `ssmkit bench`")
+    p.add_argument("--min-quality", type=float, help="lowest quality score (0..1)")
+    p.add_argument("--max-p95-latency-ms", type=float, help="highest p95 total latency")
+    p.add_argument("--max-memory-gb", type=float, help="highest peak memory in GiB (2**30 bytes)")
+    p.add_argument("--max-p95-ttft-ms", type=float, help="highest p95 time to first token")
+    p.add_argument("--min-throughput", type=float, help="lowest throughput in output tokens/s")
+    p.add_argument("--max-failed-fraction", type=float, default=0.0,
+                   help="highest fraction of failed requests (default 0)")
+
+    def handler(args):
+        from ssmkit.bench.commands import gate_command
+
+        return gate_command(args.results, min_quality=args.min_quality, max_p95_latency_ms=args.max_p95_latency_ms,
+                            max_memory_gb=args.max_memory_gb, max_p95_ttft_ms=args.max_p95_ttft_ms,
+                            min_throughput_tokens_per_s=args.min_throughput,
+                            max_failed_fraction=args.max_failed_fraction)
+
+    p.set_defaults(handler=handler)
+
+
+def add_tokens(sub):
+    p = sub.add_parser("tokens", help="tokenizer tools")
+    tokens_sub = p.add_subparsers(dest="tokens_command", metavar="TOKENS_COMMAND", required=True)
+    c = tokens_sub.add_parser("compare", help="token counts, ratio and cost impact of two tokenizers on text files")
+    c.add_argument("--a", required=True, help="'byte' or a tokenizer.json file or a folder holding one")
+    c.add_argument("--b", required=True, help="'byte' or a tokenizer.json file or a folder holding one")
+    c.add_argument("--context", type=int, default=4096, help="context window (tokens) for the length-limit example")
+    c.add_argument("files", nargs="+", help="UTF-8 text files")
+
+    def handler(args):
+        from ssmkit.bench.commands import tokens_compare_command
+
+        return tokens_compare_command(args.a, args.b, args.files, context_tokens=args.context)
+
+    c.set_defaults(handler=handler)
+
+
+COMMANDS = [add_demo, add_ops_bench, add_route, add_advise, add_compare, add_gate, add_tokens]
 
 
 def build_parser() -> argparse.ArgumentParser:
