@@ -97,7 +97,7 @@ class Trainer:
             sync = m == cfg.grad_accum - 1 or not self.dist.enabled
             with (contextlib.nullcontext() if sync else self.net.no_sync()):
                 with self.autocast():
-                    logits = model_logits(self.net, inputs, segments)
+                    logits = self._forward(inputs, segments, step)
                 nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                       ignore_index=IGNORE, reduction="sum")
                 # DDP averages gradients over ranks, so each rank's share is scaled by world_size.
@@ -108,6 +108,16 @@ class Trainer:
                 loss.backward()
             total += nll.detach().double()
         return float(all_reduce_sum(total, self.dist)) / max(n_labels, 1)
+
+    def _forward(self, inputs, segments, step: int) -> torch.Tensor:
+        """Logits; an operator that rejects NaN/Inf activations (ssd checks its inputs) means divergence."""
+        try:
+            return model_logits(self.net, inputs, segments)
+        except ValueError as err:
+            if "finite" not in str(err) and all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(self._stop_message(f"an activation ({err})", math.nan, step + 1)) from err
 
     def optimizer_step(self, step: int) -> float:
         """Clips the gradients, applies AdamW at the scheduled learning rate and clears them; returns the
@@ -201,9 +211,12 @@ class Trainer:
         architecture (the message lists the fields that differ)."""
         weights, tensors, state = read_checkpoint(path)
         theirs, ours = state.get("model_config", {}), _jsonable(self.model_config.to_dict())
-        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        first = ["mixers", "feed_forwards", "d_model", "n_layers", "vocab_size"]
+        diff = sorted((k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)),
+                      key=lambda k: (first.index(k) if k in first else len(first), k))
         if diff:
             shown = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, config {ours.get(k)!r}" for k in diff[:6])
+            shown += f"; and {len(diff) - 6} more" if len(diff) > 6 else ""
             raise ValueError(f"resume: checkpoint {path} holds another architecture ({shown}); train into a new "
                              f"out_dir or set resume: never")
         missing = self.model.load_state_dict(weights, strict=False)
