@@ -54,9 +54,14 @@ def ssd(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_l
     elif impl == "chunked":
         y, final = ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, **args)
     else:
-        from .triton import ssd_triton
+        from .triton import ssd_triton, unsupported_reason
 
-        y, final = ssd_triton(x, dt, A, B, C, chunk_size=chunk_size, **args)
+        reason = unsupported_reason(x, B)
+        if reason is None:
+            y, final = ssd_triton(x, dt, A, B, C, chunk_size=chunk_size, **args)
+        else:
+            warn_once(reason)
+            y, final = ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, **args)
     return (y, final) if return_final_state else y
 
 

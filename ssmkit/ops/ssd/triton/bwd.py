@@ -1,0 +1,328 @@
+"""Chunked SSD backward in Triton: two walks over the chunks, one forward in time and one in reverse.
+
+The gradient of y = SSM(x) is the same SSD structure run backwards: the adjoint g_t of the state obeys
+g_t = dy_t ⊗ C_t + exp(a_{t+1}) g_{t+1}, and dx_t = dt_t g_t B_t, dB_t = dt_t g_tᵀ x_t, dC_t = h_tᵀ dy_t.
+The forward walk recomputes h (for dC and, with a gate, y for dz); the reverse walk carries g (dx, dB, dh0).
+Each walk also writes its share of the decay gradient's parts, which bwd_dt.py sums into d dt, dA, d dt_bias.
+
+Version history
+- v1: per-head dB, dC partials in float32 (one per head-dim block), summed over heads of a group in torch;
+  segments as in the forward, with a pre-pass for each segment's own adjoint (`outgoing_adjoint`).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .bwd_dt import launch_bwd_dt
+from .fwd import dot_precision, dt_bounds
+from .plan import block_n, configs, pick
+from .tiles import (effective_dt, incoming_state, load_tile, outgoing_adjoint, seq_bounds,
+                    state_tile_offsets)
+
+
+@triton.jit
+def _dot_split(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """a @ b with float32 `b` rounded to `dtype` as hi + lo (two products): near-float32 accuracy where the
+    decay gradient needs it, since a single bf16 rounding of dy or of a state costs it ~30x in accuracy."""
+    hi = b.to(dtype)
+    out = tl.dot(a, hi, input_precision=PREC)
+    if SPLIT:
+        out += tl.dot(a, (b - hi.to(tl.float32)).to(dtype), input_precision=PREC)
+    return out
+
+
+@triton.jit
+def _gated_dy(dout, zt):
+    """dy = dout * silu(z): the gradient reaching y before the gate."""
+    return dout * zt * tl.sigmoid(zt)
+
+
+@triton.jit
+def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_ptr, segadj_ptr,
+                            seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi,
+                            SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                            BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+    """Each segment's adjoint of its entering state from its own outputs: sum_t exp(cum_t) C_t ⊗ dy_t."""
+    pid = tl.program_id(0)
+    npb = tl.cdiv(headdim, BLOCK_P)
+    h = pid % nheads
+    pb = (pid // nheads) % npb
+    ss = pid // (nheads * npb)
+    seq = ss // nseg
+    seg = ss % nseg
+    start, end = seq_bounds(cu_ptr, seq, seqlen)
+    nchunks = tl.cdiv(end - start, Q)
+    if (seg > 0) & (seg < tl.cdiv(nchunks, seg_chunks)):
+        g = h // (nheads // ngroups)
+        ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+        ns = tl.arange(0, BLOCK_N)
+        pmask = ps < headdim
+        nmask = ns < dstate
+        qs = tl.arange(0, Q)
+        A = tl.load(A_ptr + h).to(tl.float32)
+        dtype = dout_ptr.dtype.element_ty
+        G = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+        offset = 0.0
+        c1 = tl.minimum(seg * seg_chunks + seg_chunks, nchunks)
+        for c in range(seg * seg_chunks, c1):
+            rows = start + c * Q + qs
+            rmask = rows < end
+            dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
+            a = dtv * A
+            cum = tl.cumsum(a, 0)
+            Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
+            dy = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+            if z_ptr is not None:
+                dy = _gated_dy(dy, load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps,
+                                             pmask).to(tl.float32))
+            Cw = (Ct * tl.exp(offset + cum)[:, None]).to(dtype)
+            G += tl.dot(tl.trans(Cw), dy.to(dtype), input_precision=PREC)
+            offset += tl.sum(a, 0)
+        idx = (seq.to(tl.int64) * nseg + seg) * nheads + h
+        offs = state_tile_offsets(ps, ns, headdim, dstate)
+        tl.store(segadj_ptr + idx * headdim * dstate + offs, G, mask=nmask[:, None] & pmask[None, :])
+
+
+@triton.jit
+def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, cu_ptr, segst_ptr,
+                   seglog_ptr, dout_ptr, dC_ptr, parts_ptr, dz_ptr,
+                   seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
+                   SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+    """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1."""
+    pid = tl.program_id(0)
+    npb = tl.cdiv(headdim, BLOCK_P)
+    h = pid % nheads
+    pb = (pid // nheads) % npb
+    ss = pid // (nheads * npb)
+    seq = ss // nseg
+    seg = ss % nseg
+    start, end = seq_bounds(cu_ptr, seq, seqlen)
+    nchunks = tl.cdiv(end - start, Q)
+    if seg < tl.cdiv(nchunks, seg_chunks):
+        g = h // (nheads // ngroups)
+        ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+        ns = tl.arange(0, BLOCK_N)
+        pmask = ps < headdim
+        nmask = ns < dstate
+        qs = tl.arange(0, Q)
+        causal = qs[:, None] >= qs[None, :]
+        A = tl.load(A_ptr + h).to(tl.float32)
+        dtype = x_ptr.dtype.element_ty
+        S = incoming_state(init_ptr, segst_ptr, seglog_ptr, seq, seg, nseg, h, nheads, ps, ns, pmask, nmask,
+                           headdim, dstate, BLOCK_N, BLOCK_P)
+        if D_ptr is not None:
+            if D_PER_P:
+                Dv = tl.load(D_ptr + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
+            else:
+                Dv = tl.load(D_ptr + h).to(tl.float32)
+        c1 = tl.minimum(seg * seg_chunks + seg_chunks, nchunks)
+        for c in range(seg * seg_chunks, c1):
+            rows = start + c * Q + qs
+            rmask = rows < end
+            dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
+            a = dtv * A
+            cum = tl.cumsum(a, 0)
+            total = tl.sum(a, 0)
+            x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
+            Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
+            Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
+            dout = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+            Ldt = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))) * dtv[None, :]
+            Sd = S.to(dtype)
+            CB = tl.dot(Ct, tl.trans(Bt), input_precision=PREC)
+            y_off = tl.exp(cum)[:, None] * _dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share
+            xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
+            xy_mask = rmask[:, None] & pmask[None, :]
+            if z_ptr is not None:
+                zt = load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+                sig = tl.sigmoid(zt)
+                dy = dout * zt * sig
+                y = tl.dot((CB * Ldt).to(dtype), x, input_precision=PREC) + y_off
+                if D_ptr is not None:
+                    y += x.to(tl.float32) * Dv
+                dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
+                tl.store(dz_ptr + xy_offs, dz.to(dz_ptr.dtype.element_ty), mask=xy_mask)
+            else:
+                dy = dout
+            dyd = dy.to(dtype)
+            dyx = tl.trans(_dot_split(x, tl.trans(dy), dtype, SPLIT, PREC))  # [j, i] = dy_j . x_i
+            dC = tl.dot((dyx * Ldt).to(dtype), Bt, input_precision=PREC)
+            dC += tl.exp(cum)[:, None] * tl.dot(dyd, tl.trans(Sd), input_precision=PREC)
+            n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
+            tl.store(dC_ptr + n_offs, dC, mask=rmask[:, None] & nmask[None, :])
+            # Decay gradient, intra-chunk pairs (i < k <= j) summed directly, and pairs (i before the chunk,
+            # j >= k): sum_j dy_j . y_off_j. The chunk's total of the latter is taken back out (bwd_dt.py).
+            M = dyx * CB * Ldt
+            W = tl.cumsum(M, 1) - M  # W[j, k] = sum_{i<k} M[j, i]
+            T1 = tl.sum(tl.where(causal, W, 0.0), 0)
+            v = tl.sum(dy * y_off, 1)
+            T2 = tl.cumsum(v, 0, reverse=True)
+            pbase = (pb * 5 * nheads + h) * ntok + rows
+            tl.store(parts_ptr + pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
+            tl.store(parts_ptr + pbase + nheads * ntok, v, mask=rmask)
+            w = tl.exp(total - cum) * dtv
+            S = tl.exp(total) * S + tl.dot(tl.trans((Bt * w[:, None]).to(dtype)), x, input_precision=PREC)
+
+
+@triton.jit
+def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, cu_ptr, segadj_ptr, seglog_ptr,
+                   dfinal_ptr, dout_ptr, dx_ptr, dB_ptr, parts_ptr, dD_ptr, dinit_ptr,
+                   seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
+                   SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+    """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2-4."""
+    pid = tl.program_id(0)
+    npb = tl.cdiv(headdim, BLOCK_P)
+    h = pid % nheads
+    pb = (pid // nheads) % npb
+    ss = pid // (nheads * npb)
+    seq = ss // nseg
+    seg = ss % nseg
+    start, end = seq_bounds(cu_ptr, seq, seqlen)
+    nchunks = tl.cdiv(end - start, Q)
+    nseg_seq = tl.maximum(tl.cdiv(nchunks, seg_chunks), 1)
+    if seg < nseg_seq:
+        g = h // (nheads // ngroups)
+        ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+        ns = tl.arange(0, BLOCK_N)
+        pmask = ps < headdim
+        nmask = ns < dstate
+        qs = tl.arange(0, Q)
+        anticausal = qs[:, None] <= qs[None, :]
+        A = tl.load(A_ptr + h).to(tl.float32)
+        dtype = x_ptr.dtype.element_ty
+        G = outgoing_adjoint(dfinal_ptr, segadj_ptr, seglog_ptr, seq, seg, nseg_seq, nseg, h, nheads, ps, ns,
+                             pmask, nmask, headdim, dstate, BLOCK_N, BLOCK_P)
+        if D_ptr is not None:
+            if D_PER_P:
+                Dv = tl.load(D_ptr + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
+            else:
+                Dv = tl.load(D_ptr + h).to(tl.float32)
+            dD = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        c0 = seg * seg_chunks
+        c1 = tl.minimum(c0 + seg_chunks, nchunks)
+        for i in range(0, c1 - c0):
+            c = c1 - 1 - i
+            rows = start + c * Q + qs
+            rmask = rows < end
+            dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
+            a = dtv * A
+            cum = tl.cumsum(a, 0)
+            total = tl.sum(a, 0)
+            x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
+            Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
+            Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
+            dy = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+            if z_ptr is not None:
+                dy = _gated_dy(dy, load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps,
+                                             pmask).to(tl.float32))
+            dyd = dy.to(dtype)
+            Gd = G.to(dtype)
+            # Lt[i, j] = exp(cum_j - cum_i) for j >= i: how far position i's input reaches output j
+            Lt = tl.exp(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")))
+            tail = tl.exp(total - cum)[:, None]
+            BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
+            BG = tail * _dot_split(Bt, G, dtype, SPLIT, PREC)  # outputs after the chunk
+            gB = _dot_split((BC * Lt).to(dtype), dy, dtype, SPLIT, PREC) + BG  # (Q, P): g_i B_i
+            xf = x.to(tl.float32)
+            dx = dtv[:, None] * gB
+            if D_ptr is not None:
+                dx += Dv * dy
+                dD += tl.sum(dy * xf, 0)
+            xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
+            tl.store(dx_ptr + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
+            # Decay gradient: pairs (i < k, j after the chunk), and q_t = x_t . g_t B_t for d dt.
+            s_inter = dtv * tl.sum(xf * BG, 1)
+            pbase = ((pb * 5 + 2) * nheads + h) * ntok + rows
+            tl.store(parts_ptr + pbase, tl.cumsum(s_inter, 0) - s_inter, mask=rmask)
+            tl.store(parts_ptr + pbase + nheads * ntok, s_inter, mask=rmask)
+            tl.store(parts_ptr + pbase + 2 * nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
+            xdy = tl.dot(x, tl.trans(dyd), input_precision=PREC)  # [i, j] = x_i . dy_j
+            dB = tl.dot((xdy * Lt).to(dtype), Ct, input_precision=PREC)
+            dB += tail * tl.dot(x, tl.trans(Gd), input_precision=PREC)
+            dB *= dtv[:, None]
+            n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
+            tl.store(dB_ptr + n_offs, dB, mask=rmask[:, None] & nmask[None, :])
+            Cw = (Ct * tl.exp(cum)[:, None]).to(dtype)
+            G = tl.exp(total) * G + tl.dot(tl.trans(Cw), dyd, input_precision=PREC)
+        if D_ptr is not None:
+            tl.store(dD_ptr + (ss.to(tl.int64) * nheads + h) * headdim + ps, dD, mask=pmask)
+        if dinit_ptr is not None:
+            if seg == 0:
+                offs = state_tile_offsets(ps, ns, headdim, dstate)
+                base = (seq.to(tl.int64) * nheads + h) * headdim * dstate
+                tl.store(dinit_ptr + base + offs, G, mask=nmask[:, None] & pmask[None, :])
+
+
+def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, cu_seqlens, plan,
+            segst, seglog, final, *, config=None):
+    """Gradients of (y, final_state) -> every input, given the forward's plan and segment states.
+
+    dout like x (contiguous); dfinal (nseq, nheads, headdim, dstate) or None.
+    Returns (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_state); None where the input was None.
+    """
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    ntok = batch * seqlen
+    lo, hi = dt_bounds(dt_limit)
+    bn = block_n(dstate)
+    prec = dot_precision(x.dtype)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    segadj = None
+    if plan.nseg > 1:
+        segadj = torch.empty(plan.nseq, plan.nseg, nheads, headdim, dstate, **f32)
+    dx = torch.empty_like(x)
+    dz = torch.empty_like(z) if z is not None else None
+    dinit = torch.empty(plan.nseq, nheads, headdim, dstate, **f32) if initial_state is not None else None
+    dD_part = torch.zeros(plan.nseq * plan.nseg, nheads, headdim, **f32) if D is not None else None
+    scalars = (seqlen, nheads, headdim, ngroups, dstate, plan.nseg, plan.seg_chunks, lo, hi)
+    parts = {}
+
+    def run(cfg):
+        bp = cfg["BLOCK_P"]
+        npb = triton.cdiv(headdim, bp)
+        if parts.get("npb") != npb:
+            parts.update(npb=npb, dC=torch.empty(npb, ntok, nheads, dstate, **f32),
+                         dB=torch.empty(npb, ntok, nheads, dstate, **f32), dt=torch.empty(npb, 5, nheads, ntok, **f32))
+        grid = (plan.nseq * plan.nseg * npb * nheads,)
+        meta = dict(Q=plan.Q, BLOCK_P=bp, BLOCK_N=bn, PREC=prec, num_warps=cfg["num_warps"],
+                    num_stages=cfg["num_stages"])
+        d_per_p = D is not None and D.ndim == 2
+        split = x.dtype != torch.float32
+        if segadj is not None:
+            _segment_adjoint_kernel[grid](dout, dt, A, C, z, dt_bias, cu_seqlens, segadj, *scalars,
+                                          SOFTPLUS=dt_softplus, **meta)
+        _bwd_dc_kernel[grid](x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, dout,
+                             parts["dC"], parts["dt"], dz, *scalars, ntok, SOFTPLUS=dt_softplus, D_PER_P=d_per_p,
+                             SPLIT=split, **meta)
+        _bwd_dx_kernel[grid](x, dt, A, B, C, D, z, dt_bias, cu_seqlens, segadj, seglog, dfinal, dout, dx,
+                             parts["dB"], parts["dt"], dD_part, dinit, *scalars, ntok, SOFTPLUS=dt_softplus,
+                             D_PER_P=d_per_p, SPLIT=split, **meta)
+
+    if config is None:
+        key = (x.dtype, plan, headdim, dstate, ngroups, nheads, D is not None, z is not None)
+        config = pick("bwd", key, configs(headdim, dstate, "bwd"), run, x.device)
+    run(config)
+
+    cfinal = None if dfinal is None else (dfinal * final).sum((-2, -1)).contiguous()
+    ddt = torch.empty_like(dt)
+    dA_part = torch.empty(plan.nseq, nheads, **f32)
+    dbias_part = torch.empty(plan.nseq, nheads, **f32)
+    launch_bwd_dt(dt, dt_bias, A, cu_seqlens, parts["dt"], cfinal, plan, dt_softplus, lo, hi, ddt, dA_part,
+                  dbias_part)
+    hpg = nheads // ngroups
+    dB = parts["dB"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(B.dtype)
+    dC = parts["dC"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(C.dtype)
+    dA = dA_part.sum(0).to(A.dtype)
+    dbias = dbias_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else None
+    dD = None
+    if D is not None:
+        dD = dD_part.sum(0)
+        dD = (dD if D.ndim == 2 else dD.sum(-1)).to(D.dtype)
+    if dinit is not None:
+        dinit = dinit.to(initial_state.dtype)
+    return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit

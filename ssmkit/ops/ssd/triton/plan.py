@@ -1,0 +1,114 @@
+"""Host-side launch planning for the SSD Triton kernels: chunk size, segments, block configs and tuning.
+
+Each program walks the chunks of one segment of one sequence, so the grid is (segments x head-dim blocks x
+heads); long sequences are cut into segments until the GPU has enough programs (Dao & Gu 2024, section 6:
+the inter-chunk scan is short, so each segment redoes its part of it instead of a separate launch).
+
+Version history
+- v1: one plan per call; a small table of configs per kernel, tuned once per shape key by timing each
+  config with triton.testing.do_bench (never while a CUDA graph is being captured, never in the interpreter).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+# Programs to aim for per streaming multiprocessor before cutting sequences into more segments.
+PROGRAMS_PER_SM = 6
+CHUNK_SIZES = (16, 32, 64, 128)
+DEFAULT_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Q: chunk length; nseq: sequences (batch rows or packed); seqlen: row length (batch mode);
+    nseg, seg_chunks: segments per sequence and chunks per segment; maxlen: the longest sequence."""
+
+    Q: int
+    nseq: int
+    seqlen: int
+    maxlen: int
+    nseg: int
+    seg_chunks: int
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def make_plan(x, nheads, cu_seqlens, chunk_size, seg_chunks=None) -> Plan:
+    """x (batch, seqlen, ...); chunk_size is honoured when it is a power of two in CHUNK_SIZES, else 64
+    (the chunk length is an evaluation order: every choice computes the same function)."""
+    batch, seqlen = x.shape[0], x.shape[1]
+    Q = chunk_size if chunk_size in CHUNK_SIZES else DEFAULT_CHUNK
+    if cu_seqlens is None:
+        nseq, maxlen = batch, seqlen
+    else:
+        nseq = cu_seqlens.numel() - 1
+        maxlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if nseq > 0 else 0
+    nchunks = max(1, triton_cdiv(maxlen, Q))
+    if seg_chunks is None:
+        want = PROGRAMS_PER_SM * sm_count(x.device)
+        nseg = min(nchunks, max(1, triton_cdiv(want, max(1, nseq * nheads))))
+        seg_chunks = triton_cdiv(nchunks, nseg)
+    seg_chunks = max(1, min(seg_chunks, nchunks))
+    return Plan(Q, nseq, seqlen, maxlen, triton_cdiv(nchunks, seg_chunks), seg_chunks)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def block_n(dstate: int) -> int:
+    return max(16, next_pow2(dstate))
+
+
+def configs(headdim: int, dstate: int, kind: str) -> list[dict]:
+    """Every config the tuner may pick for one kernel kind ("fwd", "bwd"), deduplicated for this shape.
+
+    An (N, P) state tile stays in registers, so BLOCK_P shrinks as dstate grows.
+    """
+    bn = block_n(dstate)
+    bp_max = max(16, min(next_pow2(headdim), 8192 // bn))
+    if kind == "fwd":
+        table = [(64, 4, 2), (64, 8, 2), (32, 4, 2), (32, 4, 1), (16, 4, 2)]
+    else:
+        table = [(64, 8, 1), (32, 4, 1), (32, 8, 1), (16, 4, 1)]
+    seen, out = set(), []
+    for bp, warps, stages in table:
+        bp = min(bp, bp_max)
+        if (bp, warps, stages) not in seen:
+            seen.add((bp, warps, stages))
+            out.append(dict(BLOCK_P=bp, num_warps=warps, num_stages=stages))
+    return out
+
+
+_TUNED: dict = {}
+
+
+def pick(name: str, key: tuple, candidates: list[dict], run, device: torch.device) -> dict:
+    """The fastest of `candidates` for this key, timing `run(config)` once per key on CUDA.
+
+    Falls back to the first candidate in the interpreter, on CPU and during CUDA graph capture.
+    """
+    if len(candidates) == 1 or interpreting() or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return _TUNED.get((name, key), candidates[0])
+    if (name, key) not in _TUNED:
+        from triton.testing import do_bench
+
+        times = [do_bench(lambda c=c: run(c), warmup=5, rep=20) for c in candidates]
+        _TUNED[(name, key)] = candidates[min(range(len(times)), key=times.__getitem__)]
+    return _TUNED[(name, key)]

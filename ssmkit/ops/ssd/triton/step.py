@@ -1,0 +1,101 @@
+"""SSD decode step in Triton: h <- exp(dt A) h + dt x Bᵀ, y = h C + D x, gated by silu(z), state updated in place.
+
+One launch per layer per token; no host synchronisation and no data-dependent host logic, so it can be captured
+in a CUDA graph. The state is float32 or bfloat16 (any float dtype); the update is computed in float32.
+
+Version history
+- v1: one program per (row, head, head-dim block); the block shrinks at small batch so that the grid still
+  covers every multiprocessor (the step is a pure state read + write: it is bound by memory bandwidth).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fwd import dt_bounds
+from .plan import block_n, next_pow2, sm_count
+from .tiles import softplus
+
+
+@triton.jit
+def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, y_ptr,
+                     s_slot, s_head, s_p, s_n, nheads, headdim, ngroups, dstate, dt_lo, dt_hi,
+                     SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, BLOCK_P: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """state (nslots, nheads, headdim, dstate) strided; x, z, y (batch, nheads, headdim); dt (batch, nheads);
+    B, C (batch, ngroups, dstate); idx (batch,) slot of each row, or None for slot = row."""
+    pid = tl.program_id(0)
+    pb = tl.program_id(1)
+    b = pid // nheads
+    h = pid % nheads
+    g = h // (nheads // ngroups)
+    slot = b.to(tl.int64)
+    if idx_ptr is not None:
+        slot = tl.load(idx_ptr + b).to(tl.int64)
+    ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    ns = tl.arange(0, BLOCK_N)
+    pmask = ps < headdim
+    nmask = ns < dstate
+    dt = tl.load(dt_ptr + pid).to(tl.float32)
+    if bias_ptr is not None:
+        dt += tl.load(bias_ptr + h).to(tl.float32)
+    if SOFTPLUS:
+        dt = softplus(dt)
+    dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
+    decay = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
+    x = tl.load(x_ptr + pid * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + (b * ngroups + g) * dstate + ns, mask=nmask, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + (b * ngroups + g) * dstate + ns, mask=nmask, other=0.0).to(tl.float32)
+    sp = state_ptr + slot * s_slot + h * s_head + ps[:, None] * s_p + ns[None, :] * s_n
+    smask = pmask[:, None] & nmask[None, :]
+    s = tl.load(sp, mask=smask, other=0.0).to(tl.float32)
+    s = s * decay + (dt * x)[:, None] * Bv[None, :]  # ZOH for A, Euler for B
+    tl.store(sp, s.to(state_ptr.dtype.element_ty), mask=smask)
+    y = tl.sum(s * Cv[None, :], 1)
+    if D_ptr is not None:
+        if D_PER_P:
+            y += x * tl.load(D_ptr + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
+        else:
+            y += x * tl.load(D_ptr + h).to(tl.float32)
+    if z_ptr is not None:
+        zt = tl.load(z_ptr + pid * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
+        y *= zt * tl.sigmoid(zt)
+    tl.store(y_ptr + pid * headdim + ps, y.to(y_ptr.dtype.element_ty), mask=pmask)
+
+
+def step_block_p(batch: int, nheads: int, headdim: int, dstate: int, device) -> int:
+    """Largest head-dim block with a tile of at most 4096 state entries that still gives ~4 programs per SM."""
+    bp = next_pow2(headdim)
+    while bp > 4 and (bp * block_n(dstate) > 4096
+                      or batch * nheads * triton.cdiv(headdim, bp) < 4 * sm_count(device)):
+        bp //= 2
+    return bp
+
+
+def ssd_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
+                    state_indices=None, block_p=None):
+    """Advances `state` by one token IN PLACE and returns y; same arguments as `ssmkit.ops.ssd.ssd_step`.
+
+    state (nslots, nheads, headdim, dstate) float32 or bfloat16, any strides; x, z (batch, nheads, headdim);
+    dt (batch, nheads); B, C (batch, ngroups, dstate); D (nheads,) or (nheads, headdim); state_indices (batch,)
+    int slot of each row (rows must name distinct slots). Returns y (batch, nheads, headdim) in x.dtype.
+    """
+    batch, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[1], B.shape[2]
+    lo, hi = dt_bounds(dt_limit)
+    x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
+    z = None if z is None else z.contiguous()
+    D = None if D is None else D.contiguous()
+    idx = None if state_indices is None else state_indices.contiguous()
+    y = torch.empty_like(x)
+    bp = block_p or step_block_p(batch, nheads, headdim, dstate, x.device)
+    if batch * nheads == 0:
+        return y
+    grid = (batch * nheads, triton.cdiv(headdim, bp))
+    _ssd_step_kernel[grid](state, x, dt, A, B, C, D, z, dt_bias, idx, y, *state.stride(), nheads, headdim,
+                           ngroups, dstate, lo, hi, SOFTPLUS=bool(dt_softplus),
+                           D_PER_P=D is not None and D.ndim == 2, BLOCK_P=bp, BLOCK_N=block_n(dstate),
+                           num_warps=4)
+    return y

@@ -1,0 +1,105 @@
+"""Triton helpers shared by the SSD kernels: sequence bounds, the effective step size, chunk tiles and the
+state that enters a segment (the short scan of section 6 of Dao & Gu 2024, done by each segment for itself).
+
+Version history
+- v1: one place for the pieces every kernel repeats, so the forward, the backward and the pre-passes read the
+  same bytes the same way (the forward and backward must agree bit for bit on dt and the decay).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def seq_bounds(cu_ptr, seq, seqlen):
+    """[start, end) of sequence `seq` in the packed token axis: batch rows when cu_ptr is None."""
+    if cu_ptr is None:
+        start = seq.to(tl.int64) * seqlen
+        end = start + seqlen
+    else:
+        start = tl.load(cu_ptr + seq).to(tl.int64)
+        end = tl.load(cu_ptr + seq + 1).to(tl.int64)
+    return start, end
+
+
+@triton.jit
+def softplus(v):
+    """log(1 + e^v) with torch's threshold (identity above 20) and an accurate log1p for small e^v."""
+    u = tl.exp(tl.minimum(v, 20.0))
+    w = 1.0 + u
+    lp = tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0)))
+    return tl.where(v > 20.0, v, lp)
+
+
+@triton.jit
+def effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS: tl.constexpr):
+    """softplus(dt + dt_bias) clamped to [dt_lo, dt_hi] in float32 for `rows`; 0 on masked rows (no decay)."""
+    v = tl.load(dt_ptr + rows * nheads + h, mask=rmask, other=0.0).to(tl.float32)
+    if bias_ptr is not None:
+        v += tl.load(bias_ptr + h).to(tl.float32)
+    if SOFTPLUS:
+        v = softplus(v)
+    v = tl.minimum(tl.maximum(v, dt_lo), dt_hi)
+    return tl.where(rmask, v, 0.0)
+
+
+@triton.jit
+def load_tile(ptr, rows, rmask, row_stride, col0, cols, cmask):
+    """A (rows, cols) tile of a row-major token-by-feature array, zeros where masked."""
+    offs = rows[:, None] * row_stride + col0 + cols[None, :]
+    return tl.load(ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0)
+
+
+@triton.jit
+def state_tile_offsets(ps, ns, headdim, dstate):
+    """Offsets of an (N, P) tile inside one (headdim, dstate) state stored row-major as (P, N)."""
+    return ps[None, :] * dstate + ns[:, None]
+
+
+@triton.jit
+def incoming_state(init_ptr, segst_ptr, seglog_ptr, seq, seg, nseg, h, nheads, ps, ns, pmask, nmask,
+                   headdim, dstate, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The state entering segment `seg` of sequence `seq`, as an (N, P) float32 tile.
+
+    segst holds each segment's own end state (from a zero start) and seglog its total log-decay, so
+    h_in(seg) = sum_{m<seg} exp(sum_{m<l<seg} seglog_l) segst_m + exp(sum_{l<seg} seglog_l) h0.
+    """
+    offs = state_tile_offsets(ps, ns, headdim, dstate)
+    smask = nmask[:, None] & pmask[None, :]
+    size = headdim * dstate
+    acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+    logw = 0.0
+    if segst_ptr is not None:
+        for i in range(0, seg):
+            m = seg - 1 - i
+            idx = (seq.to(tl.int64) * nseg + m) * nheads + h
+            acc += tl.exp(logw) * tl.load(segst_ptr + idx * size + offs, mask=smask, other=0.0)
+            logw += tl.load(seglog_ptr + idx)
+    if init_ptr is not None:
+        acc += tl.exp(logw) * tl.load(init_ptr + (seq.to(tl.int64) * nheads + h) * size + offs, mask=smask,
+                                      other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def outgoing_adjoint(dfinal_ptr, segadj_ptr, seglog_ptr, seq, seg, nseg_seq, nseg, h, nheads, ps, ns, pmask,
+                     nmask, headdim, dstate, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The adjoint (gradient) of the state leaving segment `seg`, as an (N, P) float32 tile.
+
+    segadj holds each segment's adjoint of its entering state from its own outputs only, so
+    g_out(seg) = sum_{m>seg} exp(sum_{seg<l<m} seglog_l) segadj_m + exp(sum_{l>seg} seglog_l) dfinal.
+    """
+    offs = state_tile_offsets(ps, ns, headdim, dstate)
+    smask = nmask[:, None] & pmask[None, :]
+    size = headdim * dstate
+    acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+    logw = 0.0
+    if segadj_ptr is not None:
+        for m in range(seg + 1, nseg_seq):
+            idx = (seq.to(tl.int64) * nseg + m) * nheads + h
+            acc += tl.exp(logw) * tl.load(segadj_ptr + idx * size + offs, mask=smask, other=0.0)
+            logw += tl.load(seglog_ptr + idx)
+    if dfinal_ptr is not None:
+        acc += tl.exp(logw) * tl.load(dfinal_ptr + (seq.to(tl.int64) * nheads + h) * size + offs, mask=smask,
+                                      other=0.0).to(tl.float32)
+    return acc

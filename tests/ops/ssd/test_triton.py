@@ -1,0 +1,220 @@
+"""The Triton SSD kernels against the float64 spec: under TRITON_INTERPRET=1 on CPU (CI), and on GPU.
+
+The interpreter checks live in triton_cases.py and run in one child process with TRITON_INTERPRET=1 in its
+environment (triton.jit reads it at import, before any test could set it). GPU tests carry the `gpu` mark and
+check every block config the tuner can pick, since Triton 3.4-3.7 is known to miscompile an SSD-like backward
+on Hopper for some configs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssmkit.ops.ssd import ssd
+from ssmkit.ops.ssd.chunked import ssd_chunked
+from tests.compare import assert_close
+from tests.ops.ssd.triton_cases import GRAD_NAMES, check_all, check_step, make_inputs, reference, step_inputs
+
+INTERPRETER_CASES = ("shapes", "varlen", "segments", "float16", "awkward_shapes", "step", "dispatch")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """Runs every interpreter case once in a child process; maps case name -> (ok, message)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-m", "tests.ops.ssd.triton_cases", *INTERPRETER_CASES], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            results[r["name"]] = (r["ok"], r["message"])
+    for name in INTERPRETER_CASES:
+        results.setdefault(name, (False, f"no result; exit {proc.returncode}\n{proc.stderr[-3000:]}"))
+    return results
+
+
+def _expect(interpreted, name):
+    ok, message = interpreted[name]
+    assert ok, message
+
+
+def test_interpreted_triton_matches_recurrent_outputs_states_and_all_gradients_across_shapes(interpreted):
+    _expect(interpreted, "shapes")
+
+
+def test_interpreted_triton_resets_state_at_packed_sequence_boundaries(interpreted):
+    _expect(interpreted, "varlen")
+
+
+def test_interpreted_triton_segments_compute_the_same_function_as_one_walk(interpreted):
+    _expect(interpreted, "segments")
+
+
+def test_interpreted_triton_float16_within_float16_tolerances(interpreted):
+    _expect(interpreted, "float16")
+
+
+def test_interpreted_triton_forward_matches_recurrent_for_awkward_shapes(interpreted):
+    _expect(interpreted, "awkward_shapes")
+
+
+def test_interpreted_triton_step_updates_strided_state_slots_in_place(interpreted):
+    _expect(interpreted, "step")
+
+
+def test_interpreted_ssd_dispatch_runs_triton_and_falls_back_for_float64(interpreted):
+    _expect(interpreted, "dispatch")
+
+
+# ---------------------------------------------------------------- GPU
+
+GPU_CASES = [
+    # dtype, batch, seqlen, nheads, headdim, ngroups, dstate, extras
+    (torch.bfloat16, 2, 300, 8, 64, 1, 64, dict()),
+    (torch.bfloat16, 1, 1000, 4, 128, 2, 128, dict(D2=True)),
+    (torch.bfloat16, 2, 257, 4, 32, 4, 256, dict(z=False)),
+    (torch.float16, 3, 63, 8, 64, 1, 16, dict(init=False)),
+    (torch.float32, 2, 515, 4, 64, 1, 64, dict()),
+    (torch.float32, 1, 2048, 2, 100, 1, 64, dict(bias=False)),
+    (torch.bfloat16, 1, 4096, 2, 64, 1, 64, dict()),
+]
+
+
+def gpu_reference(inp, cu_seqlens=None, dout=None, dfinal=None):
+    """Float64 chunked form on the GPU (itself tested against the recurrence in test_orders_agree.py)."""
+    def oracle(*args, **kw):
+        return ssd_chunked(*args, chunk_size=32, **kw)
+
+    return reference(inp, cu_seqlens=cu_seqlens, dout=dout, dfinal=dfinal, oracle=oracle)
+
+
+def _run_gpu_case(inp, nseq, cu_seqlens, dtype, chunk_size=64):
+    import ssmkit.ops.ssd.triton as mod
+    from tests.ops.ssd.triton_cases import run_triton
+
+    P, N = inp["x"].shape[-1], inp["B"].shape[-1]
+    dout = torch.randn(inp["x"].shape, device="cuda").to(dtype)
+    dfinal = torch.randn(nseq, inp["x"].shape[2], P, N, device="cuda")
+    out = run_triton(mod, inp, cu_seqlens=cu_seqlens, dout=dout, dfinal=dfinal, chunk_size=chunk_size)
+    check_all(*out, gpu_reference(inp, cu_seqlens=cu_seqlens, dout=dout, dfinal=dfinal), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{c}" if not isinstance(c, tuple) else
+                         f"{str(c[0])[6:]}-b{c[1]}-L{c[2]}-h{c[3]}-p{c[4]}-g{c[5]}-n{c[6]}")
+def test_triton_matches_float64_outputs_states_and_gradients_on_gpu(case):
+    dtype, *shape, extras = case
+    inp = make_inputs(*shape, dtype=dtype, device="cuda", seed=shape[1], **extras)
+    _run_gpu_case(inp, shape[0], None, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_many_short_packed_sequences_match_float64_on_gpu(dtype):
+    g = torch.Generator().manual_seed(11)
+    lengths = torch.randint(0, 90, (60,), generator=g).tolist() + [700]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    inp = make_inputs(1, int(cu[-1]), 8, 64, 2, 64, dtype=dtype, device="cuda", nseq=len(lengths), seed=12)
+    _run_gpu_case(inp, len(lengths), cu, dtype)
+
+
+CONFIG_SHAPES = [
+    # dtype, headdim, dstate, varlen
+    (torch.bfloat16, 64, 64, False),
+    (torch.bfloat16, 128, 128, True),
+    (torch.bfloat16, 32, 256, False),
+    (torch.float16, 64, 128, True),
+    (torch.float32, 64, 64, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", CONFIG_SHAPES, ids=lambda s: f"{str(s[0])[6:]}-p{s[1]}-n{s[2]}-varlen{s[3]}")
+def test_every_tunable_config_matches_float64_on_gpu(shape):
+    """Each config the tuner may pick, forward and backward, run explicitly (segments forced on)."""
+    from ssmkit.ops.ssd.triton.bwd import ssd_bwd
+    from ssmkit.ops.ssd.triton.fwd import ssd_fwd
+    from ssmkit.ops.ssd.triton.plan import configs
+
+    dtype, P, N, varlen = shape
+    cu = torch.tensor([0, 100, 101, 700, 1100], dtype=torch.int32, device="cuda") if varlen else None
+    batch, seqlen, nseq = (1, 1100, 4) if varlen else (2, 550, 2)
+    inp = make_inputs(batch, seqlen, 4, P, 2, N, dtype=dtype, device="cuda", nseq=nseq, seed=P + N)
+    dout = torch.randn(inp["x"].shape, device="cuda").to(dtype)
+    dfinal = torch.randn(nseq, 4, P, N, device="cuda")
+    y_ref, final_ref, grads_ref = gpu_reference(inp, cu_seqlens=cu, dout=dout, dfinal=dfinal)
+    args = [inp[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
+    fwd_out = None
+    for cfg in configs(P, N, "fwd"):
+        fwd_out = ssd_fwd(*args, True, None, inp["initial_state"], cu, 64, config=cfg, seg_chunks=3)
+        assert_close(fwd_out[0], y_ref, dtype, name=f"y {cfg}")
+        assert_close(fwd_out[1], final_ref, dtype, name=f"final {cfg}")
+    y, final, plan, segst, seglog = fwd_out
+    assert plan.nseg > 1
+    for cfg in configs(P, N, "bwd"):
+        grads = ssd_bwd(dout, dfinal, *args, True, None, inp["initial_state"], cu, plan, segst, seglog, final,
+                        config=cfg)
+        for name, g in zip(GRAD_NAMES, grads):
+            assert_close(g, grads_ref[name], dtype, grad=True, name=f"d{name} {cfg}")
+
+
+@pytest.mark.gpu
+def test_triton_reads_non_contiguous_inputs_correctly_on_gpu():
+    inp = make_inputs(2, 200, 4, 64, 2, 64, dtype=torch.bfloat16, device="cuda", seed=21)
+    strided = dict(inp)
+    strided["x"] = inp["x"].transpose(1, 2).contiguous().transpose(1, 2)  # same values, (b, h, l, p) storage
+    strided["B"] = torch.cat([inp["B"], inp["B"]], dim=-1)[..., :64]  # a view with a wider row stride
+    assert not strided["x"].is_contiguous() and not strided["B"].is_contiguous()
+
+    def call(t):
+        return ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
+                   dt_softplus=True, initial_state=t["initial_state"], return_final_state=True, impl="triton")
+
+    y, final = call(inp)
+    y_s, final_s = call(strided)
+    assert torch.equal(y, y_s) and torch.equal(final, final_s)
+    assert torch.equal(ssd(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], D=inp["D"], z=inp["z"],
+                           dt_bias=inp["dt_bias"], dt_softplus=True, initial_state=inp["initial_state"],
+                           impl="auto"), y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_triton_step_updates_strided_state_slots_in_place_on_gpu(state_dtype):
+    from ssmkit.ops.ssd.triton import ssd_step_triton
+
+    check_step(ssd_step_triton, state_dtype, device="cuda")
+
+
+@pytest.mark.gpu
+def test_triton_step_replayed_from_a_cuda_graph_matches_torch_step():
+    from ssmkit.ops.ssd.step import ssd_step
+    from ssmkit.ops.ssd.triton import ssd_step_triton
+
+    batch, nheads, headdim, ngroups, dstate = 8, 16, 64, 1, 128
+    state = torch.randn(batch, nheads, headdim, dstate, device="cuda")
+    static = step_inputs(batch, nheads, headdim, ngroups, dstate, device="cuda")
+    names = ("x", "dt", "A", "B", "C")
+    kw = dict(D=static["D"], z=static["z"], dt_bias=static["dt_bias"], dt_softplus=True)
+    ssd_step_triton(state.clone(), *[static[k] for k in names], **kw)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_static = ssd_step_triton(state, *[static[k] for k in names], **kw)
+    expected = state.clone()
+    for seed in range(3):
+        fresh = step_inputs(batch, nheads, headdim, ngroups, dstate, device="cuda", seed=100 + seed)
+        for k in ("x", "dt", "B", "C", "z"):
+            static[k].copy_(fresh[k])
+        graph.replay()
+        y_ref = ssd_step(expected, *[static[k] for k in names], **kw)
+        assert_close(y_static, y_ref, torch.float32, name=f"y replay {seed}")
+        assert_close(state, expected, torch.float32, name=f"state replay {seed}")

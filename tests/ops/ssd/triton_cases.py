@@ -1,0 +1,245 @@
+"""Shared pieces of the Triton SSD tests: realistic inputs, the float64 reference with gradients, and the
+checks that run under TRITON_INTERPRET=1 (in a child process: triton.jit reads the variable when triton and the
+kernels are imported, so it must be set before either, e.g. `TRITON_INTERPRET=1 python -m tests.ops.ssd.triton_cases`).
+
+Each `case_*` function raises AssertionError on a mismatch; `main` runs the named ones and prints one JSON line each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import traceback
+
+import torch
+
+from ssmkit.ops.ssd import ssd
+from ssmkit.ops.ssd.reference import ssd_recurrent
+from ssmkit.ops.ssd.step import ssd_step
+from tests.compare import assert_close
+
+GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+
+
+def patch_interpreter_scalar_index():
+    """triton 3.6's interpreter keeps scalars as 1-element arrays and int()s them for range(); NumPy >= 2.4
+    refuses int() of a 1-D array, so loops with run-time bounds need .item()-style indexing."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    patch_lang_tensor = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        patch_lang_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+
+
+def make_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, dtype=torch.float32, device="cpu", *, D2=False,
+                z=True, init=True, bias=True, nseq=None, seed=0):
+    """Realistic Mamba-2 ranges: A = -exp(U(0, log 16)), dt = softplus(N(0, 0.5) + softplus^-1(U-log(1e-3, 0.1)))."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    nseq = batch if nseq is None else nseq
+    out = dict(
+        x=rnd(batch, seqlen, nheads, headdim).to(dtype),
+        dt=(0.5 * rnd(batch, seqlen, nheads)).to(dtype),
+        A=-torch.exp(torch.rand(nheads, generator=g) * math.log(16.0)),
+        B=rnd(batch, seqlen, ngroups, dstate).to(dtype),
+        C=rnd(batch, seqlen, ngroups, dstate).to(dtype),
+        D=rnd(nheads, headdim) if D2 else rnd(nheads),
+        z=rnd(batch, seqlen, nheads, headdim).to(dtype) if z else None,
+        dt_bias=torch.log(torch.expm1(torch.exp(torch.rand(nheads, generator=g) * 4.6 - 6.9))) if bias else None,
+        initial_state=rnd(nseq, nheads, headdim, dstate) if init else None,
+    )
+    return {k: (v.to(device) if v is not None else None) for k, v in out.items()}
+
+
+def reference(inp, cu_seqlens=None, dt_limit=None, dout=None, dfinal=None, oracle=ssd_recurrent):
+    """Float64 outputs, final state and (with dout) every gradient, through the recurrent spec."""
+    leaves = {k: (v.detach().double().requires_grad_(dout is not None) if v is not None else None)
+              for k, v in inp.items()}
+    y, final = oracle(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], D=leaves["D"], z=leaves["z"],
+                      dt_bias=leaves["dt_bias"], dt_softplus=True, dt_limit=dt_limit,
+                      initial_state=leaves["initial_state"], cu_seqlens=cu_seqlens)
+    grads = {}
+    if dout is not None:
+        loss = (y * dout.double()).sum() + (final * dfinal.double()).sum()
+        loss.backward()
+        grads = {k: v.grad for k, v in leaves.items() if v is not None}
+    return y.detach(), final.detach(), grads
+
+
+def run_triton(mod, inp, cu_seqlens=None, dt_limit=None, dout=None, dfinal=None, chunk_size=16):
+    leaves = {k: (v.detach().clone().requires_grad_(dout is not None) if v is not None else None)
+              for k, v in inp.items()}
+    y, final = mod.ssd_triton(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], D=leaves["D"],
+                              z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True, dt_limit=dt_limit,
+                              initial_state=leaves["initial_state"], cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+    grads = {}
+    if dout is not None:
+        ((y.float() * dout.float()).sum() + (final * dfinal).sum()).backward()
+        grads = {k: v.grad for k, v in leaves.items() if v is not None}
+    return y.detach(), final.detach(), grads
+
+
+def check_all(y, final, grads, ref, dtype):
+    y_ref, final_ref, grads_ref = ref
+    assert_close(y, y_ref, dtype, name="y")
+    assert_close(final, final_ref, dtype, name="final_state")
+    for name in GRAD_NAMES:
+        if name in grads_ref:
+            assert_close(grads[name], grads_ref[name], dtype, grad=True, name=f"d{name}")
+
+
+CASES = {
+    # name: (batch, seqlen, nheads, headdim, ngroups, dstate, extras)
+    "odd_length": (2, 37, 2, 16, 1, 16, dict()),
+    "groups_headdim24_dstate20_D2_no_z": (1, 45, 4, 24, 2, 20, dict(D2=True, z=False, init=False)),
+    "groups_equal_heads_no_bias": (2, 16, 2, 16, 2, 16, dict(bias=False)),
+    "length_one": (1, 1, 2, 16, 1, 16, dict()),
+}
+
+
+def case_shapes(mod):
+    """Outputs, final states and all nine gradients vs the float64 recurrence, for each shape in CASES."""
+    for name, (*shape, extras) in CASES.items():
+        inp = make_inputs(*shape, **extras)
+        dout = torch.randn_like(inp["x"])
+        dfinal = torch.randn(shape[0], shape[2], shape[3], shape[5])
+        out = run_triton(mod, inp, dout=dout, dfinal=dfinal)
+        try:
+            check_all(*out, reference(inp, dout=dout, dfinal=dfinal), torch.float32)
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from None
+
+
+def case_varlen(mod):
+    """Packed sequences (one empty) reset the state at each boundary, gradients included."""
+    cu = torch.tensor([0, 5, 5, 21, 40, 70], dtype=torch.int32)
+    inp = make_inputs(1, 70, 2, 16, 1, 16, nseq=5, seed=1)
+    dout, dfinal = torch.randn_like(inp["x"]), torch.randn(5, 2, 16, 16)
+    out = run_triton(mod, inp, cu_seqlens=cu, dout=dout, dfinal=dfinal)
+    check_all(*out, reference(inp, cu_seqlens=cu, dout=dout, dfinal=dfinal), torch.float32)
+
+
+def case_segments(mod):
+    """Cutting a sequence into segments (pre-pass + per-segment combine) gives the same function, dt_limit on."""
+    from ssmkit.ops.ssd.triton.bwd import ssd_bwd
+    from ssmkit.ops.ssd.triton.fwd import ssd_fwd
+
+    inp = make_inputs(1, 70, 2, 16, 1, 16, seed=2)
+    args = [inp[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
+    limit = (0.01, 0.05)
+    dout, dfinal = torch.randn_like(inp["x"]), torch.randn(1, 2, 16, 16)
+    y_ref, final_ref, grads_ref = reference(inp, dt_limit=limit, dout=dout, dfinal=dfinal)
+    for seg_chunks in (1, 2, 100):
+        y, final, plan, segst, seglog = ssd_fwd(*args, True, limit, inp["initial_state"], None, 16,
+                                                seg_chunks=seg_chunks)
+        assert plan.nseg == math.ceil(5 / min(seg_chunks, 5)), plan
+        assert_close(y, y_ref, torch.float32, name=f"y seg_chunks={seg_chunks}")
+        assert_close(final, final_ref, torch.float32, name=f"final seg_chunks={seg_chunks}")
+        grads = ssd_bwd(dout, dfinal, *args, True, limit, inp["initial_state"], None, plan, segst, seglog, final)
+        for name, g in zip(GRAD_NAMES, grads):
+            assert_close(g, grads_ref[name], torch.float32, grad=True, name=f"d{name} seg_chunks={seg_chunks}")
+
+
+def case_float16(mod):
+    """Half-precision inputs (tensor-core operands) stay within the float16 rows of the tolerance table."""
+    inp = make_inputs(2, 40, 2, 16, 1, 16, dtype=torch.float16, seed=3)
+    dout = torch.randn(inp["x"].shape).half()
+    dfinal = torch.randn(2, 2, 16, 16)
+    out = run_triton(mod, inp, dout=dout, dfinal=dfinal)
+    check_all(*out, reference(inp, dout=dout, dfinal=dfinal), torch.float16)
+
+
+def case_awkward_shapes(mod):
+    """Hypothesis: lengths 1..40, headdim and dstate not powers of two, chunk sizes the kernel must replace."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=4, deadline=None, database=None)
+    @given(seqlen=st.integers(1, 40), headdim=st.sampled_from([8, 16, 20]), dstate=st.sampled_from([4, 16, 17]),
+           ngroups=st.sampled_from([1, 2]), chunk=st.sampled_from([16, 32, 50]))
+    def check(seqlen, headdim, dstate, ngroups, chunk):
+        inp = make_inputs(1, seqlen, 2, headdim, ngroups, dstate, seed=seqlen)
+        y, final, _ = run_triton(mod, inp, chunk_size=chunk)
+        y_ref, final_ref, _ = reference(inp)
+        assert_close(y, y_ref, torch.float32, name="y")
+        assert_close(final, final_ref, torch.float32, name="final_state")
+
+    check()
+
+
+def step_inputs(batch, nheads, headdim, ngroups, dstate, device="cpu", seed=4):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+    return dict(x=rnd(batch, nheads, headdim), z=rnd(batch, nheads, headdim), dt=0.5 * rnd(batch, nheads),
+                A=-torch.exp(torch.rand(nheads, generator=g) * 2.7).to(device), B=rnd(batch, ngroups, dstate),
+                C=rnd(batch, ngroups, dstate), D=rnd(nheads, headdim), dt_bias=0.1 * rnd(nheads))
+
+
+def check_step(step_fn, state_dtype, device="cpu"):
+    """In-place update of a strided state through slot indices; slots not named stay untouched."""
+    nheads, headdim, dstate = 4, 16, 16
+    base = torch.randn(6, nheads, dstate, headdim).to(device=device, dtype=state_dtype)
+    state = base.transpose(-1, -2)  # (slots, nheads, headdim, dstate), dstate not innermost
+    inp = step_inputs(3, nheads, headdim, 2, dstate, device)
+    idx = torch.tensor([4, 0, 2], device=device)
+    kw = dict(D=inp["D"], z=inp["z"], dt_bias=inp["dt_bias"], dt_softplus=True, dt_limit=(0.0, 1.0),
+              state_indices=idx)
+    args = [inp[k] for k in ("x", "dt", "A", "B", "C")]
+    expected_state = state.clone()
+    y_ref = ssd_step(expected_state, *args, **kw)
+    before = state.clone()
+    y = step_fn(state, *args, **kw)
+    assert_close(y, y_ref, torch.float32, name="y")
+    assert_close(state.float(), expected_state.float(), state_dtype, name="state")
+    assert torch.equal(state[[1, 3, 5]], before[[1, 3, 5]]), "slots not named by state_indices changed"
+
+
+def case_step(mod):
+    for state_dtype in (torch.float32, torch.bfloat16):
+        check_step(mod.ssd_step_triton, state_dtype)
+
+
+def case_dispatch(mod):
+    """ssd(impl="triton") runs the kernels; float64 falls back to the chunked path with a warning."""
+    import warnings
+
+    inp = make_inputs(1, 20, 2, 16, 1, 16, seed=5)
+
+    def call(t, impl):
+        return ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
+                   dt_softplus=True, chunk_size=16, initial_state=t["initial_state"], return_final_state=True,
+                   impl=impl)
+
+    inp64 = {k: v.double() for k, v in inp.items()}
+    y_ref, final_ref = call(inp64, "reference")
+    y, final = call(inp, "triton")
+    assert_close(y, y_ref, torch.float32, name="y")
+    assert_close(final, final_ref, torch.float32, name="final_state")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y64, _ = call(inp64, "triton")
+    assert any("chunked path" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert_close(y64, y_ref, torch.float64, name="y float64 fallback")
+
+
+def main(names):
+    patch_interpreter_scalar_index()
+    import ssmkit.ops.ssd.triton as mod
+
+    for name in names:
+        try:
+            globals()[f"case_{name}"](mod)
+            result = dict(name=name, ok=True, message="")
+        except Exception as e:  # reported to the parent test, which fails with the message
+            result = dict(name=name, ok=False, message=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
