@@ -98,14 +98,17 @@ def load_for_eval(checkpoint) -> tuple[LanguageModel, dict]:
                             f"folder with checkpoints/latest, nor a Hugging Face config.json")
 
 
-def eval_data_config(task: str, train_config: dict, *, data=None, seq_len=None, examples=None) -> DataConfig:
-    """The DataConfig of an evaluation: the training run's when it trained on the same kind, else defaults,
-    with the given fields replaced."""
+def eval_data_config(task: str, train_config: dict, *, data=None, seq_len=None, examples=None,
+                     model_vocab: int | None = None) -> DataConfig:
+    """The DataConfig of an evaluation: the training run's when it trained on the same kind, else defaults
+    (MQAR then uses the model's vocabulary, up to its default 8192), with the given fields replaced."""
     if task not in EVAL_TASKS:
         raise ValueError(f"task: expected one of {sorted(EVAL_TASKS)}, got {task!r}")
     kind = EVAL_TASKS[task]
     trained = dict(train_config.get("data") or {})
     fields = trained if trained.get("kind") == kind else {"kind": kind}
+    if kind == "mqar" and fields.get("vocab_size") is None and model_vocab is not None:
+        fields["vocab_size"] = min(model_vocab, 8192)
     if data:
         fields["paths"] = list(data)
     if seq_len is not None:
@@ -124,7 +127,8 @@ def evaluate_checkpoint(checkpoint, task: str, *, data=None, seq_len=None, examp
     on a task (accuracy on the answer positions of its held-out examples). Prints the metrics."""
     out = stream or sys.stdout
     model, train_config = load_for_eval(checkpoint)
-    config = eval_data_config(task, train_config, data=data, seq_len=seq_len, examples=examples)
+    config = eval_data_config(task, train_config, data=data, seq_len=seq_len, examples=examples,
+                              model_vocab=model.config.vocab_size)
     seed = train_config.get("seed", 0) if seed is None else seed
     dataset = Data(config, seed)
     if dataset.vocab_size > model.config.vocab_size:
