@@ -43,9 +43,10 @@ GROUP BY phase
 _WORST_LAYERS = """
 SELECT phase, layer_idx, layer_type, count(*) AS calls, quantile_cont(duration_ns, 0.5) AS p50_ns,
        quantile_cont(duration_ns, 0.99) AS p99_ns, max(duration_ns) AS max_ns,
-       max(duration_ns) / greatest(quantile_cont(duration_ns, 0.5), 1) AS max_over_p50
+       max(duration_ns) / greatest(quantile_cont(duration_ns, 0.5), 1) AS max_over_p50,
+       max(duration_ns) - quantile_cont(duration_ns, 0.5) AS max_excess_ns
 FROM events WHERE run_id = $run
-GROUP BY ALL ORDER BY max_over_p50 DESC, max_ns DESC LIMIT $k
+GROUP BY ALL HAVING count(*) >= 3 ORDER BY max_excess_ns DESC LIMIT $k
 """
 
 # A call's excess over the median of the same layer in the same phase and at the same sequence length.
@@ -58,7 +59,7 @@ SELECT e.call_id, e.request_id, e.phase, e.step, e.layer_idx, e.layer_type, e.se
        e.duration_ns / greatest(m.p50_ns, 1) AS ratio, e.duration_ns - m.p50_ns AS excess_ns
 FROM events e JOIN med m USING (phase, layer_idx, layer_type, seqlen)
 WHERE e.run_id = $run AND m.n >= 3
-ORDER BY ratio DESC LIMIT $k
+ORDER BY excess_ns DESC LIMIT $k
 """
 
 
@@ -75,11 +76,15 @@ class Summary:
     hidden_tails: list[dict] = field(default_factory=list)
 
 
-def summarize(store: TraceStore, run_id: int | None = None, *, k: int = 5, tail_factor: float = 3.0) -> Summary:
+def summarize(store: TraceStore, run_id: int | None = None, *, k: int = 5, tail_factor: float = 3.0,
+              min_tail_calls: int = 20) -> Summary:
     """The summary of run `run_id` (the newest when None).
 
-    hidden_tails lists (phase, layer type) whose p99 / p50 >= tail_factor and at least twice the p99 / p50 of whole
-    model calls (the sum over layers of one step): the type has a tail that end-to-end latency does not show.
+    worst_layers ranks (phase, layer) of 3 calls or more by max - p50, and outliers rank calls by their time above
+    the median of the same layer, phase and seqlen: time lost, so a long stall outranks jitter of a short layer.
+    hidden_tails lists (phase, layer type) of min_tail_calls calls or more whose p99 / p50 >= tail_factor and at
+    least twice the p99 / p50 of whole model calls (the sum over the layers of one step), largest p99 - p50 first:
+    the type has a tail that end-to-end latency does not show.
     """
     run_id = store.check_run(run_id)
     params = {"run": run_id}
@@ -92,13 +97,13 @@ def summarize(store: TraceStore, run_id: int | None = None, *, k: int = 5, tail_
     for row in types:
         agg, ratio = pooled[row["phase"]], row["p99_ns"] / max(row["p50_ns"], 1)
         step_ratio = _ratio(steps.get(row["phase"]))
-        if ratio >= tail_factor and ratio >= 2 * step_ratio:
+        if row["calls"] >= min_tail_calls and ratio >= tail_factor and ratio >= 2 * step_ratio:
             hidden.append({"phase": row["phase"], "layer_type": row["layer_type"], "p50_ns": row["p50_ns"],
                            "p99_ns": row["p99_ns"], "tail_ratio": ratio,
                            "pooled_p50_ns": agg["p50_ns"], "pooled_p99_ns": agg["p99_ns"],
                            "pooled_ratio": agg["p99_ns"] / max(agg["p50_ns"], 1),
                            "step_p99_over_p50": step_ratio})
-    hidden.sort(key=lambda h: -h["tail_ratio"])
+    hidden.sort(key=lambda h: h["p50_ns"] - h["p99_ns"])  # the largest tail in time first
     return Summary(run_id=run_id, wall_ns=wall, layer_types=types, aggregates=aggregates,
                    worst_layers=store.rows(_WORST_LAYERS, {**params, "k": k}),
                    outliers=store.rows(_OUTLIERS, {**params, "k": k}), hidden_tails=hidden)
@@ -122,15 +127,17 @@ def format_summary(s: Summary) -> str:
     rows = [[r["phase"], r["layer_type"], r["calls"], f"{100 * r['share']:.1f}%" if r.get("share") is not None
              else "", _us(r["p50_ns"]), _us(r["p95_ns"]), _us(r["p99_ns"]), _us(r["max_ns"]), f"{r['cv']:.2f}"]
             for r in s.layer_types + [{**a, "share": None} for a in s.aggregates]]
-    out = [f"run {s.run_id}: wall time {wall}", text_table(head, rows, right_from=2), "", "worst layers (max / p50):"]
+    out = [f"run {s.run_id}: wall time {wall}", text_table(head, rows, right_from=2), "",
+           "worst layers (largest max - p50):"]
     out.append(text_table(["phase", "layer", "type", "calls", "p50 us", "p99 us", "max us", "max/p50"],
                           [[r["phase"], r["layer_idx"], r["layer_type"], r["calls"], _us(r["p50_ns"]),
                             _us(r["p99_ns"]), _us(r["max_ns"]), f"{r['max_over_p50']:.1f}x"]
                            for r in s.worst_layers], right_from=3))
-    out += ["", "top outlier calls (duration / median of the same layer, phase and seqlen):"]
-    out.append(text_table(["request", "step", "phase", "layer", "type", "us", "median us", "ratio"],
+    out += ["", "top outlier calls (time above the median of the same layer, phase and seqlen):"]
+    out.append(text_table(["request", "step", "phase", "layer", "type", "us", "median us", "excess us", "ratio"],
                           [[r["request_id"], r["step"], r["phase"], r["layer_idx"], r["layer_type"],
-                            _us(r["duration_ns"]), _us(r["p50_ns"]), f"{r['ratio']:.1f}x"] for r in s.outliers],
+                            _us(r["duration_ns"]), _us(r["p50_ns"]), _us(r["excess_ns"]), f"{r['ratio']:.1f}x"]
+                           for r in s.outliers],
                           right_from=5))
     out += ["", "tails hidden in the aggregate:"]
     if not s.hidden_tails:

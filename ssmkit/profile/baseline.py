@@ -3,7 +3,7 @@ run against them that flags only deviations past both a relative and an absolute
 
 A percentile regresses when current > baseline * (1 + rel) + abs_ns. The relative margin absorbs run-to-run
 scaling noise, the absolute margin absorbs jitter of very short layers, and min_samples keeps a handful of calls
-from deciding anything.
+from deciding anything. The p95 limit is at least the baseline's p99: a tail the baseline already had is noise.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def check_baseline(store: TraceStore, name: str, run_id: int | None = None,
             continue
         for metric, rel in metrics:
             was, now = b[f"{metric}_ns"], c[f"{metric}_ns"]
-            limit = was * (1 + rel) + t.abs_ns
+            limit = max(was * (1 + rel), b["p99_ns"] if metric == "p95" else 0.0) + t.abs_ns
             if now > limit:
                 alerts.append(Alert("regression", *key, metric, was, now, limit, now / max(was, 1.0), b["n"],
                                     c["n"]))
