@@ -1,7 +1,9 @@
 """Batched generation of prompts of different lengths: left padding plus an attention mask, then one decode loop.
 
 Padding sits on the left so every row's last prompt token is the batch's last position; the mask keeps padding out
-of the SSM states and out of attention, so each row's tokens equal those of generating that prompt alone.
+of the SSM states and out of attention, so each row's tokens equal those of generating that prompt alone. RoPE
+angles of a padded row are shifted by its pad count, which leaves every attention score unchanged (scores depend
+on position differences only).
 """
 
 from __future__ import annotations

@@ -97,8 +97,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 20, temperatu
                            kv_dtype=kv_dtype, max_cache_len=max_cache_len)
     new = [step.tokens for step in steps]
     if not new:
-        return input_ids.clone()
-    return torch.cat([input_ids, torch.stack(new, dim=1).to(input_ids.dtype)], dim=1)
+        return input_ids.long().clone()
+    return torch.cat([input_ids.long(), torch.stack(new, dim=1)], dim=1)
 
 
 @dataclass

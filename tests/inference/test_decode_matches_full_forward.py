@@ -55,6 +55,7 @@ def test_greedy_tokens_are_the_argmax_of_the_full_forward_and_generate_returns_p
     with torch.no_grad():
         logits = model(out)
     assert torch.equal(out[:, 6:], logits[:, 5:-1].argmax(-1))
+    assert torch.equal(generate(model, prompt.int(), max_new_tokens=7), out)  # int32 prompts give int64 too
 
 
 def test_generate_restores_training_mode_and_model_generate_is_the_same_function():
