@@ -84,7 +84,7 @@ GPU_CASES = [
     (torch.bfloat16, 2, 257, 4, 32, 4, 256, dict(z=False)),
     (torch.float16, 3, 63, 8, 64, 1, 16, dict(init=False)),
     (torch.float32, 2, 515, 4, 64, 1, 64, dict()),
-    (torch.float32, 1, 2048, 2, 100, 1, 64, dict(bias=False)),
+    (torch.float32, 1, 2048, 2, 100, 1, 64, dict(D2=True)),
     (torch.bfloat16, 1, 4096, 2, 64, 1, 64, dict()),
 ]
 

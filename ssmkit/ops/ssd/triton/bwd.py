@@ -8,6 +8,10 @@ Each walk also writes its share of the decay gradient's parts, which bwd_dt.py s
 Version history
 - v1: per-head dB, dC partials in float32 (one per head-dim block), summed over heads of a group in torch;
   segments as in the forward, with a pre-pass for each segment's own adjoint (`outgoing_adjoint`).
+- v2: the decay gradient from pair sums (bwd_dt.py) and hi/lo split products (`dot_split`) for dy, the
+  state and adjoint updates and the state products: with single bf16 roundings dA was 5e-2..3e-1 off on an H100.
+  Configs with num_stages=1 and a head-dim block below 64 gave wrong results or illegal addresses under
+  Triton 3.6 on an H100 (forward and backward alike), so the tuner no longer offers num_stages=1.
 """
 
 from __future__ import annotations
@@ -19,19 +23,8 @@ import triton.language as tl
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick
-from .tiles import (effective_dt, incoming_state, load_tile, outgoing_adjoint, seq_bounds,
+from .tiles import (dot_split, effective_dt, incoming_state, load_tile, outgoing_adjoint, seq_bounds,
                     state_tile_offsets)
-
-
-@triton.jit
-def _dot_split(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
-    """a @ b with float32 `b` rounded to `dtype` as hi + lo (two products): near-float32 accuracy where the
-    decay gradient needs it, since a single bf16 rounding of dy or of a state costs it ~30x in accuracy."""
-    hi = b.to(dtype)
-    out = tl.dot(a, hi, input_precision=PREC)
-    if SPLIT:
-        out += tl.dot(a, (b - hi.to(tl.float32)).to(dtype), input_precision=PREC)
-    return out
 
 
 @triton.jit
@@ -44,7 +37,7 @@ def _gated_dy(dout, zt):
 def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_ptr, segadj_ptr,
                             seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi,
                             SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                            BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+                            BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     """Each segment's adjoint of its entering state from its own outputs: sum_t exp(cum_t) C_t ⊗ dy_t."""
     pid = tl.program_id(0)
     npb = tl.cdiv(headdim, BLOCK_P)
@@ -78,8 +71,7 @@ def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_
             if z_ptr is not None:
                 dy = _gated_dy(dy, load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps,
                                              pmask).to(tl.float32))
-            Cw = (Ct * tl.exp(offset + cum)[:, None]).to(dtype)
-            G += tl.dot(tl.trans(Cw), dy.to(dtype), input_precision=PREC)
+            G += dot_split(tl.trans(Ct), dy * tl.exp(offset + cum)[:, None], dtype, SPLIT, PREC)
             offset += tl.sum(a, 0)
         idx = (seq.to(tl.int64) * nseg + seg) * nheads + h
         offs = state_tile_offsets(ps, ns, headdim, dstate)
@@ -134,7 +126,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             Ldt = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))) * dtv[None, :]
             Sd = S.to(dtype)
             CB = tl.dot(Ct, tl.trans(Bt), input_precision=PREC)
-            y_off = tl.exp(cum)[:, None] * _dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share
+            y_off = tl.exp(cum)[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share
             xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
             xy_mask = rmask[:, None] & pmask[None, :]
             if z_ptr is not None:
@@ -149,7 +141,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             else:
                 dy = dout
             dyd = dy.to(dtype)
-            dyx = tl.trans(_dot_split(x, tl.trans(dy), dtype, SPLIT, PREC))  # [j, i] = dy_j . x_i
+            dyx = tl.trans(dot_split(x, tl.trans(dy), dtype, SPLIT, PREC))  # [j, i] = dy_j . x_i
             dC = tl.dot((dyx * Ldt).to(dtype), Bt, input_precision=PREC)
             dC += tl.exp(cum)[:, None] * tl.dot(dyd, tl.trans(Sd), input_precision=PREC)
             n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
@@ -165,7 +157,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             tl.store(parts_ptr + pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
             tl.store(parts_ptr + pbase + nheads * ntok, v, mask=rmask)
             w = tl.exp(total - cum) * dtv
-            S = tl.exp(total) * S + tl.dot(tl.trans((Bt * w[:, None]).to(dtype)), x, input_precision=PREC)
+            S = tl.exp(total) * S + dot_split(tl.trans(Bt), x.to(tl.float32) * w[:, None], dtype, SPLIT, PREC)
 
 
 @triton.jit
@@ -226,8 +218,8 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             Lt = tl.exp(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")))
             tail = tl.exp(total - cum)[:, None]
             BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
-            BG = tail * _dot_split(Bt, G, dtype, SPLIT, PREC)  # outputs after the chunk
-            gB = _dot_split((BC * Lt).to(dtype), dy, dtype, SPLIT, PREC) + BG  # (Q, P): g_i B_i
+            BG = tail * dot_split(Bt, G, dtype, SPLIT, PREC)  # outputs after the chunk
+            gB = dot_split((BC * Lt).to(dtype), dy, dtype, SPLIT, PREC) + BG  # (Q, P): g_i B_i
             xf = x.to(tl.float32)
             dx = dtv[:, None] * gB
             if D_ptr is not None:
@@ -247,8 +239,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             dB *= dtv[:, None]
             n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
             tl.store(dB_ptr + n_offs, dB, mask=rmask[:, None] & nmask[None, :])
-            Cw = (Ct * tl.exp(cum)[:, None]).to(dtype)
-            G = tl.exp(total) * G + tl.dot(tl.trans(Cw), dyd, input_precision=PREC)
+            G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * tl.exp(cum)[:, None], dtype, SPLIT, PREC)
         if D_ptr is not None:
             tl.store(dD_ptr + (ss.to(tl.int64) * nheads + h) * headdim + ps, dD, mask=pmask)
         if dinit_ptr is not None:
@@ -295,7 +286,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
         split = x.dtype != torch.float32
         if segadj is not None:
             _segment_adjoint_kernel[grid](dout, dt, A, C, z, dt_bias, cu_seqlens, segadj, *scalars,
-                                          SOFTPLUS=dt_softplus, **meta)
+                                          SOFTPLUS=dt_softplus, SPLIT=split, **meta)
         _bwd_dc_kernel[grid](x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, dout,
                              parts["dC"], parts["dt"], dz, *scalars, ntok, SOFTPLUS=dt_softplus, D_PER_P=d_per_p,
                              SPLIT=split, **meta)

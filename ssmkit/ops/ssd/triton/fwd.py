@@ -9,6 +9,9 @@ Version history
   per-chunk states never touch device memory, so the forward moves x, B, C, dt, z in and y out, nothing else.
   Sequences too long for the grid are cut into segments: a pre-pass writes each segment's own end state
   (zero start) and each segment combines the ones before it (`incoming_state`).
+- v2: the segment pre-pass updates its state with hi/lo split products, as the backward does (it feeds the
+  backward's recomputed states); the main kernel keeps one bf16 product (y and the final state are within bf16
+  tolerance without it).
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import triton
 import triton.language as tl
 
 from .plan import block_n, configs, make_plan, pick
-from .tiles import effective_dt, incoming_state, load_tile, seq_bounds, state_tile_offsets
+from .tiles import dot_split, effective_dt, incoming_state, load_tile, seq_bounds, state_tile_offsets
 
 
 @triton.jit
 def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, cu_ptr, segst_ptr, seglog_ptr,
                           seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi,
                           SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                          BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+                          BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     """Each segment's own end state from a zero start, and its total log-decay (all but the last segment)."""
     pid = tl.program_id(0)
     npb = tl.cdiv(headdim, BLOCK_P)
@@ -57,7 +60,7 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, cu_ptr, segst_p
             x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
             Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
             w = tl.exp(total - cum) * dtv
-            S = tl.exp(total) * S + tl.dot(tl.trans((Bt * w[:, None]).to(dtype)), x, input_precision=PREC)
+            S = tl.exp(total) * S + dot_split(tl.trans(Bt), x.to(tl.float32) * w[:, None], dtype, SPLIT, PREC)
             logdecay += total
         idx = (seq.to(tl.int64) * nseg + seg) * nheads + h
         offs = state_tile_offsets(ps, ns, headdim, dstate)
@@ -180,7 +183,7 @@ def ssd_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_
                     num_stages=cfg["num_stages"])
         if segst is not None:
             _segment_state_kernel[grid](x, dt, A, B, dt_bias, cu_seqlens, segst, seglog, *scalars,
-                                        SOFTPLUS=dt_softplus, **meta)
+                                        SOFTPLUS=dt_softplus, SPLIT=x.dtype != torch.float32, **meta)
         _ssd_fwd_kernel[grid](x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, y, final,
                               *scalars, SOFTPLUS=dt_softplus, D_PER_P=D is not None and D.ndim == 2, **meta)
 

@@ -4,6 +4,8 @@ state that enters a segment (the short scan of section 6 of Dao & Gu 2024, done 
 Version history
 - v1: one place for the pieces every kernel repeats, so the forward, the backward and the pre-passes read the
   same bytes the same way (the forward and backward must agree bit for bit on dt and the decay).
+- v2: dot_split, a hi/lo two-product dot for the state updates the backward depends on (bf16 dA was 5e-2..3e-1
+  off on an H100 with single-rounded states; see bwd.py).
 """
 
 import triton
@@ -48,6 +50,20 @@ def load_tile(ptr, rows, rmask, row_stride, col0, cols, cmask):
     """A (rows, cols) tile of a row-major token-by-feature array, zeros where masked."""
     offs = rows[:, None] * row_stride + col0 + cols[None, :]
     return tl.load(ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0)
+
+
+@triton.jit
+def dot_split(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """a @ b for a float32 `b` rounded to `dtype` as hi + lo (two products, near-float32 accuracy) when SPLIT.
+
+    The decay gradient subtracts sums of many state-sized terms; one bf16 rounding of the states or of dy
+    leaves it ~1e-1 off, so every state update and state product that feeds it goes through here.
+    """
+    hi = b.to(dtype)
+    out = tl.dot(a, hi, input_precision=PREC)
+    if SPLIT:
+        out += tl.dot(a, (b - hi.to(tl.float32)).to(dtype), input_precision=PREC)
+    return out
 
 
 @triton.jit
