@@ -29,14 +29,15 @@ SELECT phase, '(all layers)' AS layer_type, count(*) AS calls, sum(duration_ns) 
        quantile_cont(duration_ns, 0.5) AS p50_ns, quantile_cont(duration_ns, 0.95) AS p95_ns,
        quantile_cont(duration_ns, 0.99) AS p99_ns, max(duration_ns) AS max_ns,
        coalesce(stddev_samp(duration_ns) / avg(duration_ns), 0) AS cv
-FROM events WHERE run_id = $run GROUP BY phase
+FROM events WHERE run_id = $run AND layer_type != 'all_to_all' GROUP BY phase
 """
 
 _STEP_ROWS = """
 SELECT phase, '(model call)' AS layer_type, count(*) AS calls, sum(ns) AS total_ns,
        quantile_cont(ns, 0.5) AS p50_ns, quantile_cont(ns, 0.95) AS p95_ns, quantile_cont(ns, 0.99) AS p99_ns,
        max(ns) AS max_ns, coalesce(stddev_samp(ns) / avg(ns), 0) AS cv
-FROM (SELECT phase, request_id, step, sum(duration_ns) AS ns FROM events WHERE run_id = $run GROUP BY ALL)
+FROM (SELECT phase, request_id, step, sum(duration_ns) AS ns FROM events
+      WHERE run_id = $run AND layer_type != 'all_to_all' GROUP BY ALL)
 GROUP BY phase
 """
 
@@ -65,7 +66,8 @@ ORDER BY excess_ns DESC LIMIT $k
 
 @dataclass
 class Summary:
-    """Rows are dicts with the SQL column names above; durations in ns."""
+    """Rows are dicts with the SQL column names above; durations in ns. all_to_all calls happen inside MoE calls:
+    they have their own row in layer_types but are left out of the aggregates, which would count them twice."""
 
     run_id: int
     wall_ns: int | None

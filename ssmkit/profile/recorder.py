@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import torch
 
-from .clocks import make_clock
+from .clocks import CpuClock, make_clock
 from .events import expert_capacity, imbalance, infer_phase, over_capacity
 from .store import TraceStore
 
@@ -99,7 +99,12 @@ class Profiler:
         self.clock = make_clock(self.clock_kind, device)
         self.run_id = self.store.begin_run(self.run_name, clock=self.clock.name, device=str(device),
                                            model=_model_info(self.model), environment=_environment())
-        self._pending: list = []  # calls ended but not yet written: (row fields, start mark, end mark, moe)
+        self._pending: list = []  # ended calls not yet resolved (CUDA): (row fields, start mark, end mark, moe)
+        self._events: list = []  # resolved rows of events and moe_routing, not yet written
+        self._moe_rows: list = []
+        self._mark = self.clock.mark
+        self._immediate = isinstance(self.clock, CpuClock)
+        self._origin = self.clock.origin
         self._open: dict = {}  # unit key -> (call_id, request_id, phase, step, batch, seqlen, start mark)
         self._call_id = 0
         self._last_flush = time.monotonic()
@@ -145,6 +150,8 @@ class Profiler:
                     self._wrap(module, "step", self._wrapped_step, key, order, kind)
                 if kind == "moe":
                     self._wrap(module, "route", self._wrapped_route, key)
+                    if hasattr(module, "exchange"):  # an expert-parallel layer: time its all-to-alls
+                        self._wrap(module, "exchange", self._wrapped_exchange, key)
 
     def _wrap(self, module, name: str, wrapper, *args) -> None:
         previous = module.__dict__.get(name)
@@ -177,36 +184,60 @@ class Profiler:
             self._end(key, module, kind)
 
     def _wrapped_route(self, original, module, key, x):
-        start = self.clock.mark()
+        start = self._mark()
         try:
             return original(x)
         finally:
             opened = self._open.get(key)
             if opened is not None:
-                self._open[key] = opened[:-1] + ((start, self.clock.mark()),)
+                opened[7] = (start, self._mark())
+
+    def _wrapped_exchange(self, original, module, key, *args):
+        """An all-to-all inside an MoE call: its own "all_to_all" event, and part of the call's exchange_ns."""
+        opened = self._open.get(key)
+        start = self._mark()
+        try:
+            return original(*args)
+        finally:
+            end = self._mark()
+            if opened is not None:
+                call_id, request_id, phase, step, batch, seqlen = opened[:6]
+                row = (self.run_id, self._call_id, request_id, phase, step, key[0], "all_to_all", batch, seqlen)
+                self._call_id += 1
+                opened[8].append((start, end))
+                if self._immediate:
+                    self._events.append(row + (start - self._origin, end - start))
+                else:
+                    self._pending.append((row, start, end, None))
 
     def _begin(self, key, order: int, x: torch.Tensor) -> None:
         batch, seqlen = (x.shape[0], x.shape[1]) if x.ndim == 3 else (x.shape[0], 1)
         if order <= self._last_order or self._last_order < 0:  # the first unit of a new model call
             self._new_model_call(seqlen)
         self._last_order = order
-        self._open[key] = (self._call_id, self._request, self._call_phase, self._step, batch, seqlen,
-                           self.clock.mark(), None)
+        self._open[key] = [self._call_id, self._request, self._call_phase, self._step, batch, seqlen,
+                           self._mark(), None, []]
         self._call_id += 1
 
     def _end(self, key, module, kind: str) -> None:
-        end = self.clock.mark()
+        end = self._mark()
         opened = self._open.pop(key, None)
         if opened is None:
             return
-        call_id, request_id, phase, step, batch, seqlen, start, route = opened
+        call_id, request_id, phase, step, batch, seqlen, start, route, exchanges = opened
         row = (self.run_id, call_id, request_id, phase, step, key[0], kind, batch, seqlen)
         moe = None
         if kind == "moe":
             moe = (module.last_expert_counts, batch * seqlen, module.n_experts, module.top_k,
-                   module.capacity_factor, module.training, route)
-        self._pending.append((row, start, end, moe))
-        if len(self._pending) >= self.batch_size or time.monotonic() - self._last_flush > self.flush_interval_s:
+                   module.capacity_factor, module.training, route, exchanges)
+        if self._immediate:  # CPU: resolve now, so a flush has nothing left to compute
+            self._events.append(row + (start - self._origin, end - start))
+            if moe is not None:
+                self._moe_rows.append(self._moe_row(row, end - start, moe))
+        else:
+            self._pending.append((row, start, end, moe))
+        if len(self._events) + len(self._pending) >= self.batch_size or (
+                call_id % 64 == 0 and time.monotonic() - self._last_flush > self.flush_interval_s):
             self._flush()
 
     def _new_model_call(self, seqlen: int) -> None:
@@ -221,38 +252,39 @@ class Profiler:
     # Writing
     def _flush(self, final: bool = False) -> None:
         """Resolves the ended calls whose end marks the device has passed (all of them when final) and writes
-        them as one batch."""
+        every resolved call as one batch."""
         self._last_flush = time.monotonic()
         n = len(self._pending)
         if not final:
             n = 0
             while n < len(self._pending) and self.clock.ready(self._pending[n][2]):
                 n += 1
-        if n == 0:
-            return
         ready, self._pending = self._pending[:n], self._pending[n:]
-        events, moe_rows = [], []
         for row, start, end, moe in ready:
             duration = self.clock.elapsed_ns(start, end)
-            events.append(row + (self.clock.since_origin(start), duration))
+            self._events.append(row + (self.clock.since_origin(start), duration))
             if moe is not None:
-                moe_rows.append(self._moe_row(row, duration, moe))
+                self._moe_rows.append(self._moe_row(row, duration, moe))
+        if not self._events:
+            return
+        events, moe_rows, self._events, self._moe_rows = self._events, self._moe_rows, [], []
         if self._writer is None:
             self.store.write_batch(events, moe_rows)
         else:
             self._writes.append(self._writer.submit(self.store.write_batch, events, moe_rows))
 
     def _moe_row(self, row: tuple, duration: int, moe: tuple) -> tuple:
-        counts_tensor, n_tokens, n_experts, top_k, layer_factor, training, route = moe
+        counts_tensor, n_tokens, n_experts, top_k, layer_factor, training, route, exchanges = moe
         counts = [0] * n_experts if counts_tensor is None else [int(c) for c in counts_tensor.tolist()]
         factor = layer_factor if layer_factor is not None else self.moe_capacity_factor
         capacity = expert_capacity(factor, n_tokens, top_k, n_experts)
         over = over_capacity(counts, capacity)
         dropped = over if (training and layer_factor is not None) else 0
         router_ns = None if route is None else self.clock.elapsed_ns(*route)
-        expert_ns = None if router_ns is None else duration - router_ns
+        exchange_ns = sum(self.clock.elapsed_ns(*pair) for pair in exchanges) if exchanges else None
+        expert_ns = None if router_ns is None else duration - router_ns - (exchange_ns or 0)
         return (row[0], row[1], row[5], n_tokens, counts, imbalance(counts), capacity, over, dropped,
-                router_ns, expert_ns, None)
+                router_ns, expert_ns, exchange_ns)
 
 
 def _model_info(model) -> dict:

@@ -96,6 +96,8 @@ def _distribution(store: TraceStore, run_id: int) -> str:
 def _share(s: Summary) -> str:
     shares: dict[str, float] = {}
     for r in s.layer_types:
+        if r["layer_type"] == "all_to_all":  # inside the MoE calls' time already
+            continue
         shares[r["layer_type"]] = shares.get(r["layer_type"], 0.0) + (r["share"] or 0.0)
     return "<h2>Share of wall time</h2>" + svg.share_bar(shares, "share of the run's wall time by layer type "
                                                                   "(other: embeddings, head, sampling, Python)")
