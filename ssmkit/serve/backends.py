@@ -30,6 +30,9 @@ class Piece:
     first_token_at: float | None = None
 
 
+DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
+
+
 class LocalBackend:
     """A local model: loads the checkpoint and its tokenizer, starts an Engine with max_concurrency slots of
     max_context positions. The chat template is the folder's (None when it ships none)."""
@@ -69,7 +72,7 @@ class LocalBackend:
                 "max_concurrency": self.engine.max_concurrency, "max_queue": self.engine.max_queue}
 
     def submit(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingConfig, seed: int | None,
-               stops: list[str], timeout_s: float, request_id: str) -> "LocalStream":
+               stops: list[str], timeout_s: float, request_id: str, ignore_eos: bool = False) -> "LocalStream":
         """Queues the request on the engine (raises ApiError 429 when full, 503 when draining)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -80,7 +83,8 @@ class LocalBackend:
             except RuntimeError:
                 pass  # the event loop has closed (shutdown): nobody is listening any more
 
-        request = GenerationRequest(prompt_ids, max_tokens, on_event, sampling=sampling, seed=seed, eos=self.eos,
+        eos = () if ignore_eos else self.eos
+        request = GenerationRequest(prompt_ids, max_tokens, on_event, sampling=sampling, seed=seed, eos=eos,
                                     timeout_s=timeout_s, request_id=request_id)
         try:
             self.engine.submit(request)
@@ -114,14 +118,20 @@ class LocalStream:
         self.request.cancel()
 
     async def pieces(self, disconnected=None):
+        checked = asyncio.get_running_loop().time()
         try:
             while not self.done:
                 try:
-                    event = await asyncio.wait_for(self.queue.get(), timeout=0.2)
+                    event = await asyncio.wait_for(self.queue.get(), timeout=DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
-                    if disconnected is not None and await disconnected():
+                    event = None
+                now = asyncio.get_running_loop().time()
+                if disconnected is not None and now - checked >= DISCONNECT_POLL_S:
+                    checked = now
+                    if await disconnected():
                         self.cancel()
                         return
+                if event is None:
                     continue
                 piece = self._on_event(event)
                 if piece is not None:

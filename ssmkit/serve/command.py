@@ -75,7 +75,7 @@ def serve_command(models: list[str], backends: list[str] | None = None, policy: 
                   router_config: str | None = None, dtype: str | None = None, device: str | None = None,
                   log_level: str = "info", err=None) -> int:
     """Serves until interrupted; returns the exit code (0 after a clean shutdown, 2 for bad arguments)."""
-    from .server import ServeServer
+    from .server import ServeServer, bind_socket
 
     err = sys.stderr if err is None else err
     if not math.isfinite(grace) or grace < 0:
@@ -91,9 +91,15 @@ def serve_command(models: list[str], backends: list[str] | None = None, policy: 
     names = ", ".join(f"{n} ({b.kind})" for n, b in service.backends.items())
     err.write(f"ssmkit serve: {names} on http://{host}:{port} (max_concurrency {max_concurrency}, "
               f"max_queue {max_queue}, timeout {timeout:g} s, grace {grace:g} s)\n")
+    try:
+        sock = bind_socket(host, port)
+    except OSError as e:
+        service.close(0.0)
+        err.write(f"ssmkit serve: --host/--port: cannot listen on {host}:{port}: {e}\n")
+        return 2
     server = ServeServer(service, host=host, port=port, grace_s=grace, log_level=log_level)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         service.close(0.0)
     return 0

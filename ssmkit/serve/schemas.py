@@ -55,6 +55,7 @@ class SamplingFields(RoutingFields):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="sampling seed; equal seeds give equal output")
     stop: str | list[str] | None = Field(None, description="up to 4 stop strings (not part of the output)")
     stream: bool = False
+    ignore_eos: bool = Field(False, description="extension (as vLLM's): keep generating past the stop token")
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")
     user: str | None = None
 

@@ -140,7 +140,8 @@ class Service:
         max_tokens = min(DEFAULT_MAX_TOKENS, room) if req.max_tokens is None else req.max_tokens
         sampling = SamplingConfig(req.temperature, req.top_k, req.top_p if req.top_p < 1.0 else None)
         try:
-            stream = b.submit(ids, max_tokens, sampling, req.seed, req.stop, self.timeout_s, job.request_id)
+            stream = b.submit(ids, max_tokens, sampling, req.seed, req.stop, self.timeout_s, job.request_id,
+                              ignore_eos=req.ignore_eos)
         except ApiError as err:
             self.metrics.rejected.labels(b.name, err.code or str(err.status)).inc()
             raise

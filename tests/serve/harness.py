@@ -51,36 +51,43 @@ _MODELS: dict = {}
 
 
 def reference(checkpoint: Path, prompt: str, max_tokens: int, temperature: float = 0.0, top_p: float | None = None,
-              seed: int | None = None) -> tuple[str, list[int]]:
-    """(text, new token ids) that `generate` gives for the prompt on the checkpoint, stopping at <eos>."""
+              seed: int | None = None, eos: bool = True) -> tuple[str, list[int]]:
+    """(text, new token ids) that `generate` gives for the prompt on the checkpoint, stopping at <eos> (never
+    with eos=False)."""
     key = str(checkpoint)
     if key not in _MODELS:
         _MODELS[key] = load_pretrained(checkpoint)
     ids = torch.tensor([list(prompt.encode("utf-8"))])
     out = generate(_MODELS[key], ids, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                   eos_token_id=EOS)
+                   eos_token_id=EOS if eos else [])
     new = out[0, ids.shape[1]:].tolist()
     return ByteTokenizer().decode(new), new
 
 
-@contextmanager
-def serving(models: dict, *, policy: Path | None = None, remote: dict | None = None, max_concurrency: int = 4,
-            max_queue: int = 4, max_context: int = 512, timeout_s: float = 60.0, grace_s: float = 5.0,
-            router_db=":memory:"):
-    """Runs a server on 127.0.0.1:<free port> in a thread; yields (base url, Service). models: {name: folder};
-    remote: {name: "http://host:port#model"}."""
+def start_server(models: dict, *, policy: Path | None = None, remote: dict | None = None, max_concurrency: int = 4,
+                 max_queue: int = 4, max_context: int = 512, timeout_s: float = 60.0, grace_s: float = 5.0,
+                 router_db=":memory:", router_config=None) -> ServerThread:
+    """A started server on 127.0.0.1:<free port> in a thread (its .url, .service; .stop() shuts it down).
+    models: {name: folder}; remote: {name: "http://host:port#model"}; router_config: for the router (policy given).
+    """
     local = {name: LocalBackend(name, path, max_concurrency=max_concurrency, max_queue=max_queue,
                                 max_context=max_context) for name, path in models.items()}
     far = {}
     for name, spec in (remote or {}).items():
         url, _, model = spec.partition("#")
         far[name] = RemoteBackend(name, url, model or None, timeout_s=timeout_s)
-    router = Router(load_policy(policy), router_db) if policy is not None else None
-    service = Service(local, far, router, timeout_s=timeout_s)
-    thread = ServerThread(service, grace_s=grace_s)
-    url = thread.start()
+    router = Router(load_policy(policy), router_db, router_config) if policy is not None else None
+    thread = ServerThread(Service(local, far, router, timeout_s=timeout_s), grace_s=grace_s)
+    thread.start()
+    return thread
+
+
+@contextmanager
+def serving(models: dict, **kwargs):
+    """start_server as a context: yields (base url, Service) and shuts the server down after."""
+    thread = start_server(models, **kwargs)
     try:
-        yield url, service
+        yield thread.url, thread.service
     finally:
         thread.stop()
 
