@@ -58,6 +58,17 @@ def _clip01(x: float) -> float:
     return min(1.0, max(0.0, x))
 
 
+def text_score(perplexity: float, vocab_size: int) -> float:
+    """1 - ln(perplexity) / ln(vocab_size), clipped to [0, 1]: the share of a uniform guess's surprise removed."""
+    return _clip01(1.0 - math.log(perplexity) / math.log(vocab_size))
+
+
+def task_score(accuracy: float, symbols: int) -> float:
+    """(accuracy - 1/symbols) / (1 - 1/symbols), clipped to [0, 1]: accuracy above chance, scaled to 1."""
+    chance = 1.0 / symbols
+    return _clip01((accuracy - chance) / (1.0 - chance))
+
+
 @torch.no_grad()
 def text_perplexity(model, token_ids: list[int], chunk: int = 512) -> float:
     """exp(mean next-token NLL) of `token_ids` (>= 2 tokens), read in chunks of `chunk` through a decode cache
@@ -111,13 +122,10 @@ def quality_suite(model, tokenizer, text: str | None = None, *, max_tokens: int 
     if max(ids) >= vocab:
         raise ValueError(f"tokenizer: produced token id {max(ids)} >= the model's vocab_size {vocab}")
     ppl = text_perplexity(model, ids)
-    text_score = _clip01(1.0 - math.log(ppl) / math.log(vocab))
     sym = task_symbols(tokenizer, text, symbols)
     if len(sym) < 2:
         raise ValueError(f"text: expected at least 2 distinct tokens for the induction task, got {len(sym)}")
     acc = induction_accuracy(model, sym, rows=rows, length=length, seed=seed)
-    chance = 1.0 / len(sym)
-    task_score = _clip01((acc - chance) / (1.0 - chance))
-    return QualityReport(perplexity=ppl, text_tokens=len(ids), vocab_size=vocab, text_score=text_score,
-                         task_accuracy=acc, task_symbols=len(sym), task_score=task_score,
-                         score=(text_score + task_score) / 2)
+    ts, ks = text_score(ppl, vocab), task_score(acc, len(sym))
+    return QualityReport(perplexity=ppl, text_tokens=len(ids), vocab_size=vocab, text_score=ts, task_accuracy=acc,
+                         task_symbols=len(sym), task_score=ks, score=(ts + ks) / 2)

@@ -7,7 +7,6 @@ memory vs prompt length with out-of-memory points, the OOM-remedy table, memory 
 
 from __future__ import annotations
 
-import math
 from html import escape
 from pathlib import Path
 
@@ -150,7 +149,3 @@ def write_report(path, **sections) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(**sections), encoding="utf-8")
     return path
-
-
-def _finite(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))

@@ -147,7 +147,7 @@ def _measure(bench, ids: list[int], batch: int, new_tokens: int, repeats: int, w
 
 def length_sweep(bench, lengths=DEFAULT_LENGTHS, *, batch: int = 1, new_tokens: int = 16,
                  memory_cap_bytes: int | None = None, repeats: int = 1, warmup: bool = True,
-                 progress=None) -> SweepResult:
+                 progress=None, environment: dict | None = None) -> SweepResult:
     """Times `bench` (a Benchmarker) at each prompt length in increasing order until one runs out of memory.
 
     Args:
@@ -156,13 +156,14 @@ def length_sweep(bench, lengths=DEFAULT_LENGTHS, *, batch: int = 1, new_tokens: 
         memory_cap_bytes: refuse lengths whose planned total exceeds it (and cap the CUDA allocator to it).
         repeats: timed runs per length (medians). warmup: one untimed run per length first (compiles, caches).
         progress: called as progress(done, total) after each length.
+        environment: the describe_environment() dict to record (computed when None).
     """
     lengths = sorted({int(n) for n in lengths})
     if not lengths or lengths[0] < 1:
         raise ValueError(f"lengths: expected prompt lengths >= 1, got {lengths}")
     if memory_cap_bytes is not None and memory_cap_bytes <= 0:
         raise ValueError(f"memory_cap_bytes: expected > 0, got {memory_cap_bytes}")
-    env = describe_environment()
+    env = environment or describe_environment()
     kv = {None: bench.dtype, torch.int8: "int8"}.get(bench.kv_dtype, str(bench.kv_dtype))
     result = SweepResult(model=bench.name, batch=batch, output_tokens=new_tokens, points=[],
                          memory_cap_bytes=memory_cap_bytes, prefill_chunk_size=bench.prefill_chunk_size, kv_dtype=kv,
@@ -192,9 +193,10 @@ def length_sweep(bench, lengths=DEFAULT_LENGTHS, *, batch: int = 1, new_tokens: 
                 status = "oom" if is_out_of_memory(err) else "error"
                 result.points.append(SweepPoint(n, batch, new_tokens, status, **planned,
                                                 error=f"{type(err).__name__}: {str(err)[:300]}"))
+                del err  # its traceback holds the failed call's tensors
+                gc.collect()
                 break
             finally:
-                gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
             if progress:
