@@ -105,7 +105,8 @@ class Profiler:
         self._mark = self.clock.mark
         self._immediate = isinstance(self.clock, CpuClock)
         self._origin = self.clock.origin
-        self._open: dict = {}  # unit key -> (call_id, request_id, phase, step, batch, seqlen, start mark)
+        # unit key -> [call_id, request_id, phase, step, batch, seqlen, start mark, route marks, exchange marks]
+        self._open: dict = {}
         self._call_id = 0
         self._last_flush = time.monotonic()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ssmkit-profile") if self.background else None
@@ -118,8 +119,9 @@ class Profiler:
         status, error = ("ok", None) if exc_type is None else ("error", f"{exc_type.__name__}: {exc}")
         wall_ns = None
         try:
+            end = self.clock.mark()
             self.clock.synchronize()
-            wall_ns = self.clock.since_origin(self.clock.mark())
+            wall_ns = self.clock.since_origin(end)
             self._flush(final=True)
         finally:
             if self._writer is not None:
