@@ -8,7 +8,7 @@ import math
 import sys
 
 from .backends import LocalBackend, RemoteBackend
-from .service import Service
+from .service import Service, check_policy_backends
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
@@ -51,6 +51,11 @@ def build_service(models: list[str], backends: list[str] | None = None, policy: 
     router = None
     if policy is not None:
         router = Router(load_policy(policy), router_db, load_config(router_config) if router_config else None)
+        try:
+            check_policy_backends(router, [*local_specs, *remote_specs])  # before loading any model
+        except ValueError:
+            router.close()
+            raise
     remote = {}
     for name, spec in remote_specs.items():
         url, _, model = spec.partition("#")
@@ -58,14 +63,17 @@ def build_service(models: list[str], backends: list[str] | None = None, policy: 
             raise ValueError(f"--backend: expected NAME=http(s)://HOST:PORT[#MODEL], got {name}={spec}")
         remote[name] = RemoteBackend(name, url, model or None, timeout_s=timeout)
     torch_dtype = getattr(torch, dtype) if dtype else None
-    local = {name: LocalBackend(name, path, max_concurrency=max_concurrency, max_queue=max_queue,
-                                max_context=max_context, dtype=torch_dtype, device=device)
-             for name, path in local_specs.items()}
+    local = {}
     try:
+        for name, path in local_specs.items():
+            local[name] = LocalBackend(name, path, max_concurrency=max_concurrency, max_queue=max_queue,
+                                       max_context=max_context, dtype=torch_dtype, device=device)
         return Service(local, remote, router, timeout_s=timeout)
-    except ValueError:
+    except BaseException:
         for b in local.values():
             b.close()
+        if router is not None:
+            router.close()
         raise
 
 

@@ -4,6 +4,8 @@ the rest), in the foreground (`ssmkit serve`) or in a background thread on a fre
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import threading
 import time
@@ -25,6 +27,20 @@ class ServeServer(uvicorn.Server):
         super().__init__(config)
         self.service = service
         self.grace_s = grace_s
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        """SIGINT / SIGTERM start the graceful shutdown (a second SIGINT forces it). Unlike uvicorn's own, the
+        signals are not raised again afterwards, so a clean shutdown ends the process with exit code 0."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     async def shutdown(self, sockets=None) -> None:
         self.service.draining = True

@@ -23,6 +23,15 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 ROUTING_FIELDS = ("task", "latency_budget_ms", "gpu_memory_gb", "requires_icl")
 
 
+def check_policy_backends(router: Router, served: list[str]) -> None:
+    """Raises ValueError when the router can choose a backend that is not in `served`."""
+    missing = [b for b in dict.fromkeys(router.candidates + router.fallback + router.policy.backends())
+               if b not in served]
+    if missing:
+        raise ValueError(f"policy: names backends {missing} that this server does not serve; served: "
+                         f"{sorted(served)} (map roles to them in the policy's `roles`)")
+
+
 @dataclass
 class Job:
     """One request after routing: where it goes, the routing answer shown to the client, and its bookkeeping."""
@@ -50,11 +59,7 @@ class Service:
             raise ValueError(f"model, backend: names must be distinct and not 'auto', got {list(local) + list(remote)}")
         self.router = router
         if router is not None:
-            missing = [b for b in dict.fromkeys(router.candidates + router.fallback + router.policy.backends())
-                       if b not in self.backends]
-            if missing:
-                raise ValueError(f"policy: names backends {missing} that this server does not serve; served: "
-                                 f"{sorted(self.backends)} (map roles to them in the policy's `roles`)")
+            check_policy_backends(router, list(self.backends))
         self.timeout_s = timeout_s
         # seq_len for routing is counted with the first local model's tokenizer (UTF-8 bytes without one).
         first = next(iter(local.values()), None)
