@@ -66,9 +66,13 @@ EVENT_COLUMNS = tuple(f.name for f in dataclasses.fields(LayerEvent))
 MOE_COLUMNS = tuple(f.name for f in dataclasses.fields(MoERouting))
 
 
-def infer_phase(seqlen: int) -> str:
-    """A model call over more than one position is a prefill (or a prefill chunk); one position is a decode step."""
-    return "prefill" if seqlen > 1 else "decode"
+def infer_phase(seqlen: int, via_step: bool = False, step: int = 0) -> str:
+    """The phase of a model call nobody named: a call through step() (LanguageModel.step) is a decode step; a
+    forward over several positions is a prefill (or a chunk of one); a one-position forward is the prefill when
+    it is the request's first call (step 0), else a decode step."""
+    if via_step:
+        return "decode"
+    return "prefill" if seqlen > 1 or step == 0 else "decode"
 
 
 def imbalance(counts: list[int]) -> float | None:

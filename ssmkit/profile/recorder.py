@@ -59,6 +59,7 @@ class Profiler:
         self._explicit_phase: str | None = None
         self._explicit_request: int | None = None
         self._next_request, self._request, self._step, self._last_order, self._call_phase = 0, 0, -1, -1, "prefill"
+        self._last_via_step = False
         self._handles: list = []
         self._wrapped: list = []
 
@@ -215,7 +216,7 @@ class Profiler:
     def _begin(self, key, order: int, x: torch.Tensor) -> None:
         batch, seqlen = (x.shape[0], x.shape[1]) if x.ndim == 3 else (x.shape[0], 1)
         if order <= self._last_order or self._last_order < 0:  # the first unit of a new model call
-            self._new_model_call(seqlen)
+            self._new_model_call(seqlen, via_step=x.ndim == 2)
         self._last_order = order
         self._open[key] = [self._call_id, self._request, self._call_phase, self._step, batch, seqlen,
                            self._mark(), None, []]
@@ -242,14 +243,16 @@ class Profiler:
                 call_id % 64 == 0 and time.monotonic() - self._last_flush > self.flush_interval_s):
             self._flush()
 
-    def _new_model_call(self, seqlen: int) -> None:
-        phase = self._explicit_phase or infer_phase(seqlen)
-        implicit = self._explicit_request is None
-        if implicit and (self._step < 0 or (phase == "prefill" and self._call_phase == "decode")):
+    def _new_model_call(self, seqlen: int, via_step: bool) -> None:
+        """Starts model call `step` of the current request (a new request first, when implicit and either the
+        first call, or a forward after step() calls, or a multi-token forward after decode calls)."""
+        if self._explicit_request is None and (self._step < 0 or (not via_step and (
+                self._last_via_step or (seqlen > 1 and self._call_phase == "decode")))):
             self._request, self._step = self._next_request, -1
             self._next_request += 1
         self._step += 1
-        self._call_phase = phase
+        self._call_phase = self._explicit_phase or infer_phase(seqlen, via_step, self._step)
+        self._last_via_step = via_step
 
     # Writing
     def _flush(self, final: bool = False) -> None:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from ssmkit.inference import allocate_cache, generate, prefill
 from ssmkit.profile import Profiler, TraceStore
@@ -46,14 +48,37 @@ def test_each_generate_call_is_a_new_request_and_explicit_context_overrides_ids_
     with Profiler(model) as prof:
         generate(model, ids, max_new_tokens=3)
         generate(model, ids, max_new_tokens=2)
+        generate(model, ids[:, :1], max_new_tokens=2)  # a one-token prompt: its forward is still the prefill
         with prof.request(41), prof.phase("prefill"):
             state = allocate_cache(model, 1, 7)
             prefill(model, ids, state, chunk_size=3)  # chunks of 3, 3 and 1 tokens, all prefill
     got = prof.store.query("SELECT request_id, step, phase, seqlen FROM events WHERE layer_idx = 0 AND "
                            "layer_type = 'mamba2' ORDER BY call_id")[1]
     assert got == [(0, 0, "prefill", 7), (0, 1, "decode", 1), (0, 2, "decode", 1),
-                   (1, 0, "prefill", 7), (1, 1, "decode", 1),
+                   (1, 0, "prefill", 7), (1, 1, "decode", 1), (2, 0, "prefill", 1), (2, 1, "decode", 1),
                    (41, 0, "prefill", 3), (41, 1, "prefill", 3), (41, 2, "prefill", 1)]
+
+
+_MODEL = tiny_hybrid()
+
+
+@settings(max_examples=10, deadline=None)
+@given(batch=st.integers(1, 3), prompt_len=st.integers(1, 9), new_tokens=st.integers(1, 4),
+       chunk=st.one_of(st.none(), st.integers(2, 4)), requests=st.integers(1, 2))
+def test_event_count_steps_and_phases_hold_for_awkward_shapes(batch, prompt_len, new_tokens, chunk, requests):
+    # A last prefill chunk of one token looks like a decode step: only prof.phase("prefill") can name it.
+    assume(chunk is None or prompt_len <= chunk or prompt_len % chunk != 1)
+    ids = prompt(batch=batch, seqlen=prompt_len)
+    with Profiler(_MODEL) as prof:
+        for _ in range(requests):
+            with prof.request():
+                generate(_MODEL, ids, max_new_tokens=new_tokens, prefill_chunk_size=chunk)
+    n_prefill = 1 if chunk is None else -(-prompt_len // chunk)
+    calls = n_prefill + new_tokens - 1
+    got = prof.store.query("SELECT request_id, step, phase, count(*), min(batch), max(batch) FROM events "
+                           "GROUP BY ALL ORDER BY ALL")[1]
+    assert got == [(r, s, "prefill" if s < n_prefill else "decode", len(UNITS), batch, batch)
+                   for r in range(requests) for s in range(calls)]
 
 
 def test_moe_routing_counts_equal_an_independent_top_k_of_the_router_inputs():
