@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 import torch
 
+from . import kernels as kernel_detail
 from .clocks import CpuClock, make_clock
 from .events import expert_capacity, imbalance, infer_phase, over_capacity
 from .store import TraceStore
@@ -37,12 +38,14 @@ class Profiler:
         clock: "auto" (CUDA events on a CUDA model, else the CPU clock), "cpu" or "cuda".
         moe_capacity_factor: used for MoERouting.capacity where the layer has none of its own.
         background: write batches from a worker thread, so the commit is off the decode path.
+        kernels: also run torch.profiler and attribute each aten op / GPU kernel to the layer call that ran it
+            (the kernels table, written at exit; much slower: for looking inside a layer, not for timing).
     After exit, `run_id` names the run and `store` holds it.
     """
 
     def __init__(self, model, store: TraceStore | str | Path | None = None, *, run_name: str | None = None,
                  batch_size: int = 4096, flush_interval_s: float = 2.0, clock: str = "auto",
-                 moe_capacity_factor: float = 1.25, background: bool = True):
+                 moe_capacity_factor: float = 1.25, background: bool = True, kernels: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         self.model = model
@@ -55,6 +58,7 @@ class Profiler:
         self.clock_kind = clock
         self.moe_capacity_factor = moe_capacity_factor
         self.background = background
+        self.kernels = kernels
         self.run_id: int | None = None
         self._explicit_phase: str | None = None
         self._explicit_request: int | None = None
@@ -106,12 +110,14 @@ class Profiler:
         self._mark = self.clock.mark
         self._immediate = isinstance(self.clock, CpuClock)
         self._origin = self.clock.origin
-        # unit key -> [call_id, request_id, phase, step, batch, seqlen, start mark, route marks, exchange marks]
+        # unit key -> [call_id, request_id, phase, step, batch, seqlen, start mark, route marks, exchange marks,
+        #              torch.profiler range]
         self._open: dict = {}
         self._call_id = 0
         self._last_flush = time.monotonic()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ssmkit-profile") if self.background else None
         self._writes: list[Future] = []
+        self._torch_profiler = kernel_detail.start(device) if self.kernels else None
         self._install()
         return self
 
@@ -124,6 +130,8 @@ class Profiler:
             self.clock.synchronize()
             wall_ns = self.clock.since_origin(end)
             self._flush(final=True)
+            if self._torch_profiler is not None:
+                self.store.write_batch([], kernels=kernel_detail.kernel_rows(self._torch_profiler, self.run_id))
         finally:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
@@ -218,8 +226,9 @@ class Profiler:
         if order <= self._last_order or self._last_order < 0:  # the first unit of a new model call
             self._new_model_call(seqlen, via_step=x.ndim == 2)
         self._last_order = order
+        label = None if self._torch_profiler is None else kernel_detail.open_range(self._call_id)
         self._open[key] = [self._call_id, self._request, self._call_phase, self._step, batch, seqlen,
-                           self._mark(), None, []]
+                           self._mark(), None, [], label]
         self._call_id += 1
 
     def _end(self, key, module, kind: str) -> None:
@@ -227,7 +236,9 @@ class Profiler:
         opened = self._open.pop(key, None)
         if opened is None:
             return
-        call_id, request_id, phase, step, batch, seqlen, start, route, exchanges = opened
+        call_id, request_id, phase, step, batch, seqlen, start, route, exchanges, label = opened
+        if label is not None:
+            kernel_detail.close_range(label)
         row = (self.run_id, call_id, request_id, phase, step, key[0], kind, batch, seqlen)
         moe = None
         if kind == "moe":

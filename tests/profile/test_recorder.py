@@ -36,6 +36,16 @@ def test_event_count_is_hooked_layers_times_model_calls_with_types_phases_and_sh
         assert e["duration_ns"] > 0 and e["start_ns"] >= 0
     starts = [e["start_ns"] for e in events]
     assert starts == sorted(starts)
+
+
+@pytest.mark.gpu
+def test_cuda_kernel_detail_attributes_gpu_kernels_to_layer_calls():
+    model = tiny_hybrid().cuda()
+    with Profiler(model, kernels=True) as prof:
+        generate(model, prompt().cuda(), max_new_tokens=3)
+    got = prof.store.query("SELECT count(DISTINCT k.call_id), count(*) FROM kernels k JOIN events e "
+                           "USING (run_id, call_id) WHERE k.device_type = 'cuda' AND k.duration_ns > 0")[1][0]
+    assert got[0] == 3 * len(UNITS) and got[1] >= got[0]
     ends = [e["start_ns"] + e["duration_ns"] for e in events]
     assert all(end <= nxt for end, nxt in zip(ends, starts[1:]))  # the units of a model call never overlap
     run = prof.store.rows("SELECT * FROM runs")[0]
@@ -187,3 +197,21 @@ def test_cuda_events_time_every_layer_and_resolve_after_the_run():
     assert all(e["duration_ns"] > 0 for e in events)
     starts = [e["start_ns"] for e in events]
     assert starts == sorted(starts)
+
+
+def test_kernel_detail_attributes_each_aten_op_to_the_layer_call_that_ran_it():
+    model = tiny_hybrid()
+    with Profiler(model, kernels=True) as prof:
+        generate(model, prompt(batch=1, seqlen=4), max_new_tokens=3)
+    store = prof.store
+    calls = store.query("SELECT count(DISTINCT call_id) FROM kernels")[1][0][0]
+    assert calls == store.query("SELECT count(*) FROM events")[1][0][0] == 3 * len(UNITS)
+    # Every op row belongs to a recorded call, and the ops inside a call never take longer than the call.
+    rows = store.query("SELECT e.layer_type, k.name, k.duration_ns, e.duration_ns FROM kernels k "
+                       "JOIN events e USING (run_id, call_id)")[1]
+    assert len(rows) == store.query("SELECT count(*) FROM kernels")[1][0][0]
+    per_call = store.query("SELECT k.call_id, sum(k.duration_ns), any_value(e.duration_ns) FROM kernels k "
+                           "JOIN events e USING (run_id, call_id) GROUP BY k.call_id")[1]
+    assert all(0 < ops <= total for _, ops, total in per_call)
+    names = {(t, n) for t, n, _, _ in rows}
+    assert ("mlp", "aten::linear") in names and ("moe", "aten::topk") in names
