@@ -36,7 +36,6 @@ def test_event_count_is_hooked_layers_times_model_calls_with_types_phases_and_sh
         assert e["duration_ns"] > 0 and e["start_ns"] >= 0
     starts = [e["start_ns"] for e in events]
     assert starts == sorted(starts)
-
     ends = [e["start_ns"] + e["duration_ns"] for e in events]
     assert all(end <= nxt for end, nxt in zip(ends, starts[1:]))  # the units of a model call never overlap
     run = prof.store.rows("SELECT * FROM runs")[0]
