@@ -199,22 +199,27 @@ class Engine:
         with self._cond:
             active = dict(self._active)
         n = max(active) + 1
-        tokens = torch.zeros(n, dtype=torch.int64, device=self.device)
-        for slot, r in active.items():
-            tokens[slot] = r.generated[-1]
+        last = [active[i].generated[-1] if i in active else 0 for i in range(n)]
+        tokens = torch.tensor(last, dtype=torch.int64, device=self.device)
         try:
             logits = self.model.step(tokens, self.pool.prefix(n))  # (n, vocab)
             self.pool.advance(n, [i for i in range(n) if i not in active])
             self.steps += 1
+            # Greedy rows share one argmax and one read-back; each sampled row draws with its own generator.
+            greedy = logits.argmax(dim=-1).tolist() if any(r.sampling.greedy for r in active.values()) else None
         except Exception as err:  # noqa: BLE001
             for r in active.values():
                 self._finish(r, "error", f"{type(err).__name__}: {err}")
             return
         for slot, r in active.items():
-            self._emit_next(r, logits[slot:slot + 1])
+            self._emit_next(r, logits[slot:slot + 1], None if greedy is None else greedy[slot])
 
-    def _emit_next(self, r: GenerationRequest, logits: torch.Tensor) -> None:
-        token = int(next_token(logits, r.sampling, r._generator)[0])
+    def _emit_next(self, r: GenerationRequest, logits: torch.Tensor, greedy_token: int | None = None) -> None:
+        """Picks r's next token from logits (1, vocab), or takes the batch argmax already read for greedy rows."""
+        if r.sampling.greedy and greedy_token is not None:
+            token = greedy_token
+        else:
+            token = int(next_token(logits, r.sampling, r._generator)[0])
         r.generated.append(token)
         r.on_event(EngineEvent("token", token=token, index=len(r.generated) - 1, at=time.monotonic()))
         if token in r.eos:
