@@ -1,8 +1,9 @@
 """Profiler: records every call of every block's mixer and feed-forward of a LanguageModel into a trace store.
 
 One hook point: `_begin` / `_end` around each call, reached through forward pre/post hooks on block.mixer and
-block.ff, and through an instance-level wrapper of mixer.step (Block.step calls it directly, not through
-__call__) and MoE.route (the router's share of an MoE call). Everything is removed on exit.
+block.ff, and through instance-level wrappers of mixer.step (Block.step calls it directly, not through __call__),
+MoE.route (the router's share of an MoE call) and ExpertParallelMoE.exchange (its all-to-alls). Everything is
+removed on exit.
 """
 
 from __future__ import annotations
