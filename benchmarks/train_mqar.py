@@ -87,8 +87,8 @@ def main(argv=None) -> int:
         got = [by[n] for n in names if n in by]
         mixers = got[0]["config"]["model"].get("mixers")
         rows.append([arch, _pattern(mixers, args.n_layers)] + [f"{by[n]['eval']['accuracy']:.3f}" for n in names]
-                    + [" / ".join(f"{r['params'] / 1e3:.0f}k" for r in got), " / ".join(str(r["steps_done"]) for r in got),
-                       " / ".join(f"{r['wall_s']:.0f}" for r in got)])
+                    + [" / ".join(f"{r['params'] / 1e3:.0f}k" for r in got),
+                       " / ".join(str(r["steps_done"]) for r in got), " / ".join(f"{r['wall_s']:.0f}" for r in got)])
     stem = Path(args.out) / "mqar"
     stem.parent.mkdir(parents=True, exist_ok=True)
     series = {arch: [(n.bit_length() - 1, by[arch if arch == "attention" else f"{arch}-N{n}"]["eval"]["accuracy"])

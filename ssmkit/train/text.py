@@ -56,8 +56,8 @@ class ByteCorpus:
         docs = [d for d in docs if d]
         lengths = torch.tensor([len(d) for d in docs], dtype=torch.int64)
         starts = torch.cumsum(lengths, 0) - lengths
-        tokens = torch.frombuffer(bytearray(b"".join(docs)), dtype=torch.uint8) if docs else torch.zeros(0,
-                                                                                                       dtype=torch.uint8)
+        stream = bytearray(b"".join(docs))
+        tokens = torch.frombuffer(stream, dtype=torch.uint8) if stream else torch.zeros(0, dtype=torch.uint8)
         return cls(tokens=tokens, doc_starts=starts, files=list(files))
 
     @property
