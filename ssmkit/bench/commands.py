@@ -92,8 +92,8 @@ def parse_lengths(text: str) -> list[int]:
 
 def bench_command(models: list[str], workload: str, out: str, *, memory_cap_gb: float | None = None,
                   sweep: str | None = None, sweep_batch: int = 1, sweep_new_tokens: int = 16, device: str | None = None,
-                  dtype: str | None = None, batching: str = "none", quality: bool = True, report: bool = True,
-                  progress: str = "auto") -> int:
+                  dtype: str | None = None, batching: str = "none", prefill_chunk: int | None = None,
+                  quality: bool = True, report: bool = True, progress: str = "auto") -> int:
     """Runs each model on the workload (and the length sweep), writes results JSON and an HTML report; returns 0.
 
     One model: its RunResult goes to `out`; several: to OUT-STEM-NAME.json each. The sweep goes to
@@ -127,7 +127,8 @@ def bench_command(models: list[str], workload: str, out: str, *, memory_cap_gb: 
     env = describe_environment()
     runs, sweeps = [], []
     for name, model, tokenizer in specs:
-        bench = Benchmarker(model, tokenizer, name, batching=batching, quality=quality, memory_cap_bytes=cap)
+        bench = Benchmarker(model, tokenizer, name, batching=batching, prefill_chunk_size=prefill_chunk,
+                            quality=quality, memory_cap_bytes=cap)
         bar = ProgressBar(f"bench {name}", len(wl.requests) * wl.repeats, kind=progress)
         try:
             run = bench.run_workload(wl, progress=bar, environment=env)
@@ -169,11 +170,13 @@ def _runs_table(runs) -> str:
 
 
 def memory_command(config: str, context: int, batch: int = 1, dtype: str = "bf16", kv_dtype: str | None = None,
-                   gpu_memory_gb: float | None = None, prefill_chunk: int | None = None) -> int:
-    """Prints the memory plan of a preset, config.json or checkpoint folder; returns 0."""
+                   gpu_memory_gb: float | None = None, prefill_chunk: int | None = None, kernels: str = "fused") -> int:
+    """Prints the memory plan of a preset, config.json or checkpoint folder; returns 0. kernels: "fused" (GPU
+    Triton/flash paths) or "torch" (ssmkit's CPU paths) for the activation estimate."""
     from .memory_plan import format_plan, load_config, plan_memory
 
     name, cfg = load_config(config)
     print(format_plan(plan_memory(cfg, context=context, batch=batch, dtype=dtype, kv_dtype=kv_dtype,
-                                  prefill_chunk=prefill_chunk, gpu_memory_gb=gpu_memory_gb, name=name)))
+                                  prefill_chunk=prefill_chunk, gpu_memory_gb=gpu_memory_gb, name=name,
+                                  kernels=kernels)))
     return 0

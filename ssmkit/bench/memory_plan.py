@@ -113,6 +113,7 @@ class MemoryPlan:
     ssm_bytes: int
     activation_bytes: int
     prefill_tokens: int
+    kernels: str = "fused"
     gpu_memory_bytes: int | None = None
     max_context: int | None = None
     max_context_chunked: int | None = None
@@ -190,58 +191,70 @@ def layer_cache_bytes(config: ModelConfig, i: int, context: int, batch: int, dty
 MAMBA_SCAN_STATES = 2**18  # the parallel selective scan materializes about this many states per chunk
 
 
-def _mixer_width(c: ModelConfig, kind: str) -> int:
-    """Live values per token inside one mixer during prefill (see activation_bytes)."""
+KERNELS = ("fused", "torch")
+
+
+def _mixer_width(c: ModelConfig, kind: str, kernels: str) -> tuple[int, int]:
+    """(values in the model dtype, values in the scan's compute dtype) live per token inside one mixer."""
     if kind == "mamba":
         di, s, r = c.mamba_d_inner, c.mamba_d_state, c.mamba_dt_rank
-        return 8 * di + r + 2 * s  # in_proj (2), conv, dt, y, gate, out copies of d_inner; x_proj
+        return 8 * di + r + 2 * s, 0  # in_proj (2), conv, dt, y, gate, out copies of d_inner; x_proj
     if kind == "mamba2":
         di, h, cd, n = c.mamba2_d_inner, c.mamba2_nheads, c.mamba2_conv_dim, c.mamba2_d_state
-        q, p = c.mamba2_chunk_size, c.mamba2_headdim
-        # in_proj, conv; chunked SSD: B and C per head (x2 padded), segment decays and scores (3 x Q per head),
-        # chunk states (4 x h p n / Q), x dt, diagonal, off-diagonal and summed outputs; gated norm and out
-        return (di + cd + h) + cd + 4 * h * n + 3 * q * h + 4 * h * p * n // q + 4 * di + 2 * di
+        q, p, g = c.mamba2_chunk_size, c.mamba2_headdim, c.mamba2_ngroups
+        if kernels == "fused":  # the Triton SSD keeps chunk states and each chunk's C B^T (per group)
+            return (di + cd + h) + cd + 2 * di, h * p * n // q + q * g
+        # in_proj, conv, gated norm and out; chunked SSD in torch: B and C per head (x2 padded), segment decays
+        # and scores (3 x Q per head), chunk states (4 x h p n / Q), x dt, diagonal, off-diagonal and sum outputs
+        return (di + cd + h) + cd + 2 * di, 4 * h * n + 3 * q * h + 4 * h * p * n // q + 4 * di
     if kind == "attention":
-        return 3 * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim // 2 + c.n_heads * c.head_dim + c.d_model
-    return 8 * c.d_model  # s4: real and complex FFT buffers of the convolution
+        return 3 * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim // 2 + c.n_heads * c.head_dim + c.d_model, 0
+    return 0, 8 * c.d_model  # s4: real and complex FFT buffers of the convolution
 
 
-def activation_bytes(config: ModelConfig, tokens: int, batch: int, dtype: str, context: int | None = None) -> int:
+def activation_bytes(config: ModelConfig, tokens: int, batch: int, dtype: str, context: int | None = None,
+                     kernels: str = "fused") -> int:
     """Estimated peak working memory of prefilling `tokens` tokens (the whole prompt, or one chunk).
 
-    batch * tokens * (residual stream + the widest per-token working set) in the model dtype, where the working
-    set is the largest of a mixer's intermediates (`_mixer_width`: ssmkit's torch implementations on CPU: the
-    chunked SSD for Mamba-2, the parallel scan for Mamba, SDPA with no seqlen^2 scores for attention, the FFT
-    convolution for S4), a feed-forward's (3 d_ff + d_model for SwiGLU, 2 d_ff + d_model for GELU, per expert
-    used) and the LM head's logits (ssmkit's prefill computes them at every position). Mamba adds the scan's
-    fixed chunk of states; a prefill chunk shorter than the context adds attention's chunk x context mask (bool,
-    and the additive copy SDPA makes). Within about 1.3x of the measured
-    peak of live tensors on CPU for the tiny presets (tested); the GPU kernels (Triton, flash) need less.
+    batch * tokens * (residual stream + the widest per-token working set), where the working set is the largest
+    of a mixer's intermediates (`_mixer_width`), a feed-forward's (3 d_ff + d_model for SwiGLU, 2 d_ff + d_model
+    for GELU, per expert used) and the LM head's logits (ssmkit's prefill computes them at every position).
+    kernels: "fused" for the GPU paths (Triton SSD keeping only chunk states and C B^T, attention without
+    seqlen^2 scores), "torch" for ssmkit's torch paths on CPU (the chunked SSD's per-head B, C, decays and
+    scores; the parallel selective scan's fixed chunk of states). A prefill chunk shorter than the context adds
+    attention's chunk x context mask (bool, and the additive copy SDPA makes). With kernels="torch" and the
+    prompt at once, the estimate is within [0.9, 1.15] x the measured peak of new tensors on CPU for the tiny
+    presets at 1024 tokens (tested); with small prefill chunks fixed per-call costs make it less exact.
     """
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels: expected one of {list(KERNELS)}, got {kernels!r}")
     c, d, b = config, config.d_model, DTYPE_BYTES[dtype]
     ct = max(b, 4)  # intermediates of the SSM scans are float32 for half-precision models
-    widest = c.vocab_size + d
+    widest = (c.vocab_size + d) * b  # logits and the final norm's input
+    # a chunk after the first attends over the cache through an explicit mask: bool plus SDPA's additive copy
+    mask = context * (1 + b) if context is not None and tokens < context else 0
     for i, kind in enumerate(c.mixers):
         ff = c.feed_forwards[i]
         mats = 3 if c.mlp_activation == "swiglu" else 2  # gate and up (or up), the activation, the product
         ff_width = 0 if ff is None else (mats * c.d_ff + d) * (c.moe_top_k if ff == "moe" else 1)
-        widest = max(widest, _mixer_width(c, kind) * (ct if kind != "attention" else b) // b, ff_width)
+        model_vals, scan_vals = _mixer_width(c, kind, kernels)
+        widest = max(widest, model_vals * b + scan_vals * ct + (mask if kind == "attention" else 0), ff_width * b)
     residual = 2 * d * (4 if c.residual_in_fp32 else b)
-    total = batch * tokens * (widest * b + residual)
-    if "mamba" in c.mixers:
+    total = batch * tokens * (widest + residual)
+    if "mamba" in c.mixers and kernels == "torch":
         total += 6 * ct * max(MAMBA_SCAN_STATES, batch * 64 * c.mamba_d_inner * c.mamba_d_state)
-    if context is not None and tokens < context and "attention" in c.mixers:
-        total += batch * tokens * context * (1 + b)  # a chunk's causal mask over the cache, bool and additive
     return total
 
 
 def plan_memory(config: ModelConfig, *, context: int, batch: int = 1, dtype="bf16", kv_dtype=None,
-                prefill_chunk: int | None = None, gpu_memory_gb: float | None = None, name: str = "") -> MemoryPlan:
+                prefill_chunk: int | None = None, gpu_memory_gb: float | None = None, name: str = "",
+                kernels: str = "fused") -> MemoryPlan:
     """The MemoryPlan of `config` at `context` tokens (prompt plus output) for `batch` sequences.
 
     dtype: of the weights ('bf16', 'fp16', 'fp32', 'fp64' or torch names); kv_dtype: None (= dtype), 'int8' or
     'int4'; prefill_chunk: tokens per prefill chunk (None: the whole prompt at once); gpu_memory_gb (GiB, 2**30
-    bytes): also find the longest context that fits it.
+    bytes): also find the longest context that fits it. kernels: "fused" (GPU) or "torch" (CPU) for the
+    activation estimate (see activation_bytes).
     """
     for arg, value in (("context", context), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -271,24 +284,26 @@ def plan_memory(config: ModelConfig, *, context: int, batch: int = 1, dtype="bf1
     plan = MemoryPlan(name=name, context=context, batch=batch, dtype=dtype, kv_dtype=kv,
                       per_kind=list(kinds.values()), embedding_bytes=embed, weights_bytes=params * b, params=params,
                       kv_bytes=totals[0], kv_mask_bytes=totals[1], conv_bytes=totals[2], ssm_bytes=totals[3],
-                      activation_bytes=activation_bytes(config, tokens, batch, dtype, context), prefill_tokens=tokens)
+                      activation_bytes=activation_bytes(config, tokens, batch, dtype, context, kernels),
+                      prefill_tokens=tokens, kernels=kernels)
     if gpu_memory_gb is not None:
         plan.gpu_memory_bytes = int(gpu_memory_gb * 2**30)
         plan.max_context = max_context(config, plan.gpu_memory_bytes, batch=batch, dtype=dtype, kv_dtype=kv,
-                                       prefill_chunk=prefill_chunk)
+                                       prefill_chunk=prefill_chunk, kernels=kernels)
         plan.chunked_prefill_tokens = prefill_chunk or DEFAULT_PREFILL_CHUNK
         plan.max_context_chunked = max_context(config, plan.gpu_memory_bytes, batch=batch, dtype=dtype,
-                                               kv_dtype=kv, prefill_chunk=plan.chunked_prefill_tokens)
+                                               kv_dtype=kv, prefill_chunk=plan.chunked_prefill_tokens,
+                                               kernels=kernels)
     return plan
 
 
 def max_context(config: ModelConfig, memory_bytes: int, *, batch: int = 1, dtype="bf16", kv_dtype=None,
-                prefill_chunk: int | None = None) -> int | None:
+                prefill_chunk: int | None = None, kernels: str = "fused") -> int | None:
     """The longest context (tokens) whose planned total fits `memory_bytes`; 0 if not even one token fits;
     None when the total does not grow with the context (an SSM-only model with chunked prefill)."""
     def total(n: int) -> int:
         return plan_memory(config, context=n, batch=batch, dtype=dtype, kv_dtype=kv_dtype,
-                           prefill_chunk=prefill_chunk).total_bytes
+                           prefill_chunk=prefill_chunk, kernels=kernels).total_bytes
 
     if total(1) > memory_bytes:
         return 0
@@ -362,7 +377,7 @@ def format_plan(plan: MemoryPlan) -> str:
              f"KV cache:    {format_bytes(plan.kv_bytes)} (+ {format_bytes(plan.kv_mask_bytes)} key masks)",
              f"SSM state:   {format_bytes(plan.conv_bytes + plan.ssm_bytes)} (conv {format_bytes(plan.conv_bytes)}, "
              f"ssm {format_bytes(plan.ssm_bytes)}; does not grow with the context)",
-             f"activations: {format_bytes(plan.activation_bytes)} (estimate: {chunk})",
+             f"activations: {format_bytes(plan.activation_bytes)} (estimate: {chunk}, {plan.kernels} kernels)",
              f"total:       {format_bytes(plan.total_bytes)}"]
     if plan.gpu_memory_bytes is not None:
         verdict = "fits" if plan.fits else "does NOT fit"

@@ -99,6 +99,21 @@ class Int4KVCache(KVCache):
         return k, v
 
 
+class NewTensorPeak(PeakTensorMemory):
+    """PeakTensorMemory that does not count the storages of `existing` tensors (a model's weights): a view of a
+    weight made inside the region (F.linear transposes it) would otherwise count the weight as a new tensor."""
+
+    def __init__(self, existing=()):
+        super().__init__()
+        self._seen.update(t.untyped_storage().data_ptr() for t in existing)
+
+
+def model_tensors(model) -> list[torch.Tensor]:
+    """Parameters and buffers of `model` (each storage once)."""
+    return list({t.untyped_storage().data_ptr(): t for t in list(model.parameters()) + list(model.buffers())}
+                .values())
+
+
 def allocate_remedy_cache(model, batch: int, max_len: int, kv: str = "same",
                           group_size: int = INT4_GROUP_SIZE) -> list:
     """The decode cache of `model` with attention KV stored as kv: 'same' (model dtype), 'int8' or 'int4'.
@@ -195,8 +210,8 @@ def _eval_logits(model, ids: torch.Tensor, eval_tokens: int, remedy: Remedy) -> 
     return torch.cat([first, rest], dim=0).float()
 
 
-def _peak(fn, device: torch.device):
-    """(result of fn(), peak bytes of tensors created during it) on CPU or CUDA."""
+def _peak(fn, device: torch.device, model):
+    """(result of fn(), peak bytes of tensors created during it, weights excluded) on CPU or CUDA."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -204,7 +219,7 @@ def _peak(fn, device: torch.device):
         out = fn()
         torch.cuda.synchronize(device)
         return out, torch.cuda.max_memory_allocated(device) - base
-    with PeakTensorMemory() as mem:
+    with NewTensorPeak(model_tensors(model)) as mem:
         out = fn()
     return out, mem.peak_bytes
 
@@ -234,7 +249,7 @@ def measure_remedies(models: dict, prompt_ids, *, tokenizer=None, remedies=DEFAU
         device = model.embeddings.weight.device
         x = ids.to(device)
         t0 = time.perf_counter()
-        (tokens, sizes), peak = _peak(lambda: _generate(model, x, new_tokens, remedy), device)
+        (tokens, sizes), peak = _peak(lambda: _generate(model, x, new_tokens, remedy), device, model)
         seconds = time.perf_counter() - t0
         logits = _eval_logits(model, x, eval_tokens, remedy).cpu()
         ppl = math.exp(F.cross_entropy(logits, targets).item())

@@ -48,10 +48,11 @@ def _runs_section(runs: list[RunResult]) -> list[str]:
     out = ["<h2>Runs</h2>", html_table(
         ["model", "workload", "loop x concurrency", "ok/requests", "TTFT p50 ms", "p95", "p99", "latency p50 ms",
          "p95", "p99", "TPOT p50 ms", "tokens/s p50", "throughput tok/s", "peak GiB", "quality"], rows, 3)]
-    several = len({(r.workload, r.concurrency) for r in runs}) > 1
+    workloads, concurrencies = len({r.workload for r in runs}) > 1, len({r.concurrency for r in runs}) > 1
 
     def key(r):
-        return f"{r.model} {r.workload[:10]} x{r.concurrency}" if several else r.model
+        return (r.model + (f" {r.workload[:12]}" if workloads else "")
+                + (f" x{r.concurrency}" if concurrencies else ""))
 
     for field, label in (("ttft_ms", "TTFT"), ("total_latency_ms", "total latency")):
         groups = {key(r): {p: getattr(r.summary[field], p) for p in ("p50", "p95", "p99")} for r in runs}

@@ -140,7 +140,8 @@ class Benchmarker:
 
         kv = "int8" if self.kv_dtype == torch.int8 else None
         planned = plan_memory(self.model.config, context=tokens, batch=batch, dtype=self.dtype, kv_dtype=kv,
-                              prefill_chunk=self.prefill_chunk_size).total_bytes
+                              prefill_chunk=self.prefill_chunk_size,
+                              kernels="fused" if self.device.type == "cuda" else "torch").total_bytes
         if planned > self.memory_cap_bytes:
             raise MemoryError(f"out of memory: planned {planned:,} bytes for {tokens} tokens x batch {batch} exceed "
                               f"the memory cap of {self.memory_cap_bytes:,} bytes")

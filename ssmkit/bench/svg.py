@@ -139,8 +139,9 @@ def bar_chart(groups: dict[str, dict[str, float]], *, title: str, ylabel: str) -
             y = ax.py(v)
             parts.append(f'<rect x="{x0 + bi * width:.1f}" y="{y:.1f}" width="{width * 0.9:.1f}" '
                          f'height="{H - BOTTOM - y:.1f}" fill="{PALETTE[bi % len(PALETTE)]}"/>')
-        parts.append(f'<text x="{x0 + slot * 0.4:.1f}" y="{H - BOTTOM + 16}" text-anchor="middle">'
-                     f'{escape(group[:18])}</text>')
+        lx, ly = x0 + slot * 0.4, H - BOTTOM + 12
+        parts.append(f'<text x="{lx:.1f}" y="{ly}" text-anchor="end" font-size="10" '
+                     f'transform="rotate(-20 {lx:.1f} {ly})">{escape(group[:24])}</text>')
     for bi, bar in enumerate(bars):
         parts.append(f'<rect x="{W - RIGHT + 10}" y="{TOP + 14 * bi}" width="10" height="10" '
                      f'fill="{PALETTE[bi % len(PALETTE)]}"/><text x="{W - RIGHT + 24}" y="{TOP + 14 * bi + 9}">'

@@ -21,7 +21,7 @@ import torch
 from .environment import describe_environment
 from .memory_plan import plan_memory
 from .results import _check_keys
-from .tensor_memory import PeakTensorMemory
+from .remedies import NewTensorPeak, model_tensors
 
 SWEEP_SCHEMA_VERSION = 1
 DEFAULT_LENGTHS = tuple(256 * 2**i for i in range(10))  # 256 .. 131072
@@ -118,8 +118,8 @@ class SweepResult:
 
 def _measure(bench, ids: list[int], batch: int, new_tokens: int, repeats: int, warmup: bool) -> SweepPoint:
     device = bench.device
-    weights = sum(t.numel() * t.element_size() for t in
-                  {t.data_ptr(): t for t in list(bench.model.parameters()) + list(bench.model.buffers())}.values())
+    tensors = model_tensors(bench.model)
+    weights = sum(t.untyped_storage().nbytes() for t in tensors)
     if warmup:
         bench.generate_once(ids, min(new_tokens, 2), batch)
     ttfts, decode, totals = [], [], []
@@ -135,7 +135,7 @@ def _measure(bench, ids: list[int], batch: int, new_tokens: int, repeats: int, w
     if device.type == "cuda":
         peak, source = torch.cuda.max_memory_allocated(device), "cuda-allocator"
     else:
-        with PeakTensorMemory() as mem:
+        with NewTensorPeak(tensors) as mem:
             bench.generate_once(ids, new_tokens, batch)
         peak, source = weights + mem.peak_bytes, "weights+tensor-peak"
     total = statistics.median(totals)
@@ -176,7 +176,8 @@ def length_sweep(bench, lengths=DEFAULT_LENGTHS, *, batch: int = 1, new_tokens: 
     try:
         for i, n in enumerate(lengths):
             plan = plan_memory(bench.model.config, context=n + new_tokens, batch=batch, dtype=bench.dtype,
-                               kv_dtype=None if kv == bench.dtype else kv, prefill_chunk=bench.prefill_chunk_size)
+                               kv_dtype=None if kv == bench.dtype else kv, prefill_chunk=bench.prefill_chunk_size,
+                               kernels="fused" if cuda else "torch")
             planned = dict(planned_bytes=plan.total_bytes, kv_bytes=plan.kv_bytes,
                            state_bytes=plan.conv_bytes + plan.ssm_bytes)
             if memory_cap_bytes is not None and plan.total_bytes > memory_cap_bytes:

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from ssmkit.bench.commands import memory_command
 from ssmkit.bench.memory_plan import (kv_cache_bytes, load_config, max_context, model_params, plan_memory)
-from ssmkit.bench.remedies import allocate_remedy_cache
-from ssmkit.bench.tensor_memory import PeakTensorMemory
+from ssmkit.bench.remedies import NewTensorPeak, allocate_remedy_cache, model_tensors
 from ssmkit.inference import allocate_cache, cache_nbytes
 from ssmkit.inference.generate import prefill
 from ssmkit.io import save_pretrained
@@ -118,15 +117,16 @@ def test_ssm_model_with_chunked_prefill_has_no_context_limit_and_a_huge_model_fi
 
 @pytest.mark.parametrize("name", TINY)
 def test_activation_estimate_is_within_band_of_measured_prefill_peak(name):
-    # Band [0.75, 1.35] x measured for one-shot prefill of 1024 tokens on CPU (see activation_bytes' docstring).
+    # Band [0.9, 1.15] x measured for one-shot prefill of 1024 tokens on CPU (see activation_bytes' docstring);
+    # the measurement leaves out the weights (and views of them), which the plan counts separately.
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig.from_name(name)).eval()
     ids = torch.randint(0, 256, (1, 1024))
-    with torch.no_grad(), PeakTensorMemory() as mem:
+    with torch.no_grad(), NewTensorPeak(model_tensors(model)) as mem:
         prefill(model, ids, allocate_cache(model, 1, 1024))
-    plan = plan_memory(model.config, context=1024, dtype="fp32")
+    plan = plan_memory(model.config, context=1024, dtype="fp32", kernels="torch")
     ratio = (plan.cache_bytes + plan.activation_bytes) / mem.peak_bytes
-    assert 0.75 <= ratio <= 1.35, f"planned / measured = {ratio:.2f}"
+    assert 0.9 <= ratio <= 1.15, f"planned / measured = {ratio:.2f}"
 
 
 def test_bad_configs_are_refused_by_name(tmp_path):

@@ -31,7 +31,7 @@ def sweeps():
     out = []
     for name in ("tiny-llama", "tiny-mamba2"):
         bench = bench_of(name)
-        cap = plan_memory(bench.model.config, context=128 + 2, dtype="fp32").total_bytes  # 128 fits, 256 not
+        cap = plan_memory(bench.model.config, context=128 + 2, dtype="fp32", kernels="torch").total_bytes  # 128 fits, 256 not
         out.append(length_sweep(bench, [32, 64, 128, 256, 512], new_tokens=2, memory_cap_bytes=cap,
                                 warmup=False, environment=ENV))
     return out
