@@ -135,7 +135,33 @@ def add_tokens(sub):
     c.set_defaults(handler=handler)
 
 
-COMMANDS = [add_demo, add_ops_bench, add_route, add_advise, add_compare, add_gate, add_tokens]
+def add_generate(sub):
+    p = sub.add_parser("generate", help="generate a completion from a checkpoint folder (HF format)")
+    p.add_argument("checkpoint", help="folder with config.json and model.safetensors")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--device")
+    p.add_argument("--tokenizer", help="'byte', or a folder / tokenizer.json (default: the checkpoint's own)")
+    p.add_argument("--prefill-chunk-size", type=int)
+    p.add_argument("--kv-dtype", choices=["int8", "float32", "float64", "bfloat16", "float16"])
+
+    def handler(args):
+        from ssmkit.inference.command import generate_command
+
+        return generate_command(args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                                args.top_p, args.seed, dtype=args.dtype, device=args.device,
+                                tokenizer=args.tokenizer, prefill_chunk_size=args.prefill_chunk_size,
+                                kv_dtype=args.kv_dtype)
+
+    p.set_defaults(handler=handler)
+
+
+COMMANDS = [add_demo, add_ops_bench, add_generate, add_route, add_advise, add_compare, add_gate, add_tokens]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,12 +1,9 @@
-import os
-
 import pytest
 import torch
 
-# Under pytest-xdist each worker gets one torch thread: two workers with two threads each on a 2-core machine
-# oversubscribe it and small ops stall.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
+# One torch thread per test process: the tests use small tensors, and two xdist workers with two threads each on
+# a 2-core machine oversubscribe it so that small ops stall.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

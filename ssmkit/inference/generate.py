@@ -47,7 +47,7 @@ def prefill(model, input_ids: torch.Tensor, state: list, *, key_padding_mask: to
     for start in range(0, seqlen, step):
         piece = slice(start, start + step)
         mask = None if key_padding_mask is None else key_padding_mask[:, piece]
-        logits = model(input_ids[:, piece], state, key_padding_mask=mask)[:, -1]
+        logits = model(input_ids[:, piece], state, key_padding_mask=mask, logits_to_keep=1)[:, -1]
     return logits
 
 

@@ -53,8 +53,11 @@ class LanguageModel(nn.Module):
         return [layer.allocate_state(batch, max_len, dtype, device) for layer in self.layers]
 
     def forward(self, input_ids: torch.Tensor, state: list | None = None, *,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
         """input_ids (batch, seqlen) int -> logits (batch, seqlen, vocab_size).
+
+        logits_to_keep: compute logits for the last this-many positions only (0 = all); prefill needs one, and
+        the full (seqlen, vocab) logits of a long prompt can outweigh the whole decode state.
 
         state: a list from `allocate_state`; the tokens continue the sequences it holds and it is updated in
         place (prefill, chunked prefill, decode). key_padding_mask (batch, seqlen) bool, True at real tokens and
@@ -65,6 +68,8 @@ class LanguageModel(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, None if state is None else state[i], key_padding_mask)
         self._collect_aux_loss()
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return self.lm_head(self.norm_f(x).to(self.lm_head.weight.dtype))
 
     def step(self, input_ids: torch.Tensor, state: list) -> torch.Tensor:
