@@ -137,10 +137,21 @@ CONFIG_SHAPES = [
 ]
 
 
+def _config_params():
+    """(shape, kind, config) for every config the tuner may pick; empty where triton cannot be imported."""
+    try:
+        from ssmkit.ops.ssd.triton.plan import configs
+    except ImportError:
+        return []
+    return [pytest.param(shape, kind, cfg, id=f"{str(shape[0])[6:]}-p{shape[1]}-n{shape[2]}-vl{int(shape[3])}-"
+                         f"{kind}-bp{cfg['BLOCK_P']}-w{cfg['num_warps']}-s{cfg['num_stages']}")
+            for shape in CONFIG_SHAPES for kind in ("fwd", "bwd") for cfg in configs(shape[1], shape[2], kind)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", CONFIG_SHAPES, ids=lambda s: f"{str(s[0])[6:]}-p{s[1]}-n{s[2]}-varlen{s[3]}")
-def test_every_tunable_config_matches_float64_on_gpu(shape):
-    """Each config the tuner may pick, forward and backward, run explicitly (segments forced on)."""
+@pytest.mark.parametrize("shape,kind,cfg", _config_params())
+def test_every_tunable_config_matches_float64_on_gpu(shape, kind, cfg):
+    """Each config the tuner may pick, forward or backward, run explicitly (segments forced on)."""
     from ssmkit.ops.ssd.triton.bwd import ssd_bwd
     from ssmkit.ops.ssd.triton.fwd import ssd_fwd
     from ssmkit.ops.ssd.triton.plan import configs
@@ -153,14 +164,12 @@ def test_every_tunable_config_matches_float64_on_gpu(shape):
     dfinal = torch.randn(nseq, 4, P, N, device="cuda")
     y_ref, final_ref, grads_ref = gpu_reference(inp, cu_seqlens=cu, dout=dout, dfinal=dfinal)
     args = [inp[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
-    fwd_out = None
-    for cfg in configs(P, N, "fwd"):
-        fwd_out = ssd_fwd(*args, True, None, inp["initial_state"], cu, 64, config=cfg, seg_chunks=3)
-        assert_close(fwd_out[0], y_ref, dtype, name=f"y {cfg}")
-        assert_close(fwd_out[1], final_ref, dtype, name=f"final {cfg}")
-    y, final, plan, segst, seglog = fwd_out
+    y, final, plan, segst, seglog = ssd_fwd(*args, True, None, inp["initial_state"], cu, 64,
+                                            config=cfg if kind == "fwd" else configs(P, N, "fwd")[0], seg_chunks=3)
     assert plan.nseg > 1
-    for cfg in configs(P, N, "bwd"):
+    assert_close(y, y_ref, dtype, name=f"y {cfg}")
+    assert_close(final, final_ref, dtype, name=f"final {cfg}")
+    if kind == "bwd":
         grads = ssd_bwd(dout, dfinal, *args, True, None, inp["initial_state"], cu, plan, segst, seglog, final,
                         config=cfg)
         for name, g in zip(GRAD_NAMES, grads):
