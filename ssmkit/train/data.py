@@ -62,7 +62,9 @@ class Data:
         """What the data is, for logs and results: the task's fields, or the corpus manifest."""
         if self.task is not None:
             return {"task": self.kind, **self.task.__dict__, "n_vocab": self.vocab_size}
-        from .text import manifest
+        if getattr(self, "_manifest", None) is None:  # reads every file once (a digest of names and contents)
+            from .text import manifest
 
+            self._manifest = manifest(self.files)
         return {"task": "text", "seq_len": self.config.seq_len, "train_bytes": self.text.train.n_bytes,
-                "val_bytes": self.text.val.n_bytes, **manifest(self.files)}
+                "val_bytes": self.text.val.n_bytes, **self._manifest}
