@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +22,17 @@ from .results import BenchmarkResult, RunResult
 from .workload import Workload
 
 BATCHING = ("none", "serial", "static")
+
+
+@dataclass
+class GenerationTiming:
+    """Clock readings (time.perf_counter seconds) of one generation: start (prompt on the device), first token,
+    last token; per_token_ms: the gaps between consecutive tokens."""
+
+    start: float
+    first: float
+    end: float
+    per_token_ms: list[float]
 
 
 def synchronize(device: torch.device) -> None:
@@ -50,6 +62,7 @@ class Benchmarker:
         if batching not in BATCHING:
             raise ValueError(f"batching: expected one of {list(BATCHING)}, got {batching!r}")
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.config = model.config  # the ModelConfig the memory planner reads
         self.device = model.embeddings.weight.device
         self.dtype = dtype_name(model.embeddings.weight.dtype)
         self.prefill_chunk_size, self.kv_dtype = prefill_chunk_size, kv_dtype
@@ -84,13 +97,22 @@ class Benchmarker:
         return (f * reps)[offset % len(f):offset % len(f) + n]
 
     # --- timing -------------------------------------------------------------------------------------------------
-    def generate_once(self, ids: list[int], max_new_tokens: int, batch: int = 1
-                      ) -> tuple[float, list[float]]:
-        """Generates max_new_tokens for `batch` copies of ids, here and now (no batcher, no lock); returns the
-        clock reading (time.perf_counter) at the first token and the ms between consecutive tokens."""
-        x = torch.tensor([ids] * batch, dtype=torch.int64, device=self.device)
+    def generate_once(self, ids: list[int], max_new_tokens: int, batch: int = 1) -> GenerationTiming:
+        """Generates max_new_tokens for `batch` copies of ids, here and now (no batcher, no lock). The clock
+        starts once the prompt is on the device."""
+        x = torch.tensor([ids], dtype=torch.int64, device=self.device).repeat(batch, 1)
+        synchronize(self.device)
+        start = time.perf_counter()
         times = self._generate_timed(x, max_new_tokens)
-        return times[0], [(b - a) * 1e3 for a, b in zip(times, times[1:])]
+        return GenerationTiming(start, times[0], times[-1], [(b - a) * 1e3 for a, b in zip(times, times[1:])])
+
+    def greedy_tokens(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        """The greedy continuation of one prompt (to check that two implementations agree before timing)."""
+        from ssmkit.inference.generate import generate
+
+        x = torch.tensor([ids], dtype=torch.int64, device=self.device)
+        return generate(self.model, x, max_new_tokens=max_new_tokens, eos_token_id=[],
+                        prefill_chunk_size=self.prefill_chunk_size, kv_dtype=self.kv_dtype)[0, len(ids):].tolist()
 
     def _generate_timed(self, input_ids: torch.Tensor, max_new_tokens: int, on_step=None,
                         attention_mask: torch.Tensor | None = None) -> list[float]:
@@ -121,8 +143,8 @@ class Benchmarker:
             return self._batcher.serve_ids(ids, output_tokens)
         if self.batching == "serial":
             with self._serial:
-                return self.generate_once(ids, output_tokens)[0], 1
-        return self.generate_once(ids, output_tokens)[0], 1
+                return self.generate_once(ids, output_tokens).first, 1
+        return self.generate_once(ids, output_tokens).first, 1
 
     def serve(self, request: Request) -> ServeTiming:
         """The driver's serve callable: one request, timed from this call to its first and last token."""
@@ -139,7 +161,7 @@ class Benchmarker:
         from .memory_plan import plan_memory
 
         kv = "int8" if self.kv_dtype == torch.int8 else None
-        planned = plan_memory(self.model.config, context=tokens, batch=batch, dtype=self.dtype, kv_dtype=kv,
+        planned = plan_memory(self.config, context=tokens, batch=batch, dtype=self.dtype, kv_dtype=kv,
                               prefill_chunk=self.prefill_chunk_size,
                               kernels="fused" if self.device.type == "cuda" else "torch").total_bytes
         if planned > self.memory_cap_bytes:
@@ -153,12 +175,10 @@ class Benchmarker:
             raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
         ids = self.prompt_ids(prompt)
         with MemoryMonitor(self.device, 0.005) as monitor:
-            start = time.perf_counter()
-            first, _ = self.generate_once(ids, max_new_tokens, batch)
-            end = time.perf_counter()
+            t = self.generate_once(ids, max_new_tokens, batch)
         return BenchmarkResult.from_times(
             model=self.name, request_id=0, prompt_tokens=len(ids), output_tokens=max_new_tokens * batch,
-            arrival_s=0.0, start_s=0.0, first_token_s=first - start, end_s=end - start, batch=batch,
+            arrival_s=0.0, start_s=0.0, first_token_s=t.first - t.start, end_s=t.end - t.start, batch=batch,
             peak_memory_bytes=monitor.peak_bytes, avg_memory_bytes=monitor.avg_bytes,
             quality_score=self.quality().score if self.with_quality else None)
 

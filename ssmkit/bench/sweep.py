@@ -12,7 +12,6 @@ import dataclasses
 import gc
 import json
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,12 +125,10 @@ def _measure(bench, ids: list[int], batch: int, new_tokens: int, repeats: int, w
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(repeats):
-        start = time.perf_counter()
-        first, per_token = bench.generate_once(ids, new_tokens, batch)
-        end = time.perf_counter()
-        ttfts.append((first - start) * 1e3)
-        totals.append((end - start) * 1e3)
-        decode.append(statistics.fmean(per_token) if new_tokens > 1 else 0.0)
+        t = bench.generate_once(ids, new_tokens, batch)
+        ttfts.append((t.first - t.start) * 1e3)
+        totals.append((t.end - t.start) * 1e3)
+        decode.append(statistics.fmean(t.per_token_ms) if new_tokens > 1 else 0.0)
     if device.type == "cuda":
         peak, source = torch.cuda.max_memory_allocated(device), "cuda-allocator"
     else:
@@ -148,7 +145,9 @@ def _measure(bench, ids: list[int], batch: int, new_tokens: int, repeats: int, w
 def length_sweep(bench, lengths=DEFAULT_LENGTHS, *, batch: int = 1, new_tokens: int = 16,
                  memory_cap_bytes: int | None = None, repeats: int = 1, warmup: bool = True,
                  progress=None, environment: dict | None = None) -> SweepResult:
-    """Times `bench` (a Benchmarker) at each prompt length in increasing order until one runs out of memory.
+    """Times `bench` (a Benchmarker, or anything with its name, config, model, device, dtype, prefill_chunk_size,
+    kv_dtype, filler_ids and generate_once) at each prompt length in increasing order until one runs out of
+    memory.
 
     Args:
         lengths: prompt lengths in tokens (prompts are held-out text repeated to length).
@@ -175,7 +174,7 @@ def length_sweep(bench, lengths=DEFAULT_LENGTHS, *, batch: int = 1, new_tokens: 
         torch.cuda.set_per_process_memory_fraction(min(memory_cap_bytes / total, 1.0), bench.device)
     try:
         for i, n in enumerate(lengths):
-            plan = plan_memory(bench.model.config, context=n + new_tokens, batch=batch, dtype=bench.dtype,
+            plan = plan_memory(bench.config, context=n + new_tokens, batch=batch, dtype=bench.dtype,
                                kv_dtype=None if kv == bench.dtype else kv, prefill_chunk=bench.prefill_chunk_size,
                                kernels="fused" if cuda else "torch")
             planned = dict(planned_bytes=plan.total_bytes, kv_bytes=plan.kv_bytes,

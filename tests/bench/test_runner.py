@@ -57,8 +57,10 @@ def test_generate_once_produces_the_tokens_of_generate(model, monkeypatch):
             yield step
 
     monkeypatch.setattr(gen, "generate_steps", spy)
-    first, per_token = bench.generate_once([5, 6, 7, 8], 5)
-    assert seen == expected and len(per_token) == 4 and min(per_token) >= 0
+    t = bench.generate_once([5, 6, 7, 8], 5)
+    assert seen == expected and len(t.per_token_ms) == 4 and min(t.per_token_ms) >= 0
+    assert_close(f64(sum(t.per_token_ms)), f64((t.end - t.first) * 1e3), tol=(1e-9, 1e-9))
+    assert t.start <= t.first <= t.end
 
 
 def test_run_suite_skips_warmup_records_every_repeat_and_orders_percentiles(model):
