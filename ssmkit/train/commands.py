@@ -127,6 +127,9 @@ def evaluate_checkpoint(checkpoint, task: str, *, data=None, seq_len=None, examp
     on a task (accuracy on the answer positions of its held-out examples). Prints the metrics."""
     out = stream or sys.stdout
     model, train_config = load_for_eval(checkpoint)
+    if task == "ppl" and (Path(checkpoint) / "tokenizer.json").is_file():
+        raise ValueError(f"task: ppl reads text as bytes (ids 0..255); {checkpoint} has a tokenizer.json, so its "
+                         f"ids are not bytes")
     config = eval_data_config(task, train_config, data=data, seq_len=seq_len, examples=examples,
                               model_vocab=model.config.vocab_size)
     seed = train_config.get("seed", 0) if seed is None else seed

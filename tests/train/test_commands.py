@@ -49,3 +49,13 @@ def test_eval_errors_name_the_problem(tmp_path):
         commands.eval_data_config("bleu", {})
     with pytest.raises(ValueError, match=r"--task ppl needs text files"):
         commands.eval_data_config("ppl", {})
+
+
+def test_ppl_refuses_a_checkpoint_whose_ids_are_not_bytes(tmp_path):
+    from ssmkit.io import save_pretrained
+    from ssmkit.models import LanguageModel, ModelConfig
+
+    save_pretrained(LanguageModel(ModelConfig.from_name("tiny-llama")), tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match="has a tokenizer.json, so its ids are not bytes"):
+        commands.evaluate_checkpoint(tmp_path, "ppl", data=["{stdlib}/json"])
