@@ -115,6 +115,12 @@ def bench_command(models: list[str], workload: str, out: str, *, memory_cap_gb: 
         raise ValueError("--model: expected at least one NAME=CHECKPOINT")
     if memory_cap_gb is not None and not memory_cap_gb > 0:
         raise ValueError(f"--memory-cap: expected a size > 0 in GiB, got {memory_cap_gb}")
+    for flag, value in (("--sweep-batch", sweep_batch), ("--sweep-new-tokens", sweep_new_tokens),
+                        ("--prefill-chunk", 1 if prefill_chunk is None else prefill_chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag}: expected an integer >= 1, got {value!r}")
+    if device not in (None, "cpu") and not (str(device).startswith("cuda") and torch.cuda.is_available()):
+        raise ValueError(f"--device: {device!r} is not available here (CUDA available: {torch.cuda.is_available()})")
     lengths = parse_lengths(sweep) if sweep else None
     wl = load_workload(workload)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -124,6 +130,7 @@ def bench_command(models: list[str], workload: str, out: str, *, memory_cap_gb: 
     if len(set(names)) != len(names):
         raise ValueError(f"--model: names must differ, got {names}")
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     env = describe_environment()
     runs, sweeps = [], []
     for name, model, tokenizer in specs:
