@@ -161,7 +161,44 @@ def add_generate(sub):
     p.set_defaults(handler=handler)
 
 
-COMMANDS = [add_demo, add_ops_bench, add_generate, add_route, add_advise, add_compare, add_gate, add_tokens]
+def add_train(sub):
+    p = sub.add_parser("train", help="train from a YAML config (run under torchrun for data parallelism)")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value, e.g. --set data.seq_len=128 --set model.d_model=64")
+
+    def handler(args):
+        from ssmkit.train.commands import train
+
+        return train(args.config, args.overrides)
+
+    p.set_defaults(handler=handler)
+
+
+def add_eval(sub):
+    p = sub.add_parser("eval", help="perplexity / bits per byte, or task accuracy, of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--task", required=True, choices=["ppl", "mqar", "copy", "induction"])
+    p.add_argument("--data", nargs="+")
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--examples", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-batches", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+    def handler(args):
+        from ssmkit.train.commands import evaluate_checkpoint
+
+        return evaluate_checkpoint(args.checkpoint, args.task, data=args.data, seq_len=args.seq_len,
+                                   examples=args.examples, seed=args.seed, batch_size=args.batch_size,
+                                   max_batches=args.max_batches, device=args.device, as_json=args.json)
+
+    p.set_defaults(handler=handler)
+
+
+COMMANDS = [add_demo, add_ops_bench, add_generate, add_train, add_eval, add_route, add_advise, add_compare, add_gate, add_tokens]
 
 
 def build_parser() -> argparse.ArgumentParser:
