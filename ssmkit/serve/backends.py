@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,32 @@ class Piece:
 
 
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
+
+
+class EventRelay:
+    """Hands engine events (engine thread) to request queues (event loop) with one loop wake-up per batch of
+    events rather than one per token per request: a decode step of 32 sequences wakes the loop once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._pending: list = []
+        self._lock = threading.Lock()
+
+    def post(self, queue: asyncio.Queue, event: EngineEvent) -> None:
+        with self._lock:
+            self._pending.append((queue, event))
+            if len(self._pending) > 1:
+                return  # a flush is already scheduled and will take this one too
+        try:
+            self.loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:
+            pass  # the event loop has closed (shutdown): nobody is listening any more
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for queue, event in pending:
+            queue.put_nowait(event)
 
 
 class LocalBackend:
@@ -58,6 +85,7 @@ class LocalBackend:
         self.max_context = max_context
         self.engine = Engine(self.model, max_concurrency=max_concurrency, max_queue=max_queue, max_len=max_context,
                              name=name)
+        self._relay: EventRelay | None = None
 
     def encode(self, text: str) -> list[int]:
         """Prompt text -> token ids (the tokenizer's BOS first when it has one), as `ssmkit generate` does."""
@@ -75,13 +103,13 @@ class LocalBackend:
                stops: list[str], timeout_s: float, request_id: str, ignore_eos: bool = False) -> "LocalStream":
         """Queues the request on the engine (raises ApiError 429 when full, 503 when draining)."""
         loop = asyncio.get_running_loop()
+        if self._relay is None or self._relay.loop is not loop:
+            self._relay = EventRelay(loop)
         queue: asyncio.Queue = asyncio.Queue()
+        relay = self._relay
 
         def on_event(event: EngineEvent) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:
-                pass  # the event loop has closed (shutdown): nobody is listening any more
+            relay.post(queue, event)
 
         eos = () if ignore_eos else self.eos
         request = GenerationRequest(prompt_ids, max_tokens, on_event, sampling=sampling, seed=seed, eos=eos,

@@ -167,7 +167,7 @@ class Service:
             self.metrics.latency.labels(name).observe(elapsed)
         if first_token_at is not None:
             self.metrics.ttft.labels(name).observe(max(0.0, first_token_at - job.started))
-        if self.router is None or not record or (status < 500 and status >= 400):
+        if self.router is None or not record or 400 <= status < 500:
             return
         if job.routed:
             self.router.record_latency(job.request_id, elapsed * 1000.0, error=backend_error)
