@@ -88,15 +88,19 @@ def validate(ref: dict, bench) -> dict:
 
 
 def measure(bench, args, deadline: float, notes: list) -> tuple[list, list]:
-    """The length sweeps at each batch and the workload at each concurrency, stopping at the deadline."""
+    """The length sweeps at each batch (35 % of the time left each) and the workload at each concurrency (the
+    rest); a section that would start after its share is skipped and noted."""
     sweeps, runs = [], []
-    for batch in BATCHES:
-        if time.time() > deadline:
+    t0 = time.time()
+    for i, batch in enumerate(BATCHES):
+        share = t0 + (deadline - t0) * 0.35 * (i + 1)
+        if time.time() > share:
             notes.append(f"{bench.name}: batch {batch} sweep skipped (time budget)")
             continue
         log(f"{bench.name}: sweep at batch {batch}")
         s = length_sweep(bench, args.lengths, batch=batch, new_tokens=NEW_TOKENS, warmup=True,
-                         environment=args.env)
+                         environment=args.env, deadline=share)
+        notes.extend(f"{bench.name} batch {batch}: {n}" for n in s.notes)
         log(f"{bench.name}: batch {batch}: ok to {s.max_ok_length}, OOM at {s.oom_length}")
         sweeps.append(s)
         free(bench.device)
@@ -143,6 +147,8 @@ def run_model(label: str, preset: str, args, deadline: float, tmp: Path, out: di
         out["runs"] += runs
         hf_bench.close()
         del hf, hf_bench
+    elif not args.no_transformers:
+        out["notes"].append(f"{label}: transformers side skipped (time budget)")
     free(device)
 
 
@@ -293,7 +299,7 @@ def main() -> int:
             deadline = time.time() + remaining / (len(models) - i)
             log(f"{label} ({preset}): {remaining:.0f} s left")
             run_model(label, preset, args, deadline, Path(tmp), out)
-    stem = write_results(out, args, started)
+            stem = write_results(out, args, started)  # after every model, so a cut-off run keeps what it has
     print(summary_table(out))
     print(f"wrote {stem}.md, .json, .html")
     return 0

@@ -12,6 +12,7 @@ import dataclasses
 import gc
 import json
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def _measure(bench, ids: list[int], batch: int, new_tokens: int, repeats: int, w
 
 def length_sweep(bench, lengths=DEFAULT_LENGTHS, *, batch: int = 1, new_tokens: int = 16,
                  memory_cap_bytes: int | None = None, repeats: int = 1, warmup: bool = True,
-                 progress=None, environment: dict | None = None) -> SweepResult:
+                 progress=None, environment: dict | None = None, deadline: float | None = None) -> SweepResult:
     """Times `bench` (a Benchmarker, or anything with its name, config, model, device, dtype, prefill_chunk_size,
     kv_dtype, filler_ids and generate_once) at each prompt length in increasing order until one runs out of
     memory.
@@ -156,6 +157,7 @@ def length_sweep(bench, lengths=DEFAULT_LENGTHS, *, batch: int = 1, new_tokens: 
         repeats: timed runs per length (medians). warmup: one untimed run per length first (compiles, caches).
         progress: called as progress(done, total) after each length.
         environment: the describe_environment() dict to record (computed when None).
+        deadline: a time.time() after which no new length starts (noted in the result's notes).
     """
     lengths = sorted({int(n) for n in lengths})
     if not lengths or lengths[0] < 1:
@@ -174,6 +176,9 @@ def length_sweep(bench, lengths=DEFAULT_LENGTHS, *, batch: int = 1, new_tokens: 
         torch.cuda.set_per_process_memory_fraction(min(memory_cap_bytes / total, 1.0), bench.device)
     try:
         for i, n in enumerate(lengths):
+            if deadline is not None and time.time() > deadline:
+                result.notes.append(f"stopped by the time budget before {n} tokens")
+                break
             plan = plan_memory(bench.config, context=n + new_tokens, batch=batch, dtype=bench.dtype,
                                kv_dtype=None if kv == bench.dtype else kv, prefill_chunk=bench.prefill_chunk_size,
                                kernels="fused" if cuda else "torch")

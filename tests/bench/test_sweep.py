@@ -81,6 +81,11 @@ def test_allocator_errors_become_an_oom_point_not_a_crash(err, status):
     assert is_out_of_memory(err) == (status == "oom")
 
 
+def test_sweep_stops_at_its_deadline_and_notes_it():
+    s = length_sweep(bench_of("tiny-llama"), [16, 32], new_tokens=2, warmup=False, environment=ENV, deadline=0.0)
+    assert s.points == [] and s.notes == ["stopped by the time budget before 16 tokens"]
+
+
 def test_sweep_file_round_trips_and_other_files_are_refused(sweeps, tmp_path):
     path = tmp_path / "sweep.json"
     sweeps[0].save(path)
