@@ -109,7 +109,7 @@ def measure(bench, args, deadline: float, notes: list) -> tuple[list, list]:
             notes.append(f"{bench.name}: workload at concurrency {c} skipped (time budget)")
             continue
         log(f"{bench.name}: workload at concurrency {c}")
-        bench._batcher.max_batch = c
+        bench.set_max_batch(c)
         runs.append(bench.run_workload(replay_workload(args.requests, c), environment=args.env))
         free(bench.device)
     return sweeps, runs

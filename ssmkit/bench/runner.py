@@ -208,6 +208,14 @@ class Benchmarker:
                             description=f"{len(reqs)} prompts, {max_new_tokens} new tokens each")
         return self.run_workload(workload, progress=progress, environment=environment)
 
+    def set_max_batch(self, n: int) -> None:
+        """The largest static batch from now on (e.g. the concurrency of the next run)."""
+        if self._batcher is None:
+            raise ValueError("set_max_batch: this Benchmarker was made with batching != 'static'")
+        if n < 1:
+            raise ValueError(f"n: expected >= 1, got {n}")
+        self._batcher.max_batch = n
+
     def close(self) -> None:
         if self._batcher is not None:
             self._batcher.close()
