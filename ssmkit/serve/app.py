@@ -94,15 +94,16 @@ async def _complete(service: Service, request: Request, chat: bool):
         req = parse_body(await request.body(), request.headers.get("content-type"),
                          ChatRequest if chat else CompletionRequest)
         job = service.start(req, chat)
-        if isinstance(job.backend, LocalBackend):
+        local = isinstance(job.backend, LocalBackend)
+        if local:
             stream, prompt_tokens = service.submit_local(job, req, chat)
-        else:
-            return await _proxy(service, job, req, chat)
     except ApiError as err:
         service.reject(endpoint, err, job)
         if job is not None:
             err.headers.setdefault(ROUTING_HEADER, _header(job.routing))
         raise
+    if not local:
+        return await _proxy(service, job, req, chat)  # records its own outcome
     headers = {ROUTING_HEADER: _header(job.routing), "X-Request-Id": job.request_id}
     if req.stream:
         return StreamingResponse(_sse_local(service, job, stream, prompt_tokens, chat), headers=headers,

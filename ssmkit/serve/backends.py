@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from ssmkit.inference.cache import cache_nbytes
 from ssmkit.inference.sampling import SamplingConfig
 
 from .engine import Draining, Engine, EngineEvent, GenerationRequest, Overloaded
@@ -94,10 +95,12 @@ class LocalBackend:
         return [bos] + ids if bos is not None else ids
 
     def describe(self) -> dict:
+        """What /v1/models and /health show: mixers, limits, and the bytes of the slot pool (SSM states of fixed
+        size; KV caches of max_context positions per slot)."""
         cfg = self.model.config
         return {"kind": "local", "mixers": sorted(set(cfg.mixers)), "max_context": self.max_context,
-                "chat_template": self.chat_template is not None,
-                "max_concurrency": self.engine.max_concurrency, "max_queue": self.engine.max_queue}
+                "chat_template": self.chat_template is not None, "max_concurrency": self.engine.max_concurrency,
+                "max_queue": self.engine.max_queue, "state_bytes": cache_nbytes(self.engine.pool.state)}
 
     def submit(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingConfig, seed: int | None,
                stops: list[str], timeout_s: float, request_id: str, ignore_eos: bool = False) -> "LocalStream":

@@ -99,6 +99,11 @@ def serve_command(models: list[str], backends: list[str] | None = None, policy: 
     names = ", ".join(f"{n} ({b.kind})" for n, b in service.backends.items())
     err.write(f"ssmkit serve: {names} on http://{host}:{port} (max_concurrency {max_concurrency}, "
               f"max_queue {max_queue}, timeout {timeout:g} s, grace {grace:g} s)\n")
+    for name, b in service.backends.items():
+        if b.kind == "local":
+            sizes = b.describe()["state_bytes"]
+            err.write(f"ssmkit serve: {name}: decode state for {max_concurrency} slots x {max_context} positions: "
+                      f"SSM {sizes['ssm'] / 2**20:.1f} MiB, KV {sizes['kv'] / 2**20:.1f} MiB\n")
     try:
         sock = bind_socket(host, port)
     except OSError as e:

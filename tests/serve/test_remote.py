@@ -49,6 +49,18 @@ def test_streamed_request_is_relayed_event_by_event(front, checkpoints):
     assert len(events) >= 2
 
 
+def test_proxied_requests_are_counted_under_the_remote_backend(front):
+    client, _ = front
+    payload = {"model": "far", "prompt": "count me", "max_tokens": 3, "ignore_eos": True}
+    client.post("/v1/completions", json=payload)
+    with client.stream("POST", "/v1/completions", json={**payload, "stream": True}) as r:
+        sse_events(r.iter_lines())
+    metrics = client.get("/metrics").text
+    assert 'ssmkit_requests_total{backend="far",endpoint="completions",status="200"}' in metrics
+    assert 'ssmkit_time_to_first_token_seconds_count{backend="far"}' in metrics
+    assert 'ssmkit_tokens_total{backend="far",kind="completion"}' in metrics
+
+
 def test_chat_is_proxied_and_remote_client_errors_are_relayed(front):
     client, _ = front
     chat = client.post("/v1/chat/completions", json={"model": "far", "max_tokens": 4,
@@ -80,3 +92,6 @@ def test_unreachable_remote_answers_502_and_its_breaker_reroutes(checkpoints, tm
             assert (routing["backend"], routing["source"]) == ("mamba2", "fallback")
             assert "breaker of dead open" in routing["reason"]
             assert client.get("/health").json()["backends"]["dead"]["breaker"] == "open"
+            metrics = client.get("/metrics").text
+    assert 'ssmkit_requests_total{backend="dead",endpoint="completions",status="502"} 2.0' in metrics
+    assert 'ssmkit_breaker_state{backend="dead"} 2.0' in metrics
