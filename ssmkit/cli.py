@@ -198,7 +198,63 @@ def add_eval(sub):
     p.set_defaults(handler=handler)
 
 
-COMMANDS = [add_demo, add_ops_bench, add_generate, add_train, add_eval, add_route, add_advise, add_compare, add_gate, add_tokens]
+def add_bench(sub):
+    p = sub.add_parser("bench", help="benchmark models on a workload: TTFT, tokens/s, p50/p95/p99, memory; "
+                                     "results JSON and an HTML report")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT",
+                   help="a checkpoint folder, or a preset name (random weights); repeat for several models")
+    p.add_argument("--workload", required=True, help="workload YAML (see examples/workloads/README.md)")
+    p.add_argument("--out", required=True, help="results JSON (several models: OUT-NAME.json each)")
+    p.add_argument("--memory-cap", type=float, metavar="GB",
+                   help="requests and sweep lengths whose planned memory exceeds this many GiB fail as out of memory")
+    p.add_argument("--sweep", metavar="LENGTHS", help="also sweep prompt lengths, e.g. 256,512,1024,2048 "
+                                                      "(each model stops at its first out-of-memory length)")
+    p.add_argument("--sweep-batch", type=int, default=1, help="rows per sweep call (default 1)")
+    p.add_argument("--sweep-new-tokens", type=int, default=16, help="tokens generated per sweep call (default 16)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the checkpoint's)")
+    p.add_argument("--batching", choices=["none", "serial", "static"], default="none",
+                   help="how concurrent requests share the model (default: none, each runs alone)")
+    p.add_argument("--prefill-chunk", type=int, help="prefill prompts in chunks of this many tokens")
+    p.add_argument("--no-quality", action="store_true", help="skip the quality suite (quality_score null)")
+    p.add_argument("--no-report", action="store_true", help="do not write OUT.html")
+
+    def handler(args):
+        from ssmkit.bench.commands import bench_command
+
+        return bench_command(args.model, args.workload, args.out, memory_cap_gb=args.memory_cap, sweep=args.sweep,
+                             sweep_batch=args.sweep_batch, sweep_new_tokens=args.sweep_new_tokens,
+                             device=args.device, dtype=args.dtype, batching=args.batching,
+                             prefill_chunk=args.prefill_chunk, quality=not args.no_quality,
+                             report=not args.no_report)
+
+    p.set_defaults(handler=handler)
+
+
+def add_memory(sub):
+    p = sub.add_parser("memory", help="bytes of weights, KV cache and SSM state per layer kind, and the longest "
+                                      "context that fits a GPU")
+    p.add_argument("--config", required=True, help="a preset name, a config.json, or a checkpoint folder")
+    p.add_argument("--context", type=int, required=True, help="tokens per sequence (prompt + output)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default="bf16", help="weights: bf16, fp16, fp32 (default bf16)")
+    p.add_argument("--kv-dtype", choices=["int8", "int4"], help="quantized KV cache (default: the weights' dtype)")
+    p.add_argument("--gpu-memory-gb", type=float, help="GPU memory in GiB: also print the longest context that fits")
+    p.add_argument("--prefill-chunk", type=int, help="plan chunked prefill of this many tokens")
+    p.add_argument("--kernels", choices=["fused", "torch"], default="fused",
+                   help="activation estimate for GPU kernels (fused, default) or ssmkit's CPU paths (torch)")
+
+    def handler(args):
+        from ssmkit.bench.commands import memory_command
+
+        return memory_command(args.config, args.context, batch=args.batch, dtype=args.dtype,
+                              kv_dtype=args.kv_dtype, gpu_memory_gb=args.gpu_memory_gb,
+                              prefill_chunk=args.prefill_chunk, kernels=args.kernels)
+
+    p.set_defaults(handler=handler)
+
+
+COMMANDS = [add_demo, add_ops_bench, add_generate, add_train, add_eval, add_bench, add_memory, add_route, add_advise, add_compare, add_gate, add_tokens]
 
 
 def build_parser() -> argparse.ArgumentParser:

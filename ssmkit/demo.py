@@ -76,11 +76,23 @@ def demo_training(workdir: Path, quick: bool) -> None:
     print(f"greedy from the trained model: {tok.decode(out[0].tolist())!r}")
 
 
+def demo_measurement_section(workdir: Path) -> None:
+    from ssmkit.bench.demo import demo_measurement
+
+    section("Measurement: bench, length sweep under a memory cap, compare, gate, memory plan, OOM remedies, tokens")
+    report = demo_measurement(workdir / "bench")
+    keep = Path("out") / "demo-report.html"
+    keep.parent.mkdir(exist_ok=True)
+    keep.write_bytes(report.read_bytes())
+    print(f"HTML report: {keep}")
+
+
 def run_demo(quick: bool = False) -> int:
     t0 = time.perf_counter()
     demo_operators(quick)
     with tempfile.TemporaryDirectory(prefix="ssmkit-demo-") as tmp:
         demo_models(Path(tmp))
         demo_training(Path(tmp), quick)
+        demo_measurement_section(Path(tmp))
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s")
     return 0

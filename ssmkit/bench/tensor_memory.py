@@ -24,15 +24,19 @@ class PeakTensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # An output sharing an input's storage (a view, an in-place op) allocated nothing: weights viewed or
+        # transposed inside the region must not count as new memory.
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                self._track(t)
+                self._track(t, inputs)
         return out
 
-    def _track(self, t: torch.Tensor) -> None:
+    def _track(self, t: torch.Tensor, inputs: set[int]) -> None:
         storage = t.untyped_storage()
         key = storage.data_ptr()
-        if key in self._seen or storage.nbytes() == 0:
+        if key in self._seen or key in inputs or storage.nbytes() == 0:
             return
         self._seen.add(key)
         nbytes = storage.nbytes()

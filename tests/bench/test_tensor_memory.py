@@ -23,3 +23,12 @@ def test_views_do_not_count_twice():
         w = v.t()
     assert mem.peak_bytes == 40_000
     del a, v, w
+
+
+def test_views_of_tensors_made_before_the_region_count_nothing():
+    weight = torch.ones(256, 256)
+    with PeakTensorMemory() as mem:
+        wt = weight.t()
+        x = torch.nn.functional.linear(torch.ones(4, 256), weight)  # 4 KiB input + 4 KiB output
+    assert mem.peak_bytes == 2 * 4 * 256 * 4
+    del wt, x
