@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     ids = torch.randint(0, config.vocab_size, (args.batch, args.prompt_len), generator=g).to(device)
     calibration = torch.randint(0, config.vocab_size, (args.batch, 64), generator=g).to(device)
     store = TraceStore(args.db)
-    profiled_decode(model, store, ids, 8, "warm-up")
+    profiled_decode(model, store, ids, args.new_tokens, "warm-up")  # every shape once: kernel selection, loading
     before = profiled_decode(model, store, ids, args.new_tokens, "before penalty")
     for r in range(args.rounds):
         with torch.no_grad(), Profiler(model, store, run_name=f"calibration {r}") as prof:

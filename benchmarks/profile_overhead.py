@@ -77,9 +77,11 @@ def measure(preset: str, args, db_dir: Path) -> dict:
             profiled.append(decode(model, ids, args.new_tokens)[1])
     steps = (args.new_tokens - 1) * args.batch
     tps_plain, tps_prof = steps / statistics.median(plain), steps / statistics.median(profiled)
+    # The noise floor: how far the medians of two halves of the plain runs differ (an A/A comparison).
+    noise = abs(statistics.median(plain[0::2]) - statistics.median(plain[1::2])) / statistics.median(plain)
     return {"preset": preset, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "units": units, "tps_plain": tps_plain, "tps_profiled": tps_prof,
-            "overhead": tps_plain / tps_prof - 1, "per_call_us": (statistics.median(profiled)
+            "overhead": tps_plain / tps_prof - 1, "noise": noise, "per_call_us": (statistics.median(profiled)
                                                                   - statistics.median(plain))
             / ((args.new_tokens - 1) * units) * 1e6}
 
@@ -117,12 +119,15 @@ def main(argv=None) -> int:
         f"{args.new_tokens} new tokens (greedy, model.step). Validated first: the profiled run returns the same "
         f"tokens and records one event per layer unit and model call. Median of {args.repeats} interleaved runs "
         f"each; the profiler writes to a DuckDB file through its background writer. 'per call' is the extra "
-        f"time per recorded layer call.", "",
-        "| preset | params (M) | hooked units | tokens/s plain | tokens/s profiled | overhead | per call (us) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"time per recorded layer call; 'A/A noise' is how far the medians of the odd and even plain runs differ, the "
+        f"resolution of this measurement on this machine.", "",
+        "| preset | params (M) | hooked units | tokens/s plain | tokens/s profiled | overhead | A/A noise | "
+        "per call (us) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines = [f"| {r['preset']} | {r['params_m']:.1f} | {r['units']} | {r['tps_plain']:.1f} | "
-             f"{r['tps_profiled']:.1f} | {100 * r['overhead']:.1f}% | {r['per_call_us']:.1f} |" for r in rows]
+             f"{r['tps_profiled']:.1f} | {100 * r['overhead']:.1f}% | {100 * r['noise']:.1f}% | "
+             f"{r['per_call_us']:.1f} |" for r in rows]
     text = "\n".join(header + lines) + "\n"
     print(text)
     if args.out:

@@ -45,8 +45,12 @@ def profile_command(checkpoint: str, prompt: str, max_new_tokens: int = 32, db: 
             with prof.request():
                 new = [s.tokens for s in generate_steps(model, input_ids, max_new_tokens=max_new_tokens,
                                                         temperature=temperature, seed=seed, eos_token_id=[])]
-    text = tok.decode([int(t[0]) for t in new])
-    out.write(f"completion: {prompt + text!r}\nrun {prof.run_id} written to {db}\n\n")
+    ids_out = [int(t[0]) for t in new]
+    try:
+        completion = repr(prompt + tok.decode(ids_out))
+    except ValueError:  # a random-weight preset emits ids the byte tokenizer has no text for
+        completion = f"token ids {ids_out}"
+    out.write(f"completion: {completion}\nrun {prof.run_id} written to {db}\n\n")
     with TraceStore(db, read_only=True) as store:
         out.write(format_summary(summarize(store, prof.run_id)) + "\n")
         if report:
