@@ -25,7 +25,7 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ssmkit.ops.ssd.chunked import ssd_chunked  # noqa: E402
-from ssmkit.ops.ssd.step import ssd_step  # noqa: E402
+from ssmkit.ops.ssd.step import ssd_step_reference  # noqa: E402
 from ssmkit.ops.ssd.triton import ssd_step_triton, ssd_triton  # noqa: E402
 from ssmkit.ops.ssd.triton.plan import _TUNED  # noqa: E402
 
@@ -148,7 +148,7 @@ def bench_step(batch, state_dtype, copy_bw, nheads=64, headdim=64, dstate=128):
     A, D, bias = -torch.rand(nheads, device="cuda") - 0.5, rnd(nheads), rnd(nheads)
     kw = dict(D=D, dt_bias=bias, dt_softplus=True)
     expected = states[0].clone()
-    y_ref = ssd_step(expected, x, dt, A, B, C, **kw)
+    y_ref = ssd_step_reference(expected, x, dt, A, B, C, **kw)
     y = ssd_step_triton(states[0], x, dt, A, B, C, **kw)
     err = max(rel(y, y_ref), rel(states[0].float(), expected.float()))
     graph = torch.cuda.CUDAGraph()

@@ -1,4 +1,5 @@
-"""SSD (Mamba-2): one public entry point, `ssd`, with three evaluation orders of one function, and `ssd_step`.
+"""SSD (Mamba-2): one public entry point, `ssd`, with three evaluation orders of one function, and `ssd_step`
+(one decode step, torch spec or Triton kernel).
 
 Glossary (Dao & Gu 2024): x = X (input, per head), dt = Δ (step size), A = A (scalar per head, negative),
 B, C = B, C (input/output projections of the state, shared by the heads of a group), D = skip, z = gate,
@@ -17,11 +18,13 @@ from ..varlen import check_cu_seqlens
 from .chunked import ssd_chunked
 from .quadratic import ssd_quadratic
 from .reference import ssd_recurrent
-from .step import ssd_step
+from .step import ssd_step_reference
 
-__all__ = ["ssd", "ssd_step", "ssd_recurrent", "ssd_quadratic", "ssd_chunked", "IMPLS"]
+__all__ = ["ssd", "ssd_step", "ssd_step_reference", "ssd_recurrent", "ssd_quadratic", "ssd_chunked", "IMPLS",
+           "STEP_IMPLS"]
 
 IMPLS = ("auto", "reference", "quadratic", "chunked", "triton")
+STEP_IMPLS = ("auto", "reference", "triton")
 
 
 def triton_available() -> bool:
@@ -63,6 +66,67 @@ def ssd(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_l
             warn_once(reason)
             y, final = ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, **args)
     return (y, final) if return_final_state else y
+
+
+def ssd_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
+             state_indices=None, impl="auto"):
+    """Advances `state` by one token IN PLACE and returns y: h <- exp(dt A) h + dt x Bᵀ, y = (h C + D x) silu(z).
+
+    state: (nslots, nheads, headdim, dstate), float32 or bfloat16 for the kernel (any float dtype for the
+    reference); x, z: (batch, nheads, headdim); dt: (batch, nheads); A, dt_bias: (nheads,);
+    B, C: (batch, ngroups, dstate); D: (nheads,) or (nheads, headdim); state_indices: (batch,) int slot of each
+    row (distinct slots; continuous batching), without it nslots == batch and row i uses slot i.
+    impl: "reference" (torch, `step.py`), "triton" (one kernel launch), "auto" (triton on CUDA when available,
+    else reference). Inputs the kernel cannot take (float64) fall back to the reference with a one-time warning.
+    Only shapes and devices are checked (no value checks): they would synchronise the host and break CUDA
+    graph capture. Returns y (batch, nheads, headdim) in x.dtype.
+    """
+    _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, state_indices, impl)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, state_indices=state_indices)
+    if _resolve_step(impl, state, x) == "triton":
+        from .triton import ssd_step_triton, step_unsupported_reason
+
+        reason = step_unsupported_reason(state, x)
+        if reason is None:
+            return ssd_step_triton(state, x, dt, A, B, C, **kw)
+        warn_once(reason)
+    return ssd_step_reference(state, x, dt, A, B, C, **kw)
+
+
+def _resolve_step(impl: str, state: torch.Tensor, x: torch.Tensor) -> str:
+    if impl == "auto":
+        return "triton" if x.is_cuda and triton_available() else "reference"
+    if impl == "triton":
+        _resolve("triton", x)
+    return impl
+
+
+def _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, state_indices, impl):
+    check_impl(impl, STEP_IMPLS)
+    check_tensor("x", x, ndim=3)
+    batch, nheads, headdim = x.shape
+    check_tensor("state", state, ndim=4)
+    check_tensor("dt", dt, shape=(batch, nheads))
+    check_tensor("A", A, shape=(nheads,))
+    check_tensor("B", B, ndim=3)
+    ngroups, dstate = B.shape[1], B.shape[2]
+    check_tensor("B", B, shape=(batch, ngroups, dstate))
+    check_tensor("C", C, shape=(batch, ngroups, dstate))
+    if ngroups < 1 or nheads % ngroups != 0:
+        raise ValueError(f"B: nheads ({nheads}) must be divisible by ngroups, got ngroups={ngroups}")
+    check_tensor("state", state, shape=(batch if state_indices is None else None, nheads, headdim, dstate))
+    if D is not None:
+        check_tensor("D", D, shape=(nheads,) if D.ndim == 1 else (nheads, headdim))
+    if z is not None:
+        check_tensor("z", z, shape=tuple(x.shape))
+    if dt_bias is not None:
+        check_tensor("dt_bias", dt_bias, shape=(nheads,))
+    if state_indices is not None:
+        check_tensor("state_indices", state_indices, shape=(batch,))
+        if state_indices.is_floating_point():
+            raise ValueError(f"state_indices: expected an integer tensor, got dtype {state_indices.dtype}")
+    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                      state_indices=state_indices)
 
 
 def _resolve(impl: str, x: torch.Tensor) -> str:

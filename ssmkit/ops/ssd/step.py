@@ -1,4 +1,4 @@
-"""One SSD decode step: advance the state by one token, written once and used by the reference scan too.
+"""One SSD decode step in plain PyTorch: the spec of the decode kernel, and the update the reference scan uses.
 
 h <- exp(dt A) h + dt x Bᵀ ;  y = h C + D x, gated by silu(z)   (Mamba-2, the recurrent form of SSD).
 """
@@ -22,9 +22,9 @@ def ssd_update(h, x, dt, A, B, C):
     return h, y
 
 
-def ssd_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
-             state_indices=None):
-    """Advances `state` by one token IN PLACE and returns y.
+def ssd_step_reference(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
+                       state_indices=None):
+    """Advances `state` by one token IN PLACE and returns y (what `ssd_step(impl="reference")` runs).
 
     state: (nslots, nheads, headdim, dstate), any float dtype (the update is computed in float32 or float64).
     x, z: (batch, nheads, headdim); dt: (batch, nheads); A, dt_bias: (nheads,); B, C: (batch, ngroups, dstate);

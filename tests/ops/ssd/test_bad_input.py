@@ -55,3 +55,32 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="impl: 'triton'"):
         call(impl="triton")
+
+
+def step_call(**overrides):
+    a = make_inputs(batch=2, seqlen=1, dtype=torch.float32)
+    args = dict(state=torch.zeros(2, 4, 8, 5), x=a["x"][:, 0], dt=a["dt"][:, 0], A=a["A"], B=a["B"][:, 0],
+                C=a["C"][:, 0])
+    args.update(overrides)
+    return ssd_step(**args)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(impl="chunked"), r"impl: expected one of \['auto', 'reference', 'triton'\], got 'chunked'"),
+    (dict(state=torch.zeros(2, 4, 8, 6)), r"state: expected shape \(2, 4, 8, 5\), got \(2, 4, 8, 6\)"),
+    (dict(state=torch.zeros(5, 4, 8, 5)), r"state: expected shape \(2, 4, 8, 5\)"),
+    (dict(dt=torch.zeros(2, 3)), r"dt: expected shape \(2, 4\)"),
+    (dict(C=torch.zeros(2, 2, 4)), r"C: expected shape \(2, 2, 5\)"),
+    (dict(state=torch.zeros(5, 4, 8, 5), state_indices=torch.tensor([0.0, 1.0])),
+     r"state_indices: expected an integer tensor"),
+    (dict(state_indices=torch.tensor([0, 1, 2])), r"state_indices: expected shape \(2\)"),
+])
+def test_bad_step_input_names_the_argument(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        step_call(**overrides)
+
+
+def test_triton_step_on_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="impl: 'triton'"):
+        step_call(impl="triton")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssmkit.ops.ssd import ssd, ssd_step
+from ssmkit.ops.ssd import ssd, ssd_step, ssd_step_reference
 from tests.compare import assert_close
 from tests.ops.ssd.inputs import make_inputs
 
@@ -46,3 +46,15 @@ def test_step_with_state_indices_updates_only_the_chosen_slots():
     assert_close(pool[slots], h_ref)
     untouched = torch.tensor([1, 3])
     assert torch.equal(pool[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_public_step_on_cpu_runs_the_torch_step_bit_for_bit(impl):
+    args = make_inputs(batch=3, seqlen=1, dtype=torch.float32)
+    step_args = [args[k][:, 0] if k not in ("A",) else args[k] for k in ("x", "dt", "A", "B", "C")]
+    kw = dict(D=args["D"], z=args["z"][:, 0], dt_bias=args["dt_bias"], dt_softplus=True)
+    state = torch.randn(3, 4, 8, 5)
+    expected = state.clone()
+    y = ssd_step(state, *step_args, **kw, impl=impl)
+    assert torch.equal(y, ssd_step_reference(expected, *step_args, **kw))
+    assert torch.equal(state, expected)

@@ -205,25 +205,30 @@ def test_triton_step_updates_strided_state_slots_in_place_on_gpu(state_dtype):
 
 
 @pytest.mark.gpu
-def test_triton_step_replayed_from_a_cuda_graph_matches_torch_step():
-    from ssmkit.ops.ssd.step import ssd_step
-    from ssmkit.ops.ssd.triton import ssd_step_triton
+def test_public_step_on_cuda_runs_the_kernel_and_replays_from_a_cuda_graph_like_the_torch_step(monkeypatch):
+    """ssd_step(impl="auto") on CUDA picks the kernel, its input checks capture, and replays match the spec."""
+    import ssmkit.ops.ssd.triton as mod
+    from ssmkit.ops.ssd import ssd_step, ssd_step_reference
 
+    launches = []
+    kernel = mod.ssd_step_triton
+    monkeypatch.setattr(mod, "ssd_step_triton", lambda *a, **kw: launches.append(1) or kernel(*a, **kw))
     batch, nheads, headdim, ngroups, dstate = 8, 16, 64, 1, 128
     state = torch.randn(batch, nheads, headdim, dstate, device="cuda")
     static = step_inputs(batch, nheads, headdim, ngroups, dstate, device="cuda")
     names = ("x", "dt", "A", "B", "C")
     kw = dict(D=static["D"], z=static["z"], dt_bias=static["dt_bias"], dt_softplus=True)
-    ssd_step_triton(state.clone(), *[static[k] for k in names], **kw)  # compile outside the capture
+    ssd_step(state.clone(), *[static[k] for k in names], **kw)  # compile outside the capture
+    assert launches == [1]
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        y_static = ssd_step_triton(state, *[static[k] for k in names], **kw)
+        y_static = ssd_step(state, *[static[k] for k in names], **kw)
     expected = state.clone()
     for seed in range(3):
         fresh = step_inputs(batch, nheads, headdim, ngroups, dstate, device="cuda", seed=100 + seed)
         for k in ("x", "dt", "B", "C", "z"):
             static[k].copy_(fresh[k])
         graph.replay()
-        y_ref = ssd_step(expected, *[static[k] for k in names], **kw)
+        y_ref = ssd_step_reference(expected, *[static[k] for k in names], **kw)
         assert_close(y_static, y_ref, torch.float32, name=f"y replay {seed}")
         assert_close(state, expected, torch.float32, name=f"state replay {seed}")

@@ -16,7 +16,7 @@ import torch
 
 from ssmkit.ops.ssd import ssd
 from ssmkit.ops.ssd.reference import ssd_recurrent
-from ssmkit.ops.ssd.step import ssd_step
+from ssmkit.ops.ssd.step import ssd_step_reference
 from tests.compare import assert_close
 
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
@@ -192,7 +192,7 @@ def check_step(step_fn, state_dtype, device="cpu"):
               state_indices=idx)
     args = [inp[k] for k in ("x", "dt", "A", "B", "C")]
     expected_state = state.clone()
-    y_ref = ssd_step(expected_state, *args, **kw)
+    y_ref = ssd_step_reference(expected_state, *args, **kw)
     before = state.clone()
     y = step_fn(state, *args, **kw)
     assert_close(y, y_ref, torch.float32, name="y")
@@ -201,12 +201,16 @@ def check_step(step_fn, state_dtype, device="cpu"):
 
 
 def case_step(mod):
+    """The kernel, called through the public `ssd_step(impl="triton")`, equals the torch step."""
+    from ssmkit.ops.ssd import ssd_step
+
     for state_dtype in (torch.float32, torch.bfloat16):
-        check_step(mod.ssd_step_triton, state_dtype)
+        check_step(lambda *a, **kw: ssd_step(*a, **kw, impl="triton"), state_dtype)
 
 
 def case_dispatch(mod):
-    """ssd(impl="triton") runs the kernels; float64 falls back to the chunked path with a warning."""
+    """ssd(impl="triton") runs the kernels; float64 falls back to the chunked path (the step: to the torch step)
+    with a warning."""
     import warnings
 
     inp = make_inputs(1, 20, 2, 16, 1, 16, seed=5)
@@ -226,6 +230,26 @@ def case_dispatch(mod):
         y64, _ = call(inp64, "triton")
     assert any("chunked path" in str(w.message) for w in caught), [str(w.message) for w in caught]
     assert_close(y64, y_ref, torch.float64, name="y float64 fallback")
+    check_step_fallback_for_float64()
+
+
+def check_step_fallback_for_float64():
+    """ssd_step(impl="triton") with a float64 state runs the torch step (bit for bit) and warns."""
+    import warnings
+
+    from ssmkit.ops.ssd import ssd_step
+
+    inp = {k: v.double() for k, v in step_inputs(2, 4, 16, 2, 16, seed=6).items()}
+    args = [inp[k] for k in ("x", "dt", "A", "B", "C")]
+    kw = dict(D=inp["D"], z=inp["z"], dt_bias=inp["dt_bias"], dt_softplus=True)
+    state = torch.randn(2, 4, 16, 16, dtype=torch.float64)
+    expected = state.clone()
+    y_ref = ssd_step_reference(expected, *args, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = ssd_step(state, *args, **kw, impl="triton")
+    assert any("torch step" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert torch.equal(y, y_ref) and torch.equal(state, expected)
 
 
 def main(names):

@@ -85,9 +85,8 @@ def ssd_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_s
     batch, nheads, headdim = x.shape
     ngroups, dstate = B.shape[1], B.shape[2]
     lo, hi = dt_bounds(dt_limit)
-    x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
-    z = None if z is None else z.contiguous()
-    D = None if D is None else D.contiguous()
+    x, dt, A, B, C = x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous()
+    z, D, dt_bias = (None if t is None else t.contiguous() for t in (z, D, dt_bias))
     idx = None if state_indices is None else state_indices.contiguous()
     y = torch.empty_like(x)
     bp = block_p or step_block_p(batch, nheads, headdim, dstate, x.device)
