@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ssmkit.ops.dispatch import triton_module_available
 from ssmkit.ops.validate import check_impl, check_negative, check_same_device, check_tensor
+from ssmkit.ops.varlen import check_cu_seqlens
 
 from .parallel import selective_scan_parallel
 from .reference import selective_scan_reference
@@ -23,7 +24,7 @@ AUTO_DEFAULT = ("parallel",)
 
 def selective_scan(
     x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None,
-    return_final_state=False, impl="auto",
+    return_final_state=False, cu_seqlens=None, impl="auto",
 ):
     """Mamba-1 selective scan.
 
@@ -34,15 +35,20 @@ def selective_scan(
 
     x, dt, z (batch, seqlen, dim); A (dim, dstate), strictly negative; B, C (batch, seqlen, ngroups, dstate),
     channel d reads group d // (dim // ngroups); D, dt_bias (dim,); initial_state (batch, dim, dstate).
+    cu_seqlens (nseq + 1,) int, non-decreasing from 0 to seqlen: nseq sequences packed into one row (batch 1),
+    each scanned as if alone; initial_state and final_state then hold one state per sequence (nseq, dim, dstate),
+    and an empty sequence's final state is its initial state (zeros without one).
     Returns y (batch, seqlen, dim) in x.dtype, or (y, final_state) with return_final_state; final_state is in
     the compute dtype (float32 for bf16/fp16 inputs, else x.dtype).
     """
     check_impl(impl, IMPLS)
-    _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state)
+    _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens)
     fn = _resolve(impl, x.device.type)
+    # cu_seqlens is passed only when given, so an impl written before it (a Triton module) keeps working unpacked.
+    packed = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
     return fn(
         x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
-        return_final_state=return_final_state,
+        return_final_state=return_final_state, **packed,
     )
 
 
@@ -84,7 +90,7 @@ def _resolve(impl: str, device_type: str):
     return fn
 
 
-def _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state) -> None:
+def _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens) -> None:
     check_tensor("x", x, ndim=3)
     batch, seqlen, dim = x.shape
     if not x.is_floating_point():
@@ -101,10 +107,15 @@ def _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state) -> None:
     ngroups = B.shape[2]
     if ngroups == 0 or dim % ngroups != 0:
         raise ValueError(f"B: expected ngroups dividing dim={dim}, got ngroups={ngroups}")
+    nstates = batch
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, seqlen, batch)
+        nstates = cu_seqlens.numel() - 1
     optional = (("D", D, (dim,)), ("z", z, (batch, seqlen, dim)), ("dt_bias", dt_bias, (dim,)),
-                ("initial_state", initial_state, (batch, dim, dstate)))
+                ("initial_state", initial_state, (nstates, dim, dstate)))
     for name, t, shape in optional:
         if t is not None:
             check_tensor(name, t, shape=shape)
-    check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
+    check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                      cu_seqlens=cu_seqlens)
     check_negative("A", A.detach())
