@@ -1,0 +1,91 @@
+"""Fused Triton RMSNorm and gated RMSNorm (forward and backward), the `impl="triton"` of ssmkit.ops.norm.
+
+`rms_norm_triton` and `gated_rms_norm_triton` take the arguments of the `_ref` functions in the same order.
+Inputs the kernels cannot take (float64, groups wider than MAX_GROUP channels) go to the reference with a
+one-time warning.
+
+Version history
+- v1: one autograd.Function over kernels.py's forward and backward; x and z are flattened to rows and made
+  contiguous first (a no-op for the layers' outputs), the weight gradient is reduced on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from ssmkit.ops.norm.reference import gated_rms_norm_ref, rms_norm_ref
+
+from .kernels import MAX_GROUP, gated_rms_norm_bwd, gated_rms_norm_fwd
+
+__all__ = ["rms_norm_triton", "gated_rms_norm_triton", "unsupported_reason"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class GatedRMSNormFunction(torch.autograd.Function):
+    """(x, z, weight) rows -> out; see gated_rms_norm_triton."""
+
+    @staticmethod
+    def forward(ctx, x, z, weight, eps, group_size, norm_before_gate):
+        out, rstd = gated_rms_norm_fwd(x, z, weight, eps, group_size, norm_before_gate)
+        ctx.save_for_backward(x, z, weight, rstd)
+        ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, z, weight, rstd = ctx.saved_tensors
+        dx, dz, dw = gated_rms_norm_bwd(dout.contiguous(), x, z, weight, rstd, ctx.group_size, ctx.norm_before_gate)
+        return dx, dz, dw, None, None, None
+
+
+def unsupported_reason(x, weight, z, group_size) -> str | None:
+    """Why the kernels cannot take these inputs (a sentence), or None when they can."""
+    for name, t in (("x", x), ("weight", weight), ("z", z)):
+        if t is not None and t.dtype not in SUPPORTED_DTYPES:
+            return f"norm triton kernels take float32/float16/bfloat16, got {name} {t.dtype}; using the reference"
+    if group_size > MAX_GROUP:
+        return f"norm triton kernels take groups of <= {MAX_GROUP} channels, got {group_size}; using the reference"
+    return None
+
+
+def gated_rms_norm_triton(x, z, weight, eps=1e-6, group_size=None, norm_before_gate=False):
+    """Gated RMSNorm, the semantics of `gated_rms_norm_ref` (same arguments, same order).
+
+    x, z (..., dim) (z may be None: a plain grouped RMSNorm); weight (dim,); group_size divides dim (None = dim).
+    Returns (..., dim) in promote(x.dtype, weight.dtype). Differentiable in x, z and weight.
+    """
+    dim = x.shape[-1]
+    group_size = dim if group_size is None else group_size
+    reason = unsupported_reason(x, weight, z, group_size)
+    if reason is not None:
+        warn_once(reason)
+        return gated_rms_norm_ref(x, z, weight, eps, group_size, norm_before_gate)
+    check_device(x)
+    rows = x.reshape(-1, dim).contiguous()
+    zrows = None if z is None else z.reshape(-1, dim).contiguous()
+    out = GatedRMSNormFunction.apply(rows, zrows, weight.contiguous(), float(eps), group_size,
+                                     bool(norm_before_gate))
+    return out.reshape(x.shape)
+
+
+def rms_norm_triton(x, weight, eps=1e-6):
+    """RMSNorm, the semantics of `rms_norm_ref`: x (..., dim), weight (dim,) -> (..., dim)."""
+    if unsupported_reason(x, weight, None, x.shape[-1]) is not None:
+        warn_once(unsupported_reason(x, weight, None, x.shape[-1]))
+        return rms_norm_ref(x, weight, eps)
+    return gated_rms_norm_triton(x, None, weight, eps)
+
+
+def check_device(x) -> None:
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError(f"impl: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {x.device}")
+
+
+def warn_once(message: str, _seen=set()) -> None:
+    if message not in _seen:
+        _seen.add(message)
+        warnings.warn(message, stacklevel=3)
