@@ -6,6 +6,8 @@ the module ssmkit.ops.selective_scan.triton exists and imports), "auto" (the fas
 
 from __future__ import annotations
 
+import inspect
+
 from ssmkit.ops.dispatch import triton_module_available
 from ssmkit.ops.validate import check_impl, check_negative, check_same_device, check_tensor
 from ssmkit.ops.varlen import check_cu_seqlens
@@ -43,8 +45,7 @@ def selective_scan(
     """
     check_impl(impl, IMPLS)
     _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens)
-    fn = _resolve(impl, x.device.type)
-    # cu_seqlens is passed only when given, so an impl written before it (a Triton module) keeps working unpacked.
+    fn = _resolve(impl, x.device.type, packed=cu_seqlens is not None)
     packed = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
     return fn(
         x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
@@ -82,12 +83,22 @@ def auto_impl(device_type: str) -> str:
     return AUTO_DEFAULT[0]
 
 
-def _resolve(impl: str, device_type: str):
+def _resolve(impl: str, device_type: str, packed: bool = False):
     name = auto_impl(device_type) if impl == "auto" else impl
     fn = _loaders()[name]()
     if fn is None:
         raise ValueError(f"impl: {impl!r} is not available (needs the triton package and {__name__}.triton)")
+    if packed and not _takes_cu_seqlens(fn):
+        # A kernel without packed-sequence support: "auto" takes the parallel scan, an explicit request fails.
+        if impl != "auto":
+            raise ValueError(f"impl: {impl!r} does not take cu_seqlens; use impl='parallel' or 'reference'")
+        fn = selective_scan_parallel
     return fn
+
+
+def _takes_cu_seqlens(fn) -> bool:
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == "cu_seqlens" or p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens) -> None:

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ssmkit.ops.selective_scan as ss
 import ssmkit.ops.selective_scan.parallel as parallel_mod
 from ssmkit.ops.selective_scan import selective_scan
 from tests.compare import assert_close
@@ -137,3 +138,17 @@ def test_packed_scan_rejects_batch_above_one_and_one_initial_state_per_row():
     args, kwargs, cu = _packed_inputs([3, 4])
     with pytest.raises(ValueError, match=r"^initial_state: expected shape \(2, 6, 3\)"):
         selective_scan(*args, **{**kwargs, "initial_state": kwargs["initial_state"][:1]}, cu_seqlens=cu)
+
+
+def _triton_without_cu_seqlens(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None,
+                               return_final_state=False):
+    raise AssertionError("a kernel without cu_seqlens must not be given a packed row")
+
+
+def test_a_triton_kernel_without_cu_seqlens_is_skipped_by_auto_and_refused_when_asked_for(monkeypatch):
+    monkeypatch.setattr(ss, "_load_triton", lambda: _triton_without_cu_seqlens)
+    assert ss._resolve("auto", "cuda", packed=True) is ss.selective_scan_parallel
+    assert ss._resolve("auto", "cuda", packed=False) is _triton_without_cu_seqlens
+    args, kwargs, cu = _packed_inputs([3, 4])
+    with pytest.raises(ValueError, match="^impl: 'triton' does not take cu_seqlens"):
+        selective_scan(*args, **kwargs, cu_seqlens=cu, impl="triton")
