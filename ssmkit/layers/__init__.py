@@ -1,7 +1,7 @@
 """nn.Module layers: the Mamba, Mamba-2, attention and S4 mixers, MLP and MoE feed-forwards, RMSNorms.
 
-Every mixer has `allocate_state(batch, max_len, dtype, device)`, `forward(x, state=None, key_padding_mask=None)`
-and `step(x, state)`; its decode state is the small dataclass defined beside it.
+Every mixer has `allocate_state(batch, max_len, dtype, device)`, `forward(x, state=None, key_padding_mask=None, *,
+cu_seqlens=None)` and `step(x, state)`; its decode state is the small dataclass defined beside it.
 """
 
 from .attention import Attention, AttentionState

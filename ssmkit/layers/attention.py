@@ -16,6 +16,8 @@ from ssmkit.ops.attention import attention
 from ssmkit.ops.attention.kv_cache import KVCache
 from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin
 
+from .packing import positions_in_sequence
+
 
 @dataclass
 class AttentionState:
@@ -55,37 +57,50 @@ class Attention(nn.Module):
         return AttentionState(kv=kv, key_mask=key_mask)
 
     def forward(self, hidden: torch.Tensor, state: AttentionState | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, *,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (batch, seqlen, d_model) -> (batch, seqlen, d_model).
 
         Queries sit after the positions already in `state` (0 without a state); their keys and values are
         appended to it. key_padding_mask (batch, seqlen) bool, False at padding. With left padding the RoPE
         positions of a row are shifted by its pad count; attention scores depend only on position differences,
         so the result equals the unpadded row's (up to rounding).
+        cu_seqlens (nseq + 1,) strictly increasing: documents packed into one row (batch 1, no state, no mask,
+        as LanguageModel.forward checks); each document attends only to itself, its RoPE positions from 0.
         """
         batch, seqlen, _ = hidden.shape
         q = self.q_proj(hidden).view(batch, seqlen, self.n_heads, self.head_dim)
         k = self.k_proj(hidden).view(batch, seqlen, self.n_kv_heads, self.head_dim)
         v = self.v_proj(hidden).view(batch, seqlen, self.n_kv_heads, self.head_dim)
-        start = self._start(state, hidden.device)  # int, or (batch, 1) with per-row lengths
-        positions = start + torch.arange(seqlen, device=hidden.device)  # (seqlen,) or (batch, seqlen)
+        if cu_seqlens is not None:
+            _, positions = positions_in_sequence(cu_seqlens.to(hidden.device), seqlen)
+        else:
+            start = self._start(state, hidden.device)  # int, or (batch, 1) with per-row lengths
+            positions = start + torch.arange(seqlen, device=hidden.device)  # (seqlen,) or (batch, seqlen)
         if self.use_rope:
             cos, sin = rotary_cos_sin(positions, self.head_dim, self.rope_theta, dtype=q.dtype,
                                       device=hidden.device, rotary_dim=self.rotary_dim)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cu_seqlens is not None:
+            y = packed_attention(q, k, v, cu_seqlens.tolist(), self.head_dim ** -0.5)
+        else:
+            y = self._attend(q, k, v, state, positions, key_padding_mask)
+        return self.o_proj(y.reshape(batch, seqlen, self.n_heads * self.head_dim))
+
+    def step(self, hidden: torch.Tensor, state: AttentionState) -> torch.Tensor:
+        """One token: hidden (batch, d_model) -> (batch, d_model); appends to the KV cache."""
+        return self.forward(hidden[:, None], state)[:, 0]
+
+    def _attend(self, q, k, v, state: AttentionState | None, positions, key_padding_mask) -> torch.Tensor:
+        """Attention of the new queries over the cached keys (when `state`) and the new ones, which it appends."""
         mask, q_offset = key_padding_mask, None
         if state is not None:
             if state.kv.per_row:
                 q_offset = state.kv.lengths.clone()
             k, v = state.kv.append(k, v)
             mask = self._update_key_mask(state, positions, key_padding_mask, k.shape[1])
-        y = attention(q, k, v, causal=True, scale=self.head_dim ** -0.5, q_offset=q_offset,
-                      key_padding_mask=mask)
-        return self.o_proj(y.reshape(batch, seqlen, self.n_heads * self.head_dim))
-
-    def step(self, hidden: torch.Tensor, state: AttentionState) -> torch.Tensor:
-        """One token: hidden (batch, d_model) -> (batch, d_model); appends to the KV cache."""
-        return self.forward(hidden[:, None], state)[:, 0]
+        return attention(q, k, v, causal=True, scale=self.head_dim ** -0.5, q_offset=q_offset,
+                         key_padding_mask=mask)
 
     @staticmethod
     def _start(state: AttentionState | None, device):
@@ -104,3 +119,17 @@ class Attention(nn.Module):
         elif state.padded:
             state.key_mask.scatter_(1, positions.expand(state.key_mask.shape[0], -1), True)
         return state.key_mask[:, :kv_len] if state.padded else None
+
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
+                     scale: float) -> torch.Tensor:
+    """Causal attention inside each document of a packed row: q (1, seqlen, nheads, headdim), k, v (1, seqlen,
+    nkv_heads, headdim), bounds = cu_seqlens as a list. Returns (1, seqlen, nheads, headdim).
+
+    Equal to one call with a block-diagonal causal mask, but each document is a square causal problem (SDPA's
+    is_causal, flash kernels on GPU) costing L_k^2 rather than seqlen^2: packed_forward flattens a whole batch
+    into the row, where a dense (batch * T)^2 mask would cost `batch` times the compute of the padded batch.
+    """
+    return torch.cat([attention(q[:, s:e], k[:, s:e], v[:, s:e], causal=True, scale=scale)
+                      for s, e in zip(bounds[:-1], bounds[1:])], dim=1)

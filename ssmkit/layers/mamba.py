@@ -76,17 +76,20 @@ class Mamba(nn.Module):
         return F.linear(dt, self.dt_proj.weight), B, C
 
     def forward(self, hidden: torch.Tensor, state: MambaState | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, *,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (batch, seqlen, d_model) -> (batch, seqlen, d_model).
 
         With `state`, continues from it and updates it in place (prefill, chunked prefill or decode).
         key_padding_mask (batch, seqlen) bool, False at (left) padding: see layers/padding.py.
+        cu_seqlens (nseq + 1,) strictly increasing: documents packed into one row (batch 1, no state, no mask,
+        as LanguageModel.forward checks); conv and scan restart at each document (layers/packing.py).
         """
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = zero_padded(x, key_padding_mask)
         conv_w, conv_b = self.conv1d.weight[:, 0], self.conv1d.bias
         if state is None:
-            x = causal_conv1d(x, conv_w, conv_b, activation="silu")
+            x = causal_conv1d(x, conv_w, conv_b, activation="silu", cu_seqlens=cu_seqlens)
         else:
             x, conv_final = causal_conv1d(x, conv_w, conv_b, activation="silu", initial_state=state.conv_state,
                                           return_final_state=True)
@@ -98,7 +101,7 @@ class Mamba(nn.Module):
         A = -torch.exp(self.A_log.float())
         y = selective_scan(x, dt, A, B[:, :, None], C[:, :, None], D=self.D, z=z, dt_bias=dt_bias,
                            dt_softplus=softplus, initial_state=None if state is None else state.ssm_state,
-                           return_final_state=state is not None)
+                           return_final_state=state is not None, cu_seqlens=cu_seqlens)
         if state is not None:
             y, ssm_final = y
             state.ssm_state.copy_(ssm_final)

@@ -73,18 +73,21 @@ class Mamba2(nn.Module):
                 C.reshape(*lead, self.ngroups, self.d_state))
 
     def forward(self, hidden: torch.Tensor, state: Mamba2State | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, *,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (batch, seqlen, d_model) -> (batch, seqlen, d_model).
 
         With `state`, continues from it and updates it in place (prefill, chunked prefill or decode).
         key_padding_mask (batch, seqlen) bool, False at (left) padding: see layers/padding.py.
+        cu_seqlens (nseq + 1,) strictly increasing: documents packed into one row (batch 1, no state, no mask,
+        as LanguageModel.forward checks); conv and SSD restart at each document (layers/packing.py).
         """
         batch, seqlen, _ = hidden.shape
         z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC = zero_padded(xBC, key_padding_mask)
         conv_w, conv_b = self.conv1d.weight[:, 0], self.conv1d.bias
         if state is None:
-            xBC = causal_conv1d(xBC, conv_w, conv_b, activation="silu")
+            xBC = causal_conv1d(xBC, conv_w, conv_b, activation="silu", cu_seqlens=cu_seqlens)
         else:
             xBC, conv_final = causal_conv1d(xBC, conv_w, conv_b, activation="silu",
                                             initial_state=state.conv_state, return_final_state=True)
@@ -97,7 +100,7 @@ class Mamba2(nn.Module):
         A = -torch.exp(self.A_log.float())
         y = ssd(x, dt, A, B, C, D=self.D, dt_bias=dt_bias, dt_softplus=softplus, dt_limit=dt_limit,
                 chunk_size=self.chunk_size, initial_state=None if state is None else state.ssm_state,
-                return_final_state=state is not None)
+                return_final_state=state is not None, cu_seqlens=cu_seqlens)
         if state is not None:
             y, ssm_final = y
             state.ssm_state.copy_(ssm_final)

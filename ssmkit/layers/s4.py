@@ -60,15 +60,23 @@ class S4(nn.Module):
         return Abar, Bbar, self.C.to(ct)
 
     def forward(self, x: torch.Tensor, state: S4State | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, *,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """x (batch, seqlen, d_model) -> (batch, seqlen, d_model); with `state`, continues from it in place.
 
         key_padding_mask zeroes padded inputs: exact for left padding of a fresh state (which stays zero);
         an LTI state cannot skip a step, so padding after real tokens would decay it.
+        cu_seqlens (nseq + 1,) strictly increasing: documents packed into one row (batch 1, no state, no mask,
+        as LanguageModel.forward checks); each document is convolved alone with one kernel K of the longest
+        document's length (fft_conv uses the first L taps for a length-L document, which are its own kernel).
         """
         x = zero_padded(x, key_padding_mask)
         Abar, Bbar, C = self._system()
-        if state is None:
+        if cu_seqlens is not None:
+            spans = list(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()))
+            K = ssm_kernel(Abar, Bbar, C, max(e - s for s, e in spans))
+            y = torch.cat([fft_conv(x[:, s:e], K, D=self.D) for s, e in spans], dim=1)
+        elif state is None:
             y = fft_conv(x, ssm_kernel(Abar, Bbar, C, x.shape[1]), D=self.D)
         else:
             y, h = s4_recurrent(x, Abar, Bbar, C, D=self.D, initial_state=state.ssm_state,

@@ -34,11 +34,17 @@ class Block(nn.Module):
         """The mixer's decode state (MambaState, Mamba2State, AttentionState or S4State)."""
         return self.mixer.allocate_state(batch, max_len, dtype, device)
 
-    def forward(self, x: torch.Tensor, state=None, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (batch, seqlen, d_model) -> (batch, seqlen, d_model); `state` (this layer's) is updated in place."""
+    def forward(self, x: torch.Tensor, state=None, key_padding_mask: torch.Tensor | None = None, *,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """x (batch, seqlen, d_model) -> (batch, seqlen, d_model); `state` (this layer's) is updated in place.
+
+        cu_seqlens (nseq + 1,): documents packed into one row (batch 1), checked by LanguageModel.forward; only
+        the mixer needs it (the feed-forward is position-wise), and it is passed only when given.
+        """
         dtype = self.norm.weight.dtype
         residual = x.float() if self.residual_in_fp32 else x
-        x = residual + self.mixer(self.norm(x.to(dtype)), state, key_padding_mask)
+        packed = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
+        x = residual + self.mixer(self.norm(x.to(dtype)), state, key_padding_mask, **packed)
         if self.ff_kind is not None:
             x = x + self.ff(self.ff_norm(x.to(dtype)), key_padding_mask)
         return x

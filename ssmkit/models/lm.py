@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers import MoE, RMSNorm
+from ssmkit.layers.packing import check_packed
 
 from .block import Block
 from .config import ModelConfig
@@ -53,7 +54,8 @@ class LanguageModel(nn.Module):
         return [layer.allocate_state(batch, max_len, dtype, device) for layer in self.layers]
 
     def forward(self, input_ids: torch.Tensor, state: list | None = None, *,
-                key_padding_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (batch, seqlen) int -> logits (batch, seqlen, vocab_size).
 
         logits_to_keep: compute logits for the last this-many positions only (0 = all); prefill needs one, and
@@ -62,11 +64,19 @@ class LanguageModel(nn.Module):
         state: a list from `allocate_state`; the tokens continue the sequences it holds and it is updated in
         place (prefill, chunked prefill, decode). key_padding_mask (batch, seqlen) bool, True at real tokens and
         False at left padding: padded tokens leave the SSM states unchanged and are never attended to.
+
+        cu_seqlens (nseq + 1,) int32/int64, non-decreasing from 0 to seqlen: documents packed into one row
+        (batch 1), each computed as if run alone from a fresh state (SSM states and conv windows restart,
+        attention stays inside the document, RoPE positions restart at 0). Not with state or key_padding_mask.
         """
         self._check_inputs(input_ids, state, key_padding_mask)
+        packed = {}
+        if cu_seqlens is not None:
+            cu = check_packed(cu_seqlens, tuple(input_ids.shape), state, key_padding_mask)
+            packed = {"cu_seqlens": cu.to(input_ids.device)}
         x = self.embeddings(input_ids)
         for i, layer in enumerate(self.layers):
-            x = layer(x, None if state is None else state[i], key_padding_mask)
+            x = layer(x, None if state is None else state[i], key_padding_mask, **packed)
         self._collect_aux_loss()
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
