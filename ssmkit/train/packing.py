@@ -1,9 +1,8 @@
 """Packed sequences: rows that hold several documents, with cu_seqlens marking where each starts, run so that no
 state (SSM state, conv window, attention) crosses a document boundary.
 
-When the model's forward takes `cu_seqlens` it gets the packed row directly (batch 1, as ssmkit.ops.ssd expects);
-otherwise `packed_forward` unpacks the documents into a right-padded batch, which computes the same function
-(causal layers never look right, and padded positions are masked).
+The batch is flattened into one packed row (batch 1, as ssmkit.ops.ssd expects) and given to the model's
+`forward(..., cu_seqlens=)`; LanguageModel.forward restarts every mixer at each document.
 """
 
 from __future__ import annotations
@@ -37,23 +36,11 @@ def supports_cu_seqlens(model: nn.Module) -> bool:
 def packed_forward(model: nn.Module, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """Logits (batch, seqlen, vocab) of input_ids (batch, seqlen) where cu_seqlens (nseq + 1,) splits the
     flattened batch * seqlen tokens into independent sequences (from cu_seqlens_from_segments)."""
+    if not supports_cu_seqlens(model):
+        raise ValueError(f"model: expected a forward that takes cu_seqlens (a LanguageModel), got "
+                         f"{type(unwrap(model)).__name__}")
     batch, seqlen = input_ids.shape
-    flat = input_ids.reshape(1, -1)
-    if supports_cu_seqlens(model):
-        return model(flat, cu_seqlens=cu_seqlens).reshape(batch, seqlen, -1)
-    cu = cu_seqlens.to(torch.int64)
-    lengths = cu[1:] - cu[:-1]
-    nseq, width = lengths.numel(), int(lengths.max())
-    pos = torch.arange(batch * seqlen, device=input_ids.device)
-    seq = torch.searchsorted(cu[1:].to(input_ids.device), pos, right=True)  # sequence of each token
-    off = pos - cu.to(input_ids.device)[seq]  # its offset inside the sequence
-    padded = torch.zeros(nseq, width, dtype=input_ids.dtype, device=input_ids.device)
-    padded[seq, off] = flat[0]
-    mask = torch.arange(width, device=input_ids.device)[None] < lengths.to(input_ids.device)[:, None]
-    # Right padding: a causal layer's output at a real position never depends on later (padded) positions; the
-    # mask keeps padded tokens out of MoE routing and load-balancing statistics.
-    logits = model(padded, key_padding_mask=mask)
-    return logits[seq, off].reshape(batch, seqlen, -1)
+    return model(input_ids.reshape(1, -1), cu_seqlens=cu_seqlens).reshape(batch, seqlen, -1)
 
 
 def model_logits(model: nn.Module, input_ids: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
