@@ -254,7 +254,76 @@ def add_memory(sub):
     p.set_defaults(handler=handler)
 
 
-COMMANDS = [add_demo, add_ops_bench, add_generate, add_train, add_eval, add_bench, add_memory, add_route, add_advise, add_compare, add_gate, add_tokens]
+def add_profile(sub):
+    p = sub.add_parser("profile", help="generate under the per-layer profiler, recording every layer call")
+    p.add_argument("checkpoint", help="checkpoint folder, or preset:NAME for random weights")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--db", default="trace.duckdb")
+    p.add_argument("--requests", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--report", default=None, help="also write the HTML report here")
+
+    def handler(args):
+        from ssmkit.profile.commands import profile_command
+
+        return profile_command(args.checkpoint, args.prompt, args.max_new_tokens, args.db, run_name=args.run_name,
+                               requests=args.requests, batch=args.batch, dtype=args.dtype, device=args.device,
+                               tokenizer=args.tokenizer, report=args.report)
+
+    p.set_defaults(handler=handler)
+
+
+def _trace_command(name: str):
+    """A handler that calls ssmkit.profile.commands.<name> with the parsed arguments, imported on use."""
+    def call(*args, **kwargs):
+        from ssmkit.profile import commands
+
+        return getattr(commands, name)(*args, **kwargs)
+
+    return call
+
+
+def add_trace(sub):
+    p = sub.add_parser("trace", help="query, summarize, baseline and check profiler trace stores")
+    t = p.add_subparsers(dest="trace_command", metavar="TRACE_COMMAND", required=True)
+    q = t.add_parser("query", help="run SQL over the store")
+    q.add_argument("db")
+    q.add_argument("sql")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.set_defaults(handler=lambda a: _trace_command("trace_query_command")(a.db, a.sql, a.format))
+    s = t.add_parser("summary", help="per layer type percentiles, worst layers, hidden tails")
+    s.add_argument("db")
+    s.add_argument("--run", type=int, default=None)
+    s.set_defaults(handler=lambda a: _trace_command("trace_summary_command")(a.db, a.run))
+    b = t.add_parser("baseline", help="baselines of per-layer-type percentiles")
+    bs = b.add_subparsers(dest="baseline_command", required=True).add_parser("save", help="save a baseline")
+    bs.add_argument("db")
+    bs.add_argument("name")
+    bs.add_argument("--runs", type=int, nargs="+", default=None)
+    bs.set_defaults(handler=lambda a: _trace_command("trace_baseline_save_command")(a.db, a.name, a.runs))
+    c = t.add_parser("check", help="exit 1 and JSON alerts when a run regresses against a baseline")
+    c.add_argument("db")
+    c.add_argument("--baseline", required=True)
+    c.add_argument("--run", type=int)
+    c.add_argument("--rel-p50", type=float, default=0.5)
+    c.add_argument("--rel-p95", type=float, default=1.0)
+    c.add_argument("--abs-us", type=float, default=50.0)
+    c.add_argument("--min-samples", type=int, default=20)
+    c.set_defaults(handler=lambda a: _trace_command("trace_check_command")(
+        a.db, a.baseline, a.run, rel_p50=a.rel_p50, rel_p95=a.rel_p95, abs_us=a.abs_us, min_samples=a.min_samples))
+    r = t.add_parser("report", help="write the self-contained HTML report of a run")
+    r.add_argument("db")
+    r.add_argument("--out", default="trace-report.html")
+    r.add_argument("--run", type=int)
+    r.set_defaults(handler=lambda a: _trace_command("trace_report_command")(a.db, a.out, a.run))
+
+
+COMMANDS = [add_demo, add_ops_bench, add_generate, add_train, add_eval, add_bench, add_memory, add_profile, add_trace, add_route, add_advise, add_compare, add_gate, add_tokens]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,6 +87,19 @@ def demo_measurement_section(workdir: Path) -> None:
     print(f"HTML report: {keep}")
 
 
+def demo_profile(workdir: Path) -> None:
+    from ssmkit.profile.commands import profile_command, trace_summary_command
+
+    section("Profiling: every layer call of the tiny Mamba-2/attention/MoE hybrid into DuckDB, then a summary")
+    db = workdir / "trace.duckdb"
+    report = Path("out") / "demo-profile.html"
+    report.parent.mkdir(exist_ok=True)
+    profile_command("preset:tiny-hybrid-moe", "State space models ", 24, str(db), requests=2,
+                    report=str(report))
+    trace_summary_command(str(db), None)
+    print(f"profile report: {report}")
+
+
 def run_demo(quick: bool = False) -> int:
     t0 = time.perf_counter()
     demo_operators(quick)
@@ -94,5 +107,6 @@ def run_demo(quick: bool = False) -> int:
         demo_models(Path(tmp))
         demo_training(Path(tmp), quick)
         demo_measurement_section(Path(tmp))
+        demo_profile(Path(tmp))
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s")
     return 0
