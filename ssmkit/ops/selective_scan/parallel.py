@@ -45,12 +45,12 @@ def selective_scan_parallel(
         starts = None if packing is None else packing.starts_in(start, start + chunk_len)
         y_chunk, h_chunk = _scan_chunk(x_[:, t], dt_[:, t], A_, B_[:, t], C_[:, t], h, starts)
         h = h_chunk[:, -1]
-        if packing is not None:
+        if packing is not None and return_final_state:
             packing.collect_ends(h_chunk, start)
         ys.append(y_chunk)
     y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
     y = gate_output(y, x_, None if D is None else D.to(cdt), None if z is None else z.to(cdt)).to(x.dtype)
-    if packing is not None:
+    if packing is not None and return_final_state:
         h = packing.final_states((dim, dstate), cdt)
     return (y, h) if return_final_state else y
 
