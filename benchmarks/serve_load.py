@@ -66,10 +66,19 @@ def request_mix(n: int, length_scale: float, max_prompt: int, max_output: int) -
     return mix
 
 
+_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, never one handed out before in this run (two servers start side by side, and the
+    OS may offer a just-closed port again before the first child has bound it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS:
+            _PORTS.add(port)
+            return port
 
 
 class ServerProcess:
@@ -85,7 +94,8 @@ class ServerProcess:
                 f"sys.exit(serve_command({models!r}, port={self.port}, max_concurrency={max_concurrency}, "
                 f"max_queue={max_queue}, max_context={max_context}, timeout=600.0, device={device!r}, "
                 f"log_level='warning'))")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stderr=self.log)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -94,7 +104,8 @@ class ServerProcess:
             except httpx.TransportError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
+                self.log.seek(0)
+                raise RuntimeError(f"the server did not start:\n{self.log.read()[-2000:]}")
             time.sleep(0.2)
 
     def stop(self) -> None:
