@@ -323,7 +323,38 @@ def add_trace(sub):
     r.set_defaults(handler=lambda a: _trace_command("trace_report_command")(a.db, a.out, a.run))
 
 
-COMMANDS = [add_demo, add_ops_bench, add_generate, add_train, add_eval, add_bench, add_memory, add_profile, add_trace, add_route, add_advise, add_compare, add_gate, add_tokens]
+def add_serve(sub):
+    p = sub.add_parser("serve", help="OpenAI-compatible server over local checkpoints and remote backends, "
+                                     "routed per request")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
+    p.add_argument("--backend", action="append", default=[], metavar="NAME=URL[#MODEL]")
+    p.add_argument("--policy", metavar="POLICY")
+    p.add_argument("--router-config", metavar="FILE")
+    p.add_argument("--router-db", default=":memory:", metavar="DB")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-concurrency", type=int, default=8)
+    p.add_argument("--max-queue", type=int, default=16)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--max-context", type=int, default=2048)
+    p.add_argument("--grace", type=float, default=10.0)
+    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--device")
+    p.add_argument("--log-level", default="info")
+
+    def handler(args):
+        from ssmkit.serve.command import serve_command
+
+        return serve_command(args.model, args.backend, args.policy, host=args.host, port=args.port,
+                             max_concurrency=args.max_concurrency, max_queue=args.max_queue, timeout=args.timeout,
+                             max_context=args.max_context, grace=args.grace, router_db=args.router_db,
+                             router_config=args.router_config, dtype=args.dtype, device=args.device,
+                             log_level=args.log_level)
+
+    p.set_defaults(handler=handler)
+
+
+COMMANDS = [add_demo, add_ops_bench, add_generate, add_serve, add_train, add_eval, add_bench, add_memory, add_profile, add_trace, add_route, add_advise, add_compare, add_gate, add_tokens]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,7 +67,7 @@ def demo_training(workdir: Path, quick: bool) -> None:
     section("Training: a tiny Mamba-2 on bytes of the Python standard library (json package), then eval")
     config = Path(__file__).resolve().parent.parent / "examples" / "train" / "tiny-stdlib.yaml"
     run = workdir / "tiny-stdlib"
-    train(config, [f"out_dir={run}", f"steps={10 if quick else 30}", "eval_every=10"])
+    train(config, [f"out_dir={run}", f"steps={10 if quick else 20}", "eval_every=10"])
     evaluate_checkpoint(run, "ppl", max_batches=4)
     model = load_pretrained(run / "model").eval()
     tok = ByteTokenizer(specials=(), eos_token=None)
@@ -104,7 +104,11 @@ def run_demo(quick: bool = False) -> int:
     t0 = time.perf_counter()
     demo_operators(quick)
     with tempfile.TemporaryDirectory(prefix="ssmkit-demo-") as tmp:
-        demo_models(Path(tmp))
+        paths = demo_models(Path(tmp))
+        section("Serving: the OpenAI-compatible server on two tiny models, routed requests through the openai client")
+        from ssmkit.serve.demo import run_serving_demo
+
+        run_serving_demo(paths["tiny-llama"], paths["tiny-mamba2"])
         demo_training(Path(tmp), quick)
         demo_measurement_section(Path(tmp))
         demo_profile(Path(tmp))

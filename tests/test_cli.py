@@ -9,7 +9,7 @@ from ssmkit.cli import main
 def test_help_lists_every_command(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    for name in ("demo", "ops-bench", "generate", "train", "eval", "bench", "memory", "profile", "trace", "route", "advise", "compare", "gate", "tokens"):
+    for name in ("demo", "ops-bench", "generate", "serve", "train", "eval", "bench", "memory", "profile", "trace", "route", "advise", "compare", "gate", "tokens"):
         assert name in out
 
 
