@@ -22,7 +22,8 @@ from ssmkit.ops.ssd.chunked import ssd_chunked
 from tests.compare import assert_close
 from tests.ops.ssd.triton_cases import GRAD_NAMES, check_all, check_step, make_inputs, reference, step_inputs
 
-INTERPRETER_CASES = ("shapes", "varlen", "segments", "float16", "awkward_shapes", "step", "dispatch")
+INTERPRETER_CASES = ("shapes", "varlen", "segments", "float16", "final_state_decay_gradient", "awkward_shapes", "step",
+                     "dispatch")
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -61,6 +62,10 @@ def test_interpreted_triton_segments_compute_the_same_function_as_one_walk(inter
 
 def test_interpreted_triton_float16_within_float16_tolerances(interpreted):
     _expect(interpreted, "float16")
+
+
+def test_interpreted_triton_decay_gradient_through_final_state_has_float32_accuracy(interpreted):
+    _expect(interpreted, "final_state_decay_gradient")
 
 
 def test_interpreted_triton_forward_matches_recurrent_for_awkward_shapes(interpreted):
@@ -170,7 +175,7 @@ def test_every_tunable_config_matches_float64_on_gpu(shape, kind, cfg):
     assert_close(y, y_ref, dtype, name=f"y {cfg}")
     assert_close(final, final_ref, dtype, name=f"final {cfg}")
     if kind == "bwd":
-        grads = ssd_bwd(dout, dfinal, *args, True, None, inp["initial_state"], cu, plan, segst, seglog, final,
+        grads = ssd_bwd(dout, dfinal, *args, True, None, inp["initial_state"], cu, plan, segst, seglog,
                         config=cfg)
         for name, g in zip(GRAD_NAMES, grads):
             assert_close(g, grads_ref[name], dtype, grad=True, name=f"d{name} {cfg}")

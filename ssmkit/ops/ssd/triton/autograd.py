@@ -21,18 +21,18 @@ class SSDTritonFunction(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, chunk_size, dt_softplus, dt_limit):
         y, final, plan, segst, seglog = ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state,
                                                 cu_seqlens, chunk_size)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, final)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog)
         ctx.plan, ctx.dt_softplus, ctx.dt_limit = plan, dt_softplus, dt_limit
         ctx.set_materialize_grads(False)
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, final = ctx.saved_tensors
+        x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog = ctx.saved_tensors
         dy = torch.zeros_like(x) if dy is None else dy.contiguous()
         dfinal = None if dfinal is None else dfinal.to(torch.float32).contiguous()
         grads = ssd_bwd(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, ctx.dt_limit, initial_state,
-                        cu_seqlens, ctx.plan, segst, seglog, final)
+                        cu_seqlens, ctx.plan, segst, seglog)
         return (*grads, None, None, None, None)
 
 

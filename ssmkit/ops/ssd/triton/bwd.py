@@ -12,6 +12,10 @@ Version history
   state and adjoint updates and the state products: with single bf16 roundings dA was 5e-2..3e-1 off on an H100.
   Configs with num_stages=1 and a head-dim block below 64 gave wrong results or illegal addresses under
   Triton 3.6 on an H100 (forward and backward alike), so the tuner no longer offers num_stages=1.
+- v3: <dfinal, h_T>, which enters the decay gradient of every token, comes from the forward walk's split-product
+  state instead of the forward kernel's single-rounded final state: bf16 dA was still 3.6e-2..2.0e-1 off in 4 of
+  the H100 GPU tests (float16 under the interpreter: 1.1e-2 -> 3.2e-5 at the same shape); one dot-free reduction
+  per (sequence, head, head-dim block), and the autograd Function no longer saves the final state.
 """
 
 from __future__ import annotations
@@ -80,11 +84,12 @@ def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_
 
 @triton.jit
 def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, cu_ptr, segst_ptr,
-                   seglog_ptr, dout_ptr, dC_ptr, parts_ptr, dz_ptr,
+                   seglog_ptr, dout_ptr, dfinal_ptr, dC_ptr, parts_ptr, cfinal_ptr, dz_ptr,
                    seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
-    """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1."""
+    """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1,
+    and this block's share of <dfinal, h_T> from the recomputed final state (cfinal, (nseq, npb, nheads))."""
     pid = tl.program_id(0)
     npb = tl.cdiv(headdim, BLOCK_P)
     h = pid % nheads
@@ -94,7 +99,8 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
     seg = ss % nseg
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
-    if seg < tl.cdiv(nchunks, seg_chunks):
+    nseg_seq = tl.maximum(tl.cdiv(nchunks, seg_chunks), 1)  # an empty sequence still has its h_T = h0
+    if seg < nseg_seq:
         g = h // (nheads // ngroups)
         ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
         ns = tl.arange(0, BLOCK_N)
@@ -158,6 +164,12 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             tl.store(parts_ptr + pbase + nheads * ntok, v, mask=rmask)
             w = tl.exp(total - cum) * dtv
             S = tl.exp(total) * S + dot_split(tl.trans(Bt), x.to(tl.float32) * w[:, None], dtype, SPLIT, PREC)
+        if dfinal_ptr is not None:
+            if seg == nseg_seq - 1:
+                offs = state_tile_offsets(ps, ns, headdim, dstate)
+                base = (seq.to(tl.int64) * nheads + h) * headdim * dstate
+                dfin = tl.load(dfinal_ptr + base + offs, mask=nmask[:, None] & pmask[None, :], other=0.0)
+                tl.store(cfinal_ptr + (seq.to(tl.int64) * npb + pb) * nheads + h, tl.sum(tl.sum(dfin * S, 1), 0))
 
 
 @triton.jit
@@ -250,7 +262,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
 
 
 def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, cu_seqlens, plan,
-            segst, seglog, final, *, config=None):
+            segst, seglog, *, config=None):
     """Gradients of (y, final_state) -> every input, given the forward's plan and segment states.
 
     dout like x (contiguous); dfinal (nseq, nheads, headdim, dstate) or None.
@@ -278,7 +290,8 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
         npb = triton.cdiv(headdim, bp)
         if parts.get("npb") != npb:
             parts.update(npb=npb, dC=torch.empty(npb, ntok, nheads, dstate, **f32),
-                         dB=torch.empty(npb, ntok, nheads, dstate, **f32), dt=torch.empty(npb, 5, nheads, ntok, **f32))
+                         dB=torch.empty(npb, ntok, nheads, dstate, **f32), dt=torch.empty(npb, 5, nheads, ntok, **f32),
+                         cfinal=None if dfinal is None else torch.empty(plan.nseq, npb, nheads, **f32))
         grid = (plan.nseq * plan.nseg * npb * nheads,)
         meta = dict(Q=plan.Q, BLOCK_P=bp, BLOCK_N=bn, PREC=prec, num_warps=cfg["num_warps"],
                     num_stages=cfg["num_stages"])
@@ -288,8 +301,8 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
             _segment_adjoint_kernel[grid](dout, dt, A, C, z, dt_bias, cu_seqlens, segadj, *scalars,
                                           SOFTPLUS=dt_softplus, SPLIT=split, **meta)
         _bwd_dc_kernel[grid](x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, dout,
-                             parts["dC"], parts["dt"], dz, *scalars, ntok, SOFTPLUS=dt_softplus, D_PER_P=d_per_p,
-                             SPLIT=split, **meta)
+                             dfinal, parts["dC"], parts["dt"], parts["cfinal"], dz, *scalars, ntok,
+                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, **meta)
         _bwd_dx_kernel[grid](x, dt, A, B, C, D, z, dt_bias, cu_seqlens, segadj, seglog, dfinal, dout, dx,
                              parts["dB"], parts["dt"], dD_part, dinit, *scalars, ntok, SOFTPLUS=dt_softplus,
                              D_PER_P=d_per_p, SPLIT=split, **meta)
@@ -299,7 +312,9 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
         config = pick("bwd", key, configs(headdim, dstate, "bwd"), run, x.device)
     run(config)
 
-    cfinal = None if dfinal is None else (dfinal * final).sum((-2, -1)).contiguous()
+    # <dfinal, h_T> enters every token's decay gradient, so it takes the backward's split-product h_T, not
+    # the forward's single-rounded `final` (with that, bf16 dA was 3.6e-2..2.0e-1 off in the H100 GPU tests).
+    cfinal = None if dfinal is None else parts["cfinal"].sum(1).contiguous()
     ddt = torch.empty_like(dt)
     dA_part = torch.empty(plan.nseq, nheads, **f32)
     dbias_part = torch.empty(plan.nseq, nheads, **f32)
