@@ -38,11 +38,50 @@ def run_interpreted(module: str, names, timeout: int = 600) -> dict:
     return results
 
 
+def patch_interpreter_scan_by_slices():
+    """triton 3.6's interpreter runs tl.associative_scan and tl.reduce with a user combine function one element
+    at a time in Python (seconds for one (16, 8, 16) tile). Combine whole slices along the axis instead: every
+    element sees the same combines in the same order, so the results are the same bit for bit."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    def fold(op, input, keep_all):
+        data = [np.moveaxis(arg.handle.data, op.axis, 0) for arg in input]
+        slice_shape = data[0].shape[1:]
+        acc = [op.to_tensor(d[0], arg.dtype) for d, arg in zip(data, input)]
+        seen = [[a.handle.data] for a in acc]
+        for i in range(1, data[0].shape[0]):
+            ret = op.combine_fn.fn(*acc, *[op.to_tensor(d[i], arg.dtype) for d, arg in zip(data, input)])
+            acc = list(ret) if isinstance(ret, tuple) else [ret]
+            for s, a in zip(seen, acc):
+                s.append(a.handle.data)
+        if keep_all:
+            return [np.stack([np.asarray(v).reshape(slice_shape) for v in s]) for s in seen]
+        return [np.asarray(a.handle.data).reshape(slice_shape) for a in acc]
+
+    def generic_scan(self, input):
+        out = fold(self, input, keep_all=True)
+        return [self.to_tensor(np.moveaxis(o, 0, self.axis), arg.dtype) for o, arg in zip(out, input)]
+
+    slow_reduce = interpreter.ReduceOps.generic_reduce
+
+    def generic_reduce(self, input):
+        if self.axis is None:
+            return slow_reduce(self, input)
+        out = fold(self, input, keep_all=False)
+        return [self.to_tensor(np.expand_dims(o, self.axis) if self.keep_dims else o, arg.dtype)
+                for o, arg in zip(out, input)]
+
+    interpreter.ScanOps.generic_scan = generic_scan
+    interpreter.ReduceOps.generic_reduce = generic_reduce
+
+
 def interpreted_main(namespace: dict, names) -> None:
     """Child side: runs namespace["case_" + name]() for each name and prints one JSON line per case."""
     from tests.ops.ssd.triton_cases import patch_interpreter_scalar_index
 
     patch_interpreter_scalar_index()
+    patch_interpreter_scan_by_slices()
     for name in names:
         try:
             namespace[f"case_{name}"]()
@@ -55,3 +94,274 @@ def interpreted_main(namespace: dict, names) -> None:
 def expect(results: dict, name: str) -> None:
     ok, message = results[name]
     assert ok, message
+
+
+# ---------------------------------------------------------------- selective scan inputs and references
+
+NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+# Inputs a Mamba layer keeps in float32 whatever the activation dtype (A from A_log, D, dt_bias, the state).
+FLOAT32_PARAMS = ("A", "D", "dt_bias", "initial_state")
+
+
+def scan_inputs(batch, seqlen, dim, dstate, ngroups, dtype=torch.float32, device="cpu", seed=0, **flags):
+    """A dict of every selective_scan tensor input (absent ones None) plus "dt_softplus"; activations in dtype."""
+    from tests.ops.selective_scan.inputs import make_inputs
+
+    args, kwargs = make_inputs(batch, seqlen, dim, dstate, ngroups, seed=seed, **flags)
+    inp = dict(zip(NAMES[:5], args), **kwargs)
+    out = {k: None for k in NAMES}
+    for k, v in inp.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device=device, dtype=torch.float32 if k in FLOAT32_PARAMS else dtype)
+        out[k] = v
+    return out
+
+
+def scan_run(fn, inp, dout=None, dfinal=None, dtype=None):
+    """fn's (y, final_state, grads of every tensor input); inputs cast to dtype when given (e.g. float64)."""
+    leaves = {k: (v.detach().to(dtype or v.dtype).requires_grad_(dout is not None) if isinstance(v, torch.Tensor)
+                  else v) for k, v in inp.items()}
+    y, final = fn(**leaves, return_final_state=True)
+    grads = {}
+    if dout is not None:
+        ((y * dout.to(y.dtype)).sum() + (final * dfinal.to(final.dtype)).sum()).backward()
+        grads = {k: leaves[k].grad for k in NAMES if leaves[k] is not None}
+    return y.detach(), final.detach(), grads
+
+
+def scan_check(inp, grads=True, oracle=None, seed=1):
+    """Triton vs the float64 oracle (the reference loop by default): y, final state and every gradient."""
+    from ssmkit.ops.selective_scan import selective_scan_reference
+    from ssmkit.ops.selective_scan.triton import selective_scan_triton
+
+    dtype = inp["x"].dtype
+    dout = dfinal = None
+    if grads:
+        g = torch.Generator().manual_seed(seed)
+        dout = torch.randn(inp["x"].shape, generator=g).to(inp["x"].device)
+        dfinal = torch.randn(inp["initial_state"].shape if inp["initial_state"] is not None else
+                             (inp["x"].shape[0], *inp["A"].shape), generator=g).to(inp["x"].device)
+    y, final, g_tri = scan_run(selective_scan_triton, inp, dout, dfinal)
+    y_ref, final_ref, g_ref = scan_run(oracle or selective_scan_reference, inp, dout, dfinal, dtype=torch.float64)
+    assert y.dtype == dtype and final.dtype == torch.float32, (y.dtype, final.dtype)
+    assert_close(y, y_ref, dtype, name="y")
+    assert_close(final, final_ref, dtype, name="final_state")
+    for name in g_ref:
+        assert g_tri[name].dtype == inp[name].dtype, (name, g_tri[name].dtype)
+        assert_close(g_tri[name], g_ref[name], dtype, grad=True, name=f"d{name}")
+
+
+# ---------------------------------------------------------------- interpreter cases (child process)
+
+INTERPRETER_CASES = ("shapes", "checkpoints", "float16", "strided_inputs", "awkward_shapes", "step", "dispatch")
+
+SHAPES = {
+    # name: (batch, seqlen, dim, dstate, ngroups, flags)
+    "odd_length_two_groups": (2, 37, 8, 4, 2, dict()),
+    "three_tiles_dstate16": (1, 40, 12, 16, 1, dict()),
+    "group_per_channel_bare": (1, 9, 6, 3, 6, dict(D=False, z=False, dt_bias=False, initial_state=False)),
+    "length_one": (2, 1, 4, 4, 1, dict()),
+    "no_softplus": (1, 20, 4, 8, 1, dict(dt_softplus=False)),
+}
+
+
+def case_shapes():
+    """y, final state and all nine gradients vs the float64 loop, for each shape in SHAPES."""
+    for name, (*shape, flags) in SHAPES.items():
+        try:
+            scan_check(scan_inputs(*shape, seed=shape[1], **flags))
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from None
+
+
+def case_checkpoints():
+    """Several checkpoint intervals (the last one partial), several tiles per interval, several channel blocks
+    per group: the backward's recomputation gives the same gradients as one walk."""
+    from ssmkit.ops.selective_scan.triton.bwd import selective_scan_bwd
+    from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
+
+    inp = scan_inputs(1, 37, 16, 5, 2, seed=3)
+    dout, dfinal = torch.randn(1, 37, 16), torch.randn(1, 16, 5)
+    y_ref, final_ref, g_ref = scan_run(_reference(), inp, dout, dfinal, dtype=torch.float64)
+    args = [inp[k] for k in NAMES[:8]]
+    for rows in (8, 24):
+        cfg = dict(BLOCK_T=8, BLOCK_D=4, num_warps=4)
+        y, final, ckpt = selective_scan_fwd(*args, True, inp["initial_state"], True, config=cfg, checkpoint_rows=rows)
+        assert ckpt.shape[1] == -(-37 // rows)
+        assert_close(y, y_ref, torch.float32, name=f"y rows={rows}")
+        assert_close(final, final_ref, torch.float32, name=f"final rows={rows}")
+        grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt, config=cfg,
+                                   checkpoint_rows=rows)
+        for name, g in zip(NAMES, grads):
+            assert_close(g, g_ref[name], torch.float32, grad=True, name=f"d{name} rows={rows}")
+
+
+def _reference():
+    from ssmkit.ops.selective_scan import selective_scan_reference
+
+    return selective_scan_reference
+
+
+def case_float16():
+    """float16 activations with float32 parameters (as in a Mamba layer) stay within the float16 rows."""
+    scan_check(scan_inputs(2, 33, 8, 16, 1, dtype=torch.float16, seed=4))
+
+
+def case_strided_inputs():
+    """x and z read in place as halves of one projection, B and C as slices of another: the same y and grads."""
+    from ssmkit.ops.selective_scan.triton import selective_scan_triton
+
+    inp = scan_inputs(2, 21, 8, 4, 1, seed=5)
+    xz = torch.cat([inp["x"], inp["z"]], -1)  # (batch, seqlen, 2 dim)
+    proj = torch.cat([torch.randn(2, 21, 3), inp["B"][:, :, 0], inp["C"][:, :, 0]], -1)  # (batch, seqlen, 3 + 2N)
+    strided = dict(inp, x=xz[..., :8], z=xz[..., 8:], B=proj[:, :, None, 3:7], C=proj[:, :, None, 7:])
+    assert not any(strided[k].is_contiguous() for k in ("x", "z", "B", "C"))
+    dout, dfinal = torch.randn(2, 21, 8), torch.randn(2, 8, 4)
+    y_s, final_s, g_s = scan_run(selective_scan_triton, strided, dout, dfinal)
+    y_c, final_c, g_c = scan_run(selective_scan_triton, inp, dout, dfinal)
+    assert torch.equal(y_s, y_c) and torch.equal(final_s, final_c)
+    for name in g_c:
+        assert torch.equal(g_s[name], g_c[name]), name
+
+
+def case_awkward_shapes():
+    """Hypothesis (forward): lengths 1..40, channel counts and dstate off the block sizes, any group count."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=6, deadline=None, database=None)
+    @given(seqlen=st.integers(1, 40), dim_groups=st.sampled_from([(1, 1), (3, 1), (10, 2), (9, 3)]),
+           dstate=st.sampled_from([1, 5, 16]), softplus=st.booleans())
+    def run_one(seqlen, dim_groups, dstate, softplus):
+        dim, ngroups = dim_groups
+        scan_check(scan_inputs(1, seqlen, dim, dstate, ngroups, seed=seqlen, dt_softplus=softplus), grads=False)
+
+    run_one()
+
+
+def check_step(device="cpu", state_dtype=torch.float32, steps=5):
+    """The step updates a strided state in place like selective_scan_step, and token by token it reproduces the
+    full scan's outputs and final state."""
+    from ssmkit.ops.selective_scan import selective_scan_step
+    from ssmkit.ops.selective_scan.triton import selective_scan_step_triton, selective_scan_triton
+
+    inp = scan_inputs(3, steps, 12, 8, 2, device=device, seed=6)
+    storage = inp["initial_state"].transpose(1, 2).contiguous().to(state_dtype)
+    state = storage.transpose(1, 2)  # (batch, dim, dstate), dstate not innermost
+    expected = state.clone()
+    kw = dict(D=inp["D"], dt_bias=inp["dt_bias"], dt_softplus=True)
+    ys = []
+    for t in range(steps):
+        tok = [inp[k][:, t] for k in ("x", "dt")] + [inp["A"]] + [inp[k][:, t] for k in ("B", "C")]
+        y = selective_scan_step_triton(state, *tok, z=inp["z"][:, t], **kw)
+        y_ref = selective_scan_step(expected, *tok, z=inp["z"][:, t], **kw)
+        # A 16-bit state is rounded after each step, so from the second step y carries that rounding too.
+        assert_close(y, y_ref, torch.float32 if state_dtype == torch.float32 else state_dtype, name=f"y step {t}")
+        assert_close(state.float(), expected.float(), state_dtype, name=f"state step {t}")
+        ys.append(y)
+    if state_dtype == torch.float32:
+        full, final = selective_scan_triton(**inp, return_final_state=True)
+        assert_close(torch.stack(ys, 1), full, torch.float32, name="steps vs full scan")
+        assert_close(state, final, torch.float32, name="state vs final state")
+
+
+def case_step():
+    check_step()
+    check_step(state_dtype=torch.bfloat16, steps=2)
+
+
+def case_dispatch():
+    """selective_scan(impl="triton") runs the kernels and matches the float64 loop."""
+    from ssmkit.ops.selective_scan import selective_scan
+
+    inp = scan_inputs(1, 12, 4, 4, 1, seed=7)
+    y = selective_scan(**inp, impl="triton")
+    y_ref = selective_scan(**{k: v.double() if isinstance(v, torch.Tensor) else v for k, v in inp.items()},
+                           impl="reference")
+    assert_close(y, y_ref, torch.float32, name="y")
+
+
+# ---------------------------------------------------------------- tests
+
+@pytest.fixture(scope="module")
+def interpreted():
+    return run_interpreted("tests.ops.selective_scan.test_triton", INTERPRETER_CASES)
+
+
+def test_interpreted_scan_matches_float64_outputs_state_and_all_gradients_across_shapes(interpreted):
+    expect(interpreted, "shapes")
+
+
+def test_interpreted_scan_backward_recomputes_states_across_checkpoint_intervals(interpreted):
+    expect(interpreted, "checkpoints")
+
+
+def test_interpreted_scan_float16_within_float16_tolerances(interpreted):
+    expect(interpreted, "float16")
+
+
+def test_interpreted_scan_reads_strided_projections_in_place(interpreted):
+    expect(interpreted, "strided_inputs")
+
+
+def test_interpreted_scan_forward_matches_float64_for_awkward_shapes(interpreted):
+    expect(interpreted, "awkward_shapes")
+
+
+def test_interpreted_scan_step_updates_strided_state_in_place_and_matches_full_scan(interpreted):
+    expect(interpreted, "step")
+
+
+def test_interpreted_selective_scan_dispatch_runs_triton(interpreted):
+    expect(interpreted, "dispatch")
+
+
+def _tiny_inputs():
+    return scan_inputs(1, 6, 4, 2, 1, seed=8)
+
+
+def test_triton_scan_falls_back_to_the_parallel_scan_for_float64_with_a_warning():
+    pytest.importorskip("triton")
+    from ssmkit.ops.selective_scan import selective_scan_parallel
+    from ssmkit.ops.selective_scan.triton import selective_scan_triton
+
+    inp = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in _tiny_inputs().items()}
+    with pytest.warns(UserWarning, match="parallel scan"):
+        y = selective_scan_triton(**inp)
+    assert torch.equal(y, selective_scan_parallel(**inp))
+
+
+def test_triton_scan_hands_packed_sequences_to_the_parallel_scan(monkeypatch):
+    pytest.importorskip("triton")
+    import ssmkit.ops.selective_scan.parallel as parallel_mod
+    from ssmkit.ops.selective_scan import selective_scan
+    from ssmkit.ops.selective_scan.triton import autograd
+
+    seen = []
+    original = parallel_mod.selective_scan_parallel
+    monkeypatch.setattr(parallel_mod, "selective_scan_parallel", lambda *a, **kw: seen.append(kw) or original(*a, **kw))
+    monkeypatch.setattr(autograd, "warn_once", lambda message: seen.append(message))
+    inp = _tiny_inputs()
+    cu = torch.tensor([0, 2, 6])
+    inp["initial_state"] = torch.randn(2, 4, 2)
+    y = selective_scan(**inp, cu_seqlens=cu, impl="triton")
+    assert any(isinstance(s, str) and "cu_seqlens" in s for s in seen), seen
+    assert any(isinstance(s, dict) and s.get("cu_seqlens") is cu for s in seen), seen
+    assert torch.equal(y, selective_scan(**inp, cu_seqlens=cu, impl="parallel"))
+
+
+def test_triton_scan_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    from ssmkit.ops.selective_scan.triton import selective_scan_step_triton, selective_scan_triton
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    inp = _tiny_inputs()
+    with pytest.raises(ValueError, match="^impl: 'triton' needs CUDA tensors"):
+        selective_scan_triton(**inp)
+    tok = [inp[k][:, 0] for k in ("x", "dt")] + [inp["A"]] + [inp[k][:, 0] for k in ("B", "C")]
+    with pytest.raises(ValueError, match="^impl: 'triton' needs CUDA tensors"):
+        selective_scan_step_triton(inp["initial_state"].clone(), *tok)
+
+
+if __name__ == "__main__":
+    interpreted_main(globals(), sys.argv[1:])

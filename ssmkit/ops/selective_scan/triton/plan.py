@@ -1,0 +1,42 @@
+"""Block sizes of the selective scan kernels, and how often the forward writes the state for the backward.
+
+Each program owns BLOCK_D channels of one group of one batch row and walks the sequence in tiles of BLOCK_T
+rows; its (BLOCK_T, BLOCK_D, dstate) tile of states lives in registers, so BLOCK_T * BLOCK_D shrinks as
+dstate grows. The forward writes the state every CHECKPOINT_ROWS rows; every BLOCK_T divides it.
+
+Version history
+- v1: a short config table per kernel, tuned once per shape key with the SSD tuner (timed on CUDA, the first
+  config in the interpreter and during CUDA graph capture). Not yet tuned on a GPU: the order is a guess.
+"""
+
+from __future__ import annotations
+
+import triton
+
+CHECKPOINT_ROWS = 128
+# (BLOCK_T, BLOCK_D, num_warps) at dstate <= 16; the state tile is BLOCK_T * BLOCK_D * 16 floats.
+FWD_TABLE = [(16, 32, 4), (32, 32, 8), (16, 64, 8), (8, 64, 4), (32, 16, 4)]
+BWD_TABLE = [(16, 16, 4), (8, 32, 4), (16, 32, 8), (32, 16, 8)]
+
+
+def block_n(dstate: int) -> int:
+    return max(2, triton.next_power_of_2(dstate))
+
+
+def configs(kind: str, dstate: int, dim_per_group: int) -> list[dict]:
+    """Every config the tuner may pick for "fwd" or "bwd": the table's state-tile budget (set at dstate 16) is
+    kept for larger dstate by halving BLOCK_D (down to 8), then BLOCK_T; BLOCK_D never exceeds the group."""
+    bn = block_n(dstate)
+    seen, out = set(), []
+    for bt, bd, warps in FWD_TABLE if kind == "fwd" else BWD_TABLE:
+        budget = bt * bd * 16
+        bd = min(bd, triton.next_power_of_2(dim_per_group))
+        while bt * bd * bn > budget:
+            if bd > 8:
+                bd //= 2
+            else:
+                bt //= 2
+        if (bt, bd, warps) not in seen:
+            seen.add((bt, bd, warps))
+            out.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps))
+    return out

@@ -1,0 +1,41 @@
+"""Triton helpers shared by the selective scan kernels: the scan's combine rule, tile loads and the step size.
+
+Version history
+- v1: one place for what every kernel repeats, so the forward, the backward and their recomputations read the
+  same bytes and round dt the same way (the backward recomputes states the forward produced).
+"""
+
+import triton
+import triton.language as tl
+
+from ssmkit.ops.ssd.triton.tiles import softplus
+
+
+@triton.jit
+def combine(a1, b1, a2, b2):
+    """Composition of h -> a1 h + b1, then h -> a2 h + b2 (the associative step of a linear recurrence)."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def load_rows(ptr, base, rows, rmask, s_l, cols, cmask):
+    """A float32 (rows, cols) tile of a (batch, seqlen, ..., cols) array with unit column stride; 0 where masked."""
+    offs = base + rows.to(tl.int64)[:, None] * s_l + cols[None, :]
+    return tl.load(ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def step_size(dt_ptr, base, rows, rmask, s_l, ds, dmask, bias, SOFTPLUS: tl.constexpr):
+    """(dt', dt + bias) for a (rows, channels) tile: dt' = softplus(dt + bias) or dt + bias, 0 on masked rows
+    and channels (a masked row then neither decays nor feeds the state)."""
+    raw = load_rows(dt_ptr, base, rows, rmask, s_l, ds, dmask) + bias[None, :]
+    dtv = raw
+    if SOFTPLUS:
+        dtv = softplus(raw)
+    return tl.where(rmask[:, None] & dmask[None, :], dtv, 0.0), raw
+
+
+@triton.jit
+def last_row(t, rows_local, LAST: tl.constexpr):
+    """Row LAST of a (BLOCK_T, ...) tile as a (...) tensor."""
+    return tl.sum(tl.where(rows_local[:, None, None] == LAST, t, 0.0), 0)
