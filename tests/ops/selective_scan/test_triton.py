@@ -363,5 +363,110 @@ def test_triton_scan_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
         selective_scan_step_triton(inp["initial_state"].clone(), *tok)
 
 
+# ---------------------------------------------------------------- GPU
+
+GPU_CASES = [
+    # dtype, batch, seqlen, dim, dstate, ngroups, flags
+    (torch.bfloat16, 2, 2048, 1536, 16, 1, dict()),  # a 130M-class Mamba layer (d_inner 1536)
+    (torch.bfloat16, 1, 4099, 2048, 16, 1, dict()),  # odd length, 33 checkpoint intervals
+    (torch.bfloat16, 3, 257, 100, 64, 2, dict(z=False)),
+    (torch.float16, 2, 63, 768, 16, 1, dict(initial_state=False)),
+    (torch.float32, 2, 515, 256, 16, 4, dict()),
+    (torch.float32, 1, 1000, 64, 128, 1, dict(dt_softplus=False)),
+]
+
+
+def gpu_oracle(**kw):
+    """The float64 parallel scan (tested against the loop in test_parallel.py): the loop is too slow on GPU."""
+    from ssmkit.ops.selective_scan import selective_scan_parallel
+
+    return selective_scan_parallel(**kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{str(c[0])[6:]}-b{c[1]}-L{c[2]}-d{c[3]}-n{c[4]}-g{c[5]}")
+def test_triton_scan_matches_float64_outputs_state_and_gradients_on_gpu(case):
+    dtype, *shape, flags = case
+    scan_check(scan_inputs(*shape, dtype=dtype, device="cuda", seed=shape[1], **flags), oracle=gpu_oracle)
+
+
+def _config_params():
+    """(kind, config) for every config the tuner may pick at dstate 16 and 64; empty without triton."""
+    try:
+        from ssmkit.ops.selective_scan.triton.plan import configs
+    except ImportError:
+        return []
+    return [pytest.param(n, kind, cfg, id=f"n{n}-{kind}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}")
+            for n in (16, 64) for kind in ("fwd", "bwd") for cfg in configs(kind, n, 768)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dstate,kind,cfg", _config_params())
+def test_every_tunable_scan_config_matches_float64_on_gpu(dstate, kind, cfg):
+    """Each config the tuner may pick, run explicitly (Triton has miscompiled scan-like kernels for some)."""
+    from ssmkit.ops.selective_scan.triton.bwd import selective_scan_bwd
+    from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
+    from ssmkit.ops.selective_scan.triton.plan import configs
+
+    inp = scan_inputs(2, 700, 768, dstate, 2, dtype=torch.bfloat16, device="cuda", seed=dstate)
+    dout, dfinal = torch.randn(2, 700, 768, device="cuda").bfloat16(), torch.randn(2, 768, dstate, device="cuda")
+    y_ref, final_ref, g_ref = scan_run(gpu_oracle, inp, dout, dfinal, dtype=torch.float64)
+    args = [inp[k] for k in NAMES[:8]]
+    fwd_cfg = cfg if kind == "fwd" else configs("fwd", dstate, 768)[0]
+    y, final, ckpt = selective_scan_fwd(*args, True, inp["initial_state"], True, config=fwd_cfg)
+    assert_close(y, y_ref, torch.bfloat16, name=f"y {cfg}")
+    assert_close(final, final_ref, torch.bfloat16, name=f"final {cfg}")
+    if kind == "bwd":
+        grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt, config=cfg)
+        for name, g in zip(NAMES, grads):
+            assert_close(g, g_ref[name], torch.bfloat16, grad=True, name=f"d{name} {cfg}")
+
+
+@pytest.mark.gpu
+def test_triton_scan_reads_the_mamba_layer_strided_views_on_gpu():
+    from ssmkit.ops.selective_scan.triton import selective_scan_triton
+
+    inp = scan_inputs(2, 1000, 1536, 16, 1, dtype=torch.bfloat16, device="cuda", seed=9)
+    xz = torch.cat([inp["x"], inp["z"]], -1)
+    proj = torch.cat([torch.randn(2, 1000, 48, device="cuda").bfloat16(), inp["B"][:, :, 0], inp["C"][:, :, 0]], -1)
+    strided = dict(inp, x=xz[..., :1536], z=xz[..., 1536:], B=proj[:, :, None, 48:64], C=proj[:, :, None, 64:])
+    y_s, final_s = selective_scan_triton(**strided, return_final_state=True)
+    y_c, final_c = selective_scan_triton(**inp, return_final_state=True)
+    assert torch.equal(y_s, y_c) and torch.equal(final_s, final_c)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_triton_scan_step_updates_strided_state_in_place_on_gpu(state_dtype):
+    check_step("cuda", state_dtype)
+
+
+@pytest.mark.gpu
+def test_triton_scan_step_replayed_from_a_cuda_graph_matches_the_torch_step():
+    from ssmkit.ops.selective_scan import selective_scan_step
+    from ssmkit.ops.selective_scan.triton import selective_scan_step_triton
+
+    inp = scan_inputs(16, 3, 3072, 16, 1, dtype=torch.bfloat16, device="cuda", seed=10)
+    state = inp["initial_state"].clone()
+    tok = {k: inp[k][:, 0].clone() for k in ("x", "dt", "B", "C", "z")}
+    kw = dict(D=inp["D"], dt_bias=inp["dt_bias"], dt_softplus=True)
+
+    def step(s):
+        return selective_scan_step_triton(s, tok["x"], tok["dt"], inp["A"], tok["B"], tok["C"], z=tok["z"], **kw)
+
+    step(state.clone())  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = step(state)
+    expected = state.clone()
+    for t in range(3):
+        for k in tok:
+            tok[k].copy_(inp[k][:, t])
+        graph.replay()
+        y_ref = selective_scan_step(expected, tok["x"], tok["dt"], inp["A"], tok["B"], tok["C"], z=tok["z"], **kw)
+        assert_close(y, y_ref, torch.bfloat16, name=f"y replay {t}")
+        assert_close(state, expected, torch.float32, name=f"state replay {t}")
+
+
 if __name__ == "__main__":
     interpreted_main(globals(), sys.argv[1:])
