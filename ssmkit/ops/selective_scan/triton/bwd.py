@@ -172,6 +172,7 @@ def selective_scan_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
 
     def run(cfg):
         bt, bd = cfg["BLOCK_T"], cfg["BLOCK_D"]
+        assert checkpoint_rows % bt == 0, (checkpoint_rows, bt)  # tiles must not straddle a checkpoint
         nblk = triton.cdiv(dpg, bd)
         nprog = batch * ngroups * nblk
         ck_tiles = checkpoint_rows // bt

@@ -106,6 +106,7 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
 
     def run(cfg):
         bt, bd = cfg["BLOCK_T"], cfg["BLOCK_D"]
+        assert checkpoint_rows % bt == 0, (checkpoint_rows, bt)  # tiles must not straddle a checkpoint
         nblk = triton.cdiv(dpg, bd)
         _scan_fwd_kernel[(batch * ngroups * nblk,)](
             x, dt, A, B, C, D, z, dt_bias, initial_state, y, final, ckpt, *scalars, nblk, checkpoint_rows // bt, nck,
