@@ -1,7 +1,8 @@
 """Choosing an operator's implementation: the `_ref` spec, or the GPU module `<op package>.triton` when present.
 
-`impl="auto"` takes the Triton form on CUDA when its module exists, else the reference; `impl="triton"` asks for
-it and fails with a clear message when it is missing.
+`impl="auto"` takes the Triton form on CUDA when its module exists and declares `AUTO_SELECTABLE = True` (set once
+its GPU tests have passed on a GPU), else the reference; `impl="triton"` asks for it and fails with a clear
+message when it is missing.
 """
 
 from __future__ import annotations
@@ -31,4 +32,7 @@ def pick_impl(package: str, name: str, impl: str, device: torch.device, referenc
             return reference
         raise ValueError(f"impl: 'triton' is not available (needs the triton package and {package}.triton)")
     # Imported only when present, so an error inside the kernel module surfaces instead of falling back.
-    return getattr(importlib.import_module(f"{package}.triton"), f"{name}_triton")
+    module = importlib.import_module(f"{package}.triton")
+    if impl == "auto" and not getattr(module, "AUTO_SELECTABLE", False):
+        return reference
+    return getattr(module, f"{name}_triton")

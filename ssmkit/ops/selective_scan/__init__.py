@@ -66,6 +66,14 @@ def _load_triton():
     return selective_scan_triton
 
 
+def _triton_auto_selectable() -> bool:
+    if not triton_module_available(__name__):
+        return False
+    from .triton import AUTO_SELECTABLE
+
+    return AUTO_SELECTABLE
+
+
 def _loaders():
     return {
         "reference": lambda: selective_scan_reference,
@@ -75,9 +83,12 @@ def _loaders():
 
 
 def auto_impl(device_type: str) -> str:
-    """The impl "auto" picks on a device type: the first of AUTO_ORDER whose module is available."""
+    """The impl "auto" picks on a device type: the first of AUTO_ORDER whose module is available (a Triton
+    module only once it declares AUTO_SELECTABLE, i.e. its GPU tests have passed)."""
     loaders = _loaders()
     for name in AUTO_ORDER.get(device_type, AUTO_DEFAULT):
+        if name == "triton" and not _triton_auto_selectable():
+            continue
         if loaders[name]() is not None:
             return name
     return AUTO_DEFAULT[0]

@@ -147,6 +147,7 @@ def _triton_without_cu_seqlens(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_
 
 def test_a_triton_kernel_without_cu_seqlens_is_skipped_by_auto_and_refused_when_asked_for(monkeypatch):
     monkeypatch.setattr(ss, "_load_triton", lambda: _triton_without_cu_seqlens)
+    monkeypatch.setattr(ss, "_triton_auto_selectable", lambda: True)
     assert ss._resolve("auto", "cuda", packed=True) is ss.selective_scan_parallel
     assert ss._resolve("auto", "cuda", packed=False) is _triton_without_cu_seqlens
     args, kwargs, cu = _packed_inputs([3, 4])
