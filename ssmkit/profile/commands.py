@@ -15,42 +15,53 @@ from .store import SqlError, TraceStore
 PRESET_PREFIX = "preset:"
 
 
-def profile_command(checkpoint: str, prompt: str, max_new_tokens: int = 32, db: str = "trace.duckdb", *,
-                    run_name: str | None = None, requests: int = 1, batch: int = 1, dtype: str | None = None,
-                    device: str | None = None, tokenizer: str | None = None, temperature: float = 0.0,
-                    seed: int | None = None, report: str | None = None, out=None) -> int:
-    """Generates `requests` completions of `prompt` (each a batch of `batch` copies) under the Profiler, writing
-    the run into `db`; prints the run id and its summary, and writes an HTML report when `report` is a path.
+def profile_command(checkpoint: str, prompt: str | None = None, max_new_tokens: int = 32, db: str = "trace.duckdb",
+                    *, workload: str | None = None, run_name: str | None = None, requests: int = 1, batch: int = 1,
+                    dtype: str | None = None, device: str | None = None, tokenizer: str | None = None,
+                    temperature: float = 0.0, seed: int | None = None, report: str | None = None, out=None) -> int:
+    """Generates `requests` completions of `prompt` (each a batch of `batch` copies), or the requests of a bench
+    `workload` YAML, under the Profiler, writing the run into `db`; prints the run id and its summary, and writes
+    an HTML report when `report` is a path.
 
     checkpoint: a folder with config.json and safetensors weights, or "preset:NAME" for a ModelConfig preset
     with random weights (seed 0) and the byte tokenizer. tokenizer: None = the checkpoint's, "byte", or a path.
+    workload: exactly one of `prompt` and `workload` is given. Each workload request runs once, in the file's
+    order, one after another (mode, concurrency, warmup, repeats and arrival times are the bench's concern, not
+    the profiler's), as request `request_id` with its prefill and decode calls tagged, generating its
+    `output_tokens` without an early stop; a `prompt_tokens` request gets the bench's synthetic prompt of that
+    length. `requests` and `max_new_tokens` then do not apply.
     """
-    import torch
-
-    from ssmkit.inference.generate import generate_steps
-
     from .recorder import Profiler
 
     out = sys.stdout if out is None else out
+    if (prompt is None) == (workload is None):
+        raise ValueError(f"prompt, workload: expected exactly one of them, got prompt={prompt!r}, "
+                         f"workload={workload!r}")
     for name, value in (("max_new_tokens", max_new_tokens), ("requests", requests), ("batch", batch)):
         if value < 1:
             raise ValueError(f"{name}: expected >= 1, got {value}")
+    if workload is not None:
+        from ssmkit.bench.workload import load_workload
+
+        jobs = workload_jobs(load_workload(workload), None)  # checks the file before the model loads
     model, tok = _load(checkpoint, dtype, device, tokenizer)
-    ids = tok.encode(prompt)
-    if not ids:
-        raise ValueError("prompt: expected a non-empty prompt, got an empty string")
-    input_ids = torch.tensor([ids] * batch, dtype=torch.int64, device=model.embeddings.weight.device)
+    if workload is not None:
+        jobs = workload_jobs(load_workload(workload), tok)
+    else:
+        ids = tok.encode(prompt)
+        if not ids:
+            raise ValueError("prompt: expected a non-empty prompt, got an empty string")
+        jobs = [(None, ids, max_new_tokens)] * requests
     with Profiler(model, db, run_name=run_name or f"profile {checkpoint}") as prof:
-        for _ in range(requests):
-            with prof.request():
-                new = [s.tokens for s in generate_steps(model, input_ids, max_new_tokens=max_new_tokens,
-                                                        temperature=temperature, seed=seed, eos_token_id=[])]
+        for request_id, ids, n_new in jobs:
+            new = _profile_request(prof, model, request_id, ids, n_new, batch, temperature, seed)
     ids_out = [int(t[0]) for t in new]
     try:
-        completion = repr(prompt + tok.decode(ids_out))
+        completion = repr(tok.decode(ids + ids_out))
     except ValueError:  # a random-weight preset emits ids the byte tokenizer has no text for
         completion = f"token ids {ids_out}"
-    out.write(f"completion: {completion}\nrun {prof.run_id} written to {db}\n\n")
+    what = "completion" if workload is None else f"completion of the last of {len(jobs)} requests"
+    out.write(f"{what}: {completion}\nrun {prof.run_id} written to {db}\n\n")
     with TraceStore(db, read_only=True) as store:
         out.write(format_summary(summarize(store, prof.run_id)) + "\n")
         if report:
@@ -120,6 +131,49 @@ def trace_report_command(db: str, path: str = "trace-report.html", run: int | No
         write_report(store, path, run)
     out.write(f"report written to {path}\n")
     return 0
+
+
+def workload_jobs(workload, tok) -> list[tuple[int, list[int], int]]:
+    """(request_id, prompt ids, output tokens) per request of a bench Workload; text prompts are encoded with
+    `tok`, `prompt_tokens` prompts are the bench runner's filler (held-out text cycled from an offset of
+    97 x request_id). With tok None, only checks that every request has a prompt (ids left empty)."""
+    jobs = []
+    for r in workload.requests:
+        if r.prompt is None and r.prompt_tokens is None:
+            raise ValueError(f"workload: request {r.request_id} has neither prompt nor prompt_tokens")
+        if tok is None:
+            ids = []
+        elif r.prompt is not None:
+            ids = tok.encode(r.prompt)
+        else:
+            from ssmkit.bench.quality import HELDOUT_TEXT
+
+            filler = tok.encode(HELDOUT_TEXT)
+            start = r.request_id * 97 % len(filler)
+            ids = (filler * ((start + r.prompt_tokens) // len(filler) + 1))[start:start + r.prompt_tokens]
+        if tok is not None and not ids:
+            raise ValueError(f"workload: request {r.request_id} has a prompt that encodes to 0 tokens")
+        jobs.append((r.request_id, ids, r.output_tokens))
+    return jobs
+
+
+def _profile_request(prof, model, request_id, ids: list[int], n_new: int, batch: int, temperature: float,
+                     seed) -> list:
+    """One request (`batch` copies of `ids`) under prof: the first generation step is the prefill, the rest are
+    decode steps, each tagged so. Returns the new tokens, one (batch,) tensor per step."""
+    import torch
+
+    from ssmkit.inference.generate import generate_steps
+
+    input_ids = torch.tensor([ids] * batch, dtype=torch.int64, device=model.embeddings.weight.device)
+    steps = generate_steps(model, input_ids, max_new_tokens=n_new, temperature=temperature, seed=seed,
+                           eos_token_id=[])
+    with prof.request(request_id):
+        with prof.phase("prefill"):
+            new = [next(steps).tokens]
+        with prof.phase("decode"):
+            new += [s.tokens for s in steps]
+    return new
 
 
 def _load(checkpoint: str, dtype: str | None, device: str | None, tokenizer: str | None):

@@ -93,3 +93,30 @@ def test_summary_and_report_commands_run_on_the_newest_run(profiled_db, tmp_path
     path = tmp_path / "report.html"
     assert trace_report_command(db, str(path)) == 0
     assert path.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_profile_workload_records_each_request_by_id_with_prefill_and_decode_tagged(tmp_path):
+    # Two replayed requests: a text prompt of 8 bytes with 3 new tokens, a synthetic 9-token prompt with 4.
+    (tmp_path / "log.jsonl").write_text('{"arrival_s": 0, "prompt": "hi there", "output_tokens": 3}\n'
+                                        '{"arrival_s": 1, "prompt_tokens": 9, "output_tokens": 4}\n')
+    (tmp_path / "w.yaml").write_text("replay: {path: log.jsonl}\n")
+    db = str(tmp_path / "trace.duckdb")
+    out = io.StringIO()
+    assert profile_command("preset:tiny-hybrid-moe", None, db=db, workload=str(tmp_path / "w.yaml"),
+                           tokenizer="byte", out=out) == 0
+    assert "of the last of 2 requests" in out.getvalue()
+    with TraceStore(db, read_only=True) as store:
+        rows = store.query("SELECT request_id, phase, step, min(seqlen), max(seqlen), count(*) FROM events "
+                           "GROUP BY ALL ORDER BY ALL")[1]
+    # One prefill call (step 0, the whole prompt) then output_tokens - 1 decode calls (the last token is not fed back).
+    n = len(UNITS)
+    assert rows == [(0, "decode", 1, 1, 1, n), (0, "decode", 2, 1, 1, n), (0, "prefill", 0, 8, 8, n),
+                    (1, "decode", 1, 1, 1, n), (1, "decode", 2, 1, 1, n), (1, "decode", 3, 1, 1, n),
+                    (1, "prefill", 0, 9, 9, n)]
+
+
+def test_profile_needs_exactly_one_of_prompt_and_workload(tmp_path):
+    with pytest.raises(ValueError, match="prompt, workload: expected exactly one of them"):
+        profile_command("preset:tiny-hybrid-moe", None, db=str(tmp_path / "x.duckdb"))
+    with pytest.raises(ValueError, match="prompt, workload: expected exactly one of them"):
+        profile_command("preset:tiny-hybrid-moe", "hi", db=str(tmp_path / "x.duckdb"), workload="w.yaml")
