@@ -18,7 +18,7 @@ def _as64(args, kwargs):
     return [a.double() for a in args], {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
 
-def _check_against_reference(args, kwargs, dtype=None):
+def check_against_reference(args, kwargs, dtype=None):
     """Parallel in the inputs' dtype against the float64 reference on the same (rounded) values."""
     y, h = selective_scan(*args, **kwargs, impl="parallel", return_final_state=True)
     args64, kwargs64 = _as64(args, kwargs)
@@ -50,13 +50,13 @@ CASES = {
 def test_parallel_matches_reference(case, dtype):
     batch, seqlen, dim, dstate, ngroups, options = CASES[case]
     args, kwargs = make_inputs(batch, seqlen, dim, dstate, ngroups, dtype, seed=len(case), **options)
-    _check_against_reference(args, kwargs)
+    check_against_reference(args, kwargs)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_parallel_low_precision_computes_in_float32_and_returns_input_dtype(dtype):
     args, kwargs = make_inputs(2, 40, 8, 4, 2, dtype, seed=3)
-    _check_against_reference(args, kwargs)
+    check_against_reference(args, kwargs)
     _, h = selective_scan(*args, **kwargs, impl="parallel", return_final_state=True)
     assert h.dtype == torch.float32
 
@@ -66,7 +66,7 @@ def test_parallel_matches_reference_when_the_sequence_spans_several_chunks(seqle
     monkeypatch.setattr(parallel_mod, "CHUNK_ELEMENTS", 1)
     monkeypatch.setattr(parallel_mod, "MIN_CHUNK_LEN", 4)
     args, kwargs = make_inputs(2, seqlen, 6, 3, 2, torch.float64, seed=seqlen)
-    _check_against_reference(args, kwargs)
+    check_against_reference(args, kwargs)
 
 
 @settings(max_examples=25, deadline=None)
@@ -83,7 +83,7 @@ def test_parallel_matches_reference_on_awkward_shapes(batch, seqlen, ngroups, pe
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(parallel_mod, "CHUNK_ELEMENTS", 1)
         mp.setattr(parallel_mod, "MIN_CHUNK_LEN", min_chunk)
-        _check_against_reference(args, kwargs)
+        check_against_reference(args, kwargs)
 
 
 def _grads(args, kwargs, impl, seed=0):

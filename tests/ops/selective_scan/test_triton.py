@@ -129,7 +129,7 @@ def scan_run(fn, inp, dout=None, dfinal=None, dtype=None):
     return y.detach(), final.detach(), grads
 
 
-def scan_check(inp, grads=True, oracle=None, seed=1):
+def check_scan(inp, grads=True, oracle=None, seed=1):
     """Triton vs the float64 oracle (the reference loop by default): y, final state and every gradient."""
     from ssmkit.ops.selective_scan import selective_scan_reference
     from ssmkit.ops.selective_scan.triton import selective_scan_triton
@@ -169,7 +169,7 @@ def case_shapes():
     """y, final state and all nine gradients vs the float64 loop, for each shape in SHAPES."""
     for name, (*shape, flags) in SHAPES.items():
         try:
-            scan_check(scan_inputs(*shape, seed=shape[1], **flags))
+            check_scan(scan_inputs(*shape, seed=shape[1], **flags))
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
 
@@ -204,7 +204,7 @@ def _reference():
 
 def case_float16():
     """float16 activations with float32 parameters (as in a Mamba layer) stay within the float16 rows."""
-    scan_check(scan_inputs(2, 33, 8, 16, 1, dtype=torch.float16, seed=4))
+    check_scan(scan_inputs(2, 33, 8, 16, 1, dtype=torch.float16, seed=4))
 
 
 def case_strided_inputs():
@@ -234,7 +234,7 @@ def case_awkward_shapes():
            dstate=st.sampled_from([1, 5, 16]), softplus=st.booleans())
     def run_one(seqlen, dim_groups, dstate, softplus):
         dim, ngroups = dim_groups
-        scan_check(scan_inputs(1, seqlen, dim, dstate, ngroups, seed=seqlen, dt_softplus=softplus), grads=False)
+        check_scan(scan_inputs(1, seqlen, dim, dstate, ngroups, seed=seqlen, dt_softplus=softplus), grads=False)
 
     run_one()
 
@@ -387,7 +387,7 @@ def gpu_oracle(**kw):
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{str(c[0])[6:]}-b{c[1]}-L{c[2]}-d{c[3]}-n{c[4]}-g{c[5]}")
 def test_triton_scan_matches_float64_outputs_state_and_gradients_on_gpu(case):
     dtype, *shape, flags = case
-    scan_check(scan_inputs(*shape, dtype=dtype, device="cuda", seed=shape[1], **flags), oracle=gpu_oracle)
+    check_scan(scan_inputs(*shape, dtype=dtype, device="cuda", seed=shape[1], **flags), oracle=gpu_oracle)
 
 
 def _config_params():

@@ -43,41 +43,41 @@ def interpreted():
     return results
 
 
-def _expect(interpreted, name):
+def expect_passed(interpreted, name):
     ok, message = interpreted[name]
     assert ok, message
 
 
 def test_interpreted_triton_matches_recurrent_outputs_states_and_all_gradients_across_shapes(interpreted):
-    _expect(interpreted, "shapes")
+    expect_passed(interpreted, "shapes")
 
 
 def test_interpreted_triton_resets_state_at_packed_sequence_boundaries(interpreted):
-    _expect(interpreted, "varlen")
+    expect_passed(interpreted, "varlen")
 
 
 def test_interpreted_triton_segments_compute_the_same_function_as_one_walk(interpreted):
-    _expect(interpreted, "segments")
+    expect_passed(interpreted, "segments")
 
 
 def test_interpreted_triton_float16_within_float16_tolerances(interpreted):
-    _expect(interpreted, "float16")
+    expect_passed(interpreted, "float16")
 
 
 def test_interpreted_triton_decay_gradient_through_final_state_has_float32_accuracy(interpreted):
-    _expect(interpreted, "final_state_decay_gradient")
+    expect_passed(interpreted, "final_state_decay_gradient")
 
 
 def test_interpreted_triton_forward_matches_recurrent_for_awkward_shapes(interpreted):
-    _expect(interpreted, "awkward_shapes")
+    expect_passed(interpreted, "awkward_shapes")
 
 
 def test_interpreted_triton_step_updates_strided_state_slots_in_place(interpreted):
-    _expect(interpreted, "step")
+    expect_passed(interpreted, "step")
 
 
 def test_interpreted_ssd_dispatch_runs_triton_and_falls_back_for_float64(interpreted):
-    _expect(interpreted, "dispatch")
+    expect_passed(interpreted, "dispatch")
 
 
 # ---------------------------------------------------------------- GPU
@@ -102,7 +102,7 @@ def gpu_reference(inp, cu_seqlens=None, dout=None, dfinal=None):
     return reference(inp, cu_seqlens=cu_seqlens, dout=dout, dfinal=dfinal, oracle=oracle)
 
 
-def _run_gpu_case(inp, nseq, cu_seqlens, dtype, chunk_size=64):
+def check_gpu_case(inp, nseq, cu_seqlens, dtype, chunk_size=64):
     import ssmkit.ops.ssd.triton as mod
     from tests.ops.ssd.triton_cases import run_triton
 
@@ -119,7 +119,7 @@ def _run_gpu_case(inp, nseq, cu_seqlens, dtype, chunk_size=64):
 def test_triton_matches_float64_outputs_states_and_gradients_on_gpu(case):
     dtype, *shape, extras = case
     inp = make_inputs(*shape, dtype=dtype, device="cuda", seed=shape[1], **extras)
-    _run_gpu_case(inp, shape[0], None, dtype)
+    check_gpu_case(inp, shape[0], None, dtype)
 
 
 @pytest.mark.gpu
@@ -129,7 +129,7 @@ def test_triton_many_short_packed_sequences_match_float64_on_gpu(dtype):
     lengths = torch.randint(0, 90, (60,), generator=g).tolist() + [700]
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
     inp = make_inputs(1, int(cu[-1]), 8, 64, 2, 64, dtype=dtype, device="cuda", nseq=len(lengths), seed=12)
-    _run_gpu_case(inp, len(lengths), cu, dtype)
+    check_gpu_case(inp, len(lengths), cu, dtype)
 
 
 CONFIG_SHAPES = [
