@@ -2,7 +2,8 @@
 
 Expert weights are stored fused as in transformers 5.x: experts.gate_up_proj (n_experts, 2 d_ff, d_model) and
 experts.down_proj (n_experts, d_model, d_ff); the router is router.weight (n_experts, d_model), Jamba's name.
-After every call the module exposes `last_expert_counts` and `aux_loss` (the Switch load-balancing loss).
+After every call the module exposes `last_expert_counts`, `aux_loss` (the Switch load-balancing loss) and, with a
+capacity factor, `last_capacity`, `last_overflow` and `last_dropped` (per expert).
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ class MoE(nn.Module):
     chosen, not their weights (the auxiliary-loss-free balancing of DeepSeek-V3), so a profiler can tune it.
     The capacity factor drops assignments past ceil(factor * tokens * top_k / n_experts) per expert, in token
     order, in training mode only: at inference a token's output must not depend on the other tokens of the batch,
-    or prefill and token-by-token decode would differ.
+    or prefill and token-by-token decode would differ. `set_capacity_factors` gives each expert its own factor
+    (a plain attribute, neither in checkpoints nor cast by .to(dtype), so capacities stay exact); None (the default) uses moe_capacity_factor for all.
+    An assignment over its expert's capacity is dropped, not rerouted to the token's next choice (as Switch and
+    GShard do): the token keeps its other chosen experts at their unchanged weights, and a dropped top-1 token
+    passes through the block's residual only.
     """
 
     def __init__(self, config):
@@ -49,8 +54,23 @@ class MoE(nn.Module):
         self.router = nn.Linear(config.d_model, config.n_experts, bias=False)
         self.experts = Experts(config.n_experts, config.d_model, config.d_ff)
         self.register_buffer("router_bias", torch.zeros(config.n_experts))
+        self.capacity_factors: tuple[float, ...] | None = None
         self.last_expert_counts: torch.Tensor | None = None
         self.aux_loss: torch.Tensor | None = None
+        self.last_capacity: torch.Tensor | None = None
+        self.last_overflow: torch.Tensor | None = None
+        self.last_dropped: torch.Tensor | None = None
+
+    def set_capacity_factors(self, factors) -> None:
+        """Per-expert capacity factors: a sequence or tensor of n_experts values > 0, or None for the layer's single
+        moe_capacity_factor (which may itself be None: no capacity)."""
+        if factors is None:
+            self.capacity_factors = None
+            return
+        f = tuple(float(v) for v in (factors.tolist() if isinstance(factors, torch.Tensor) else factors))
+        if len(f) != self.n_experts or not all(math.isfinite(v) and v > 0 for v in f):
+            raise ValueError(f"factors: expected None or {self.n_experts} finite values > 0, got {factors!r}")
+        self.capacity_factors = f
 
     def route(self, x: torch.Tensor):
         """x (tokens, d_model) -> probs (tokens, n_experts) in float32 (float64 kept), top-k index (tokens, k),
@@ -76,11 +96,13 @@ class MoE(nn.Module):
         flat = index.reshape(-1)  # (tokens * k,), assignment a belongs to token a // k
         order = torch.argsort(flat, stable=True)  # grouped by expert, token order kept inside a group
         per_expert = torch.bincount(flat, minlength=self.n_experts).tolist()
-        capacity = self._capacity(x.shape[0])
+        capacity = self.expert_capacity(x.shape[0])
+        self._record_capacity(per_expert, capacity)
+        enforce = capacity is not None and self.training
         out = torch.zeros_like(x)
         for e, assignments in enumerate(order.split(per_expert)):
-            if capacity is not None:
-                assignments = assignments[:capacity]
+            if enforce:
+                assignments = assignments[:capacity[e]]
             if assignments.numel() == 0:
                 continue
             tokens = assignments // self.top_k
@@ -88,10 +110,26 @@ class MoE(nn.Module):
             out.index_add_(0, tokens, y)
         return out.reshape(shape)
 
-    def _capacity(self, n_tokens: int) -> int | None:
-        if self.capacity_factor is None or not self.training:
+    def expert_capacity(self, n_tokens: int) -> list[int] | None:
+        """Assignments each expert may take in a call of n_tokens tokens, ceil(factor_e * n_tokens * top_k /
+        n_experts) per expert e, whatever the mode (None without any factor)."""
+        if self.capacity_factors is not None:
+            factors = self.capacity_factors
+        elif self.capacity_factor is not None:
+            factors = [self.capacity_factor] * self.n_experts
+        else:
             return None
-        return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
+        return [capacity_from_factor(f, n_tokens, self.top_k, self.n_experts) for f in factors]
+
+    def _record_capacity(self, per_expert: list[int], capacity: list[int] | None) -> None:
+        """last_capacity, last_overflow (assignments past capacity, padding included as it takes capacity too) and
+        last_dropped (the overflow in training mode, zeros at inference), each (n_experts,) int64 on the CPU."""
+        if capacity is None:
+            self.last_capacity = self.last_overflow = self.last_dropped = None
+            return
+        self.last_capacity = torch.tensor(capacity, dtype=torch.int64)
+        self.last_overflow = (torch.tensor(per_expert, dtype=torch.int64) - self.last_capacity).clamp(min=0)
+        self.last_dropped = self.last_overflow.clone() if self.training else torch.zeros_like(self.last_overflow)
 
     def _record(self, probs: torch.Tensor, index: torch.Tensor, valid: torch.Tensor | None) -> None:
         """Per-expert assignment counts and the load-balancing loss n_experts * sum_e f_e P_e over real tokens,
@@ -103,3 +141,8 @@ class MoE(nn.Module):
         n = w.sum().clamp(min=1.0)
         self.last_expert_counts = counts.detach().round().long()
         self.aux_loss = self.n_experts * torch.sum((counts / n) * (probs * w[:, None]).sum(0) / n)
+
+
+def capacity_from_factor(factor: float, n_tokens: int, top_k: int, n_experts: int) -> int:
+    """ceil(factor * n_tokens * top_k / n_experts): an expert's share of the call's assignments, times factor."""
+    return math.ceil(factor * n_tokens * top_k / n_experts)
