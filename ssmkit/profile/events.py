@@ -6,7 +6,6 @@ MoERouting record per MoE call. The store's `events` and `moe_routing` tables ha
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 # Mixer kinds and feed-forward kinds of ModelConfig; "all_to_all" is the exchange of an expert-parallel MoE layer.
@@ -41,9 +40,11 @@ class MoERouting:
     """Routing of one MoE call (call_id of its LayerEvent).
 
     expert_counts[e]: token assignments to expert e (top_k per token). imbalance: max / mean of the counts (1 =
-    balanced; None when no token was routed). capacity: ceil(capacity_factor * tokens * top_k / n_experts), the
-    layer's own factor or the profiler's; over_capacity: assignments past it summed over experts; dropped: the
-    assignments the layer actually dropped (MoE drops only in training mode). router_ns / expert_ns: time in
+    balanced; None when no token was routed). expert_capacity[e]: the layer's MoE.last_capacity (its own factor
+    or per-expert factors), else ceil(factor * tokens * top_k / n_experts) with the profiler's factor;
+    capacity: their common value (None when experts differ or there is no factor); expert_overflow[e]: the
+    layer's MoE.last_overflow, else counts past the profiler's capacity; over_capacity: their sum; dropped: the
+    assignments the layer actually dropped (MoE.last_dropped: MoE drops only in training mode). router_ns / expert_ns: time in
     MoE.route and in the rest of the call; exchange_ns: all-to-all time of an expert-parallel layer (None when the
     layer is not split over ranks).
     """
@@ -57,6 +58,8 @@ class MoERouting:
     capacity: int | None
     over_capacity: int
     dropped: int
+    expert_capacity: list[int] | None
+    expert_overflow: list[int] | None
     router_ns: int | None
     expert_ns: int | None
     exchange_ns: int | None
@@ -80,14 +83,3 @@ def imbalance(counts: list[int]) -> float | None:
     total = sum(counts)
     return None if total == 0 else max(counts) * len(counts) / total
 
-
-def expert_capacity(capacity_factor: float | None, n_tokens: int, top_k: int, n_experts: int) -> int | None:
-    """Assignments one expert may take: ceil(factor * tokens * top_k / n_experts), as MoE._capacity computes it."""
-    if capacity_factor is None:
-        return None
-    return math.ceil(capacity_factor * n_tokens * top_k / n_experts)
-
-
-def over_capacity(counts: list[int], capacity: int | None) -> int:
-    """Assignments past the capacity, summed over experts (0 without a capacity)."""
-    return 0 if capacity is None else sum(max(0, c - capacity) for c in counts)

@@ -19,8 +19,8 @@ from ssmkit.layers.moe import MoE
 class ExpertParallelMoE(nn.Module):
     """The experts [rank * n_local, (rank + 1) * n_local) of `moe` on this rank; the router on every rank.
 
-    Attributes the Profiler reads (n_experts, top_k, capacity_factor, last_expert_counts) mirror MoE's.
-    Inference only: no capacity dropping, no auxiliary loss.
+    Attributes the Profiler reads (n_experts, top_k, last_expert_counts, last_capacity, last_overflow,
+    last_dropped) mirror MoE's. Inference only: capacity is reported, never enforced (last_dropped is zeros).
     """
 
     def __init__(self, moe: MoE, group=None):
@@ -41,6 +41,7 @@ class ExpertParallelMoE(nn.Module):
         self._moe = [moe]  # routing is delegated, the module itself not registered (its experts are not held)
         self.last_expert_counts: torch.Tensor | None = None
         self.aux_loss: torch.Tensor | None = None
+        self.last_capacity = self.last_overflow = self.last_dropped = None
 
     def route(self, x: torch.Tensor):
         """MoE.route of the wrapped layer: probs, top-k index (tokens, k), weights (tokens, k)."""
@@ -67,6 +68,16 @@ class ExpertParallelMoE(nn.Module):
         self.last_expert_counts = counts.round().long()
         self.aux_loss = self.n_experts * torch.sum((counts / n) * (probs * w[:, None]).sum(0) / n)
 
+    def _record_capacity(self, per_expert: torch.Tensor, n_tokens: int) -> None:
+        """last_capacity / last_overflow of this rank's tokens under the wrapped MoE's factors; nothing dropped."""
+        capacity = self._moe[0].expert_capacity(n_tokens)
+        if capacity is None:
+            self.last_capacity = self.last_overflow = self.last_dropped = None
+            return
+        self.last_capacity = torch.tensor(capacity, dtype=torch.int64)
+        self.last_overflow = (per_expert.cpu() - self.last_capacity).clamp(min=0)
+        self.last_dropped = torch.zeros_like(self.last_overflow)
+
     def forward(self, hidden: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (batch, seqlen, d_model) or (batch, d_model) -> the same shape. Every rank of the group must
         call it the same number of times (the all-to-alls are collective)."""
@@ -78,6 +89,7 @@ class ExpertParallelMoE(nn.Module):
         # 1. counts per (destination rank, local expert), so receivers know how their rows split over experts
         order = torch.argsort(flat, stable=True)  # grouped by expert, hence by destination rank
         per_expert = torch.bincount(flat, minlength=self.n_experts)
+        self._record_capacity(per_expert, x.shape[0])
         recv_counts = self.exchange(per_expert.reshape(self.world, self.n_local), [1] * self.world,
                                     [1] * self.world)  # (world, n_local): rows from each source rank
         send_splits = per_expert.reshape(self.world, self.n_local).sum(1).tolist()

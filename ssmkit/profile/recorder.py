@@ -21,9 +21,11 @@ from pathlib import Path
 import duckdb
 import torch
 
+from ssmkit.layers.moe import capacity_from_factor
+
 from . import kernels as kernel_detail
 from .clocks import CpuClock, make_clock
-from .events import expert_capacity, imbalance, infer_phase, over_capacity
+from .events import imbalance, infer_phase
 from .store import TraceStore
 
 
@@ -37,7 +39,8 @@ class Profiler:
         batch_size: events per write; a write is one transaction, so an interrupted run keeps every written one.
         flush_interval_s: also write when this much time passed since the last write (slow models).
         clock: "auto" (CUDA events on a CUDA model, else the CPU clock), "cpu" or "cuda".
-        moe_capacity_factor: used for MoERouting.capacity where the layer has none of its own.
+        moe_capacity_factor: the capacity factor of MoERouting's capacity columns for a layer without one of its
+            own (a layer with a factor reports its own last_capacity / last_overflow / last_dropped); None: none.
         background: write batches from a worker thread, so the commit is off the decode path.
         kernels: also run torch.profiler and attribute each aten op / GPU kernel to the layer call that ran it
             (the kernels table, written at exit; much slower: for looking inside a layer, not for timing).
@@ -244,7 +247,8 @@ class Profiler:
         moe = None
         if kind == "moe":
             moe = (module.last_expert_counts, batch * seqlen, module.n_experts, module.top_k,
-                   module.capacity_factor, module.training, route, exchanges)
+                   getattr(module, "last_capacity", None), getattr(module, "last_overflow", None),
+                   getattr(module, "last_dropped", None), route, exchanges)
         if self._immediate:  # CPU: resolve now, so a flush has nothing left to compute
             self._events.append(row + (start - self._origin, end - start))
             if moe is not None:
@@ -291,17 +295,23 @@ class Profiler:
             self._writes.append(self._writer.submit(self.store.write_batch, events, moe_rows))
 
     def _moe_row(self, row: tuple, duration: int, moe: tuple) -> tuple:
-        counts_tensor, n_tokens, n_experts, top_k, layer_factor, training, route, exchanges = moe
+        counts_tensor, n_tokens, n_experts, top_k, layer_capacity, layer_overflow, layer_dropped, route, \
+            exchanges = moe
         counts = [0] * n_experts if counts_tensor is None else [int(c) for c in counts_tensor.tolist()]
-        factor = layer_factor if layer_factor is not None else self.moe_capacity_factor
-        capacity = expert_capacity(factor, n_tokens, top_k, n_experts)
-        over = over_capacity(counts, capacity)
-        dropped = over if (training and layer_factor is not None) else 0
+        caps = overflow = None
+        dropped = 0
+        if layer_capacity is not None:
+            caps, overflow = layer_capacity.tolist(), layer_overflow.tolist()
+            dropped = 0 if layer_dropped is None else int(layer_dropped.sum())
+        elif self.moe_capacity_factor is not None:
+            caps = [capacity_from_factor(self.moe_capacity_factor, n_tokens, top_k, n_experts)] * n_experts
+            overflow = [max(0, c - cap) for c, cap in zip(counts, caps)]
+        capacity = caps[0] if caps and len(set(caps)) == 1 else None
         router_ns = None if route is None else self.clock.elapsed_ns(*route)
         exchange_ns = sum(self.clock.elapsed_ns(*pair) for pair in exchanges) if exchanges else None
         expert_ns = None if router_ns is None else duration - router_ns - (exchange_ns or 0)
-        return (row[0], row[1], row[5], n_tokens, counts, imbalance(counts), capacity, over, dropped,
-                router_ns, expert_ns, exchange_ns)
+        return (row[0], row[1], row[5], n_tokens, counts, imbalance(counts), capacity, sum(overflow or []), dropped,
+                caps, overflow, router_ns, expert_ns, exchange_ns)
 
 
 def _model_info(model) -> dict:

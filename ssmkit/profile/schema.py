@@ -1,11 +1,11 @@
-"""The trace store's SQL schema, version 1 (DuckDB dialect). README.md in this folder describes every column.
+"""The trace store's SQL schema, version 2 (DuckDB dialect). README.md in this folder describes every column.
 
 A store records its version in `meta`; opening a store of another version is refused, never silently migrated.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES = {
     "meta": """
@@ -49,9 +49,11 @@ TABLES = {
             n_tokens INTEGER NOT NULL,
             expert_counts INTEGER[] NOT NULL,
             imbalance DOUBLE,              -- max / mean of expert_counts
-            capacity INTEGER,
+            capacity INTEGER,              -- the experts' common capacity; NULL when they differ or there is none
             over_capacity INTEGER NOT NULL,
             dropped INTEGER NOT NULL,
+            expert_capacity INTEGER[],     -- per expert (version 2)
+            expert_overflow INTEGER[],     -- assignments past each expert's capacity (version 2)
             router_ns BIGINT,
             expert_ns BIGINT,
             exchange_ns BIGINT             -- all-to-all time (expert-parallel layers only)

@@ -82,7 +82,7 @@ def test_a_file_that_is_not_a_trace_store_is_refused_with_its_schema(tmp_path):
 
     path = tmp_path / "other.duckdb"
     duckdb.connect(str(path)).execute("CREATE TABLE t (x INTEGER)").close()
-    with pytest.raises(ValueError, match="expected an ssmkit trace store of schema version 1, got no ssmkit schema"):
+    with pytest.raises(ValueError, match="expected an ssmkit trace store of schema version 2, got no ssmkit schema"):
         TraceStore(path, read_only=True)
 
 

@@ -105,8 +105,31 @@ def test_moe_routing_counts_equal_an_independent_top_k_of_the_router_inputs():
         capacity = -(-5 * x.shape[0] * CONFIG.moe_top_k // (4 * CONFIG.n_experts))  # ceil(1.25 t k / E)
         assert row["capacity"] == capacity
         assert row["over_capacity"] == int((expected - capacity).clamp(min=0).sum())
+        assert row["expert_capacity"] == [capacity] * CONFIG.n_experts
+        assert row["expert_overflow"] == (expected - capacity).clamp(min=0).tolist()
         assert row["dropped"] == 0  # eval mode never drops
         assert 0 < row["router_ns"] and 0 < row["expert_ns"]
+
+
+def test_moe_routing_reports_the_layers_own_per_expert_capacities_and_drops_in_training():
+    model = tiny_hybrid()
+    moe = model.layers[3].ff
+    moe.set_capacity_factors([0.5, 1.0, 2.0, 0.25])
+    inputs = []
+    handle = moe.register_forward_pre_hook(lambda m, args: inputs.append(args[0].reshape(-1, CONFIG.d_model)))
+    with Profiler(model) as prof, torch.no_grad():
+        model.train()(prompt(batch=3, seqlen=5))
+    handle.remove()
+    row = prof.store.rows("SELECT * FROM moe_routing WHERE layer_idx = 3")[0]
+    probs = torch.softmax(inputs[0] @ moe.router.weight.T, dim=-1)
+    counts = torch.bincount(probs.topk(2, dim=-1).indices.flatten(), minlength=4)
+    # 15 tokens x top-2 / 4 experts = 7.5 per expert: ceil(3.75, 7.5, 15, 1.875) = (4, 8, 15, 2)
+    capacity = torch.tensor([4, 8, 15, 2])
+    overflow = (counts - capacity).clamp(min=0)
+    assert row["expert_capacity"] == capacity.tolist() and row["capacity"] is None  # the experts differ
+    assert row["expert_overflow"] == overflow.tolist()
+    assert row["over_capacity"] == row["dropped"] == int(overflow.sum())  # training mode drops the overflow
+    assert int(overflow.sum()) > 0  # the routing does overflow, so the check above has something to count
 
 
 def test_profiling_leaves_outputs_unchanged_and_removes_every_hook():
