@@ -57,7 +57,7 @@ def profile_command(checkpoint: str, prompt: str | None = None, max_new_tokens: 
             new = _profile_request(prof, model, request_id, ids, n_new, batch, temperature, seed)
     ids_out = [int(t[0]) for t in new]
     try:
-        completion = repr(tok.decode(ids + ids_out))
+        completion = repr((prompt if workload is None else tok.decode(ids)) + tok.decode(ids_out))
     except ValueError:  # a random-weight preset emits ids the byte tokenizer has no text for
         completion = f"token ids {ids_out}"
     what = "completion" if workload is None else f"completion of the last of {len(jobs)} requests"
