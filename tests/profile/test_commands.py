@@ -120,3 +120,19 @@ def test_profile_needs_exactly_one_of_prompt_and_workload(tmp_path):
         profile_command("preset:tiny-hybrid-moe", None, db=str(tmp_path / "x.duckdb"))
     with pytest.raises(ValueError, match="prompt, workload: expected exactly one of them"):
         profile_command("preset:tiny-hybrid-moe", "hi", db=str(tmp_path / "x.duckdb"), workload="w.yaml")
+
+
+def test_workload_prompts_are_the_token_ids_the_benchmarker_sends():
+    from ssmkit.bench.runner import Benchmarker
+    from ssmkit.bench.workload import Request, Workload
+    from ssmkit.io import ByteTokenizer
+    from ssmkit.profile.commands import workload_jobs
+
+    tok = ByteTokenizer(specials=(), eos_token=None)
+    requests = [Request(0, 2, prompt="a text prompt"), Request(1, 3, prompt_tokens=40),
+                Request(7, 1, prompt_tokens=2000)]  # longer than the held-out text: it wraps around
+    bench = Benchmarker(tiny_hybrid(), tok, "tiny", quality=False)
+    jobs = workload_jobs(Workload("w", requests), tok)
+    assert [(rid, n) for rid, _, n in jobs] == [(0, 2), (1, 3), (7, 1)]
+    assert [ids for _, ids, _ in jobs] == [bench.prompt_ids(r) for r in requests]
+    assert len(jobs[2][1]) == 2000
