@@ -15,6 +15,7 @@ from .models import prompt, tiny_hybrid
 
 ROWS_PER_RANK = 2
 NEW_TOKENS = 5
+CAPACITY_FACTORS = (0.5, 1.0, 2.0, 0.25)  # layer 3's per-expert factors (reported at inference, not enforced)
 
 
 def run(rank: int, world: int, folder: str, port: int) -> None:
@@ -22,6 +23,7 @@ def run(rank: int, world: int, folder: str, port: int) -> None:
     try:
         torch.set_num_threads(1)
         model = tiny_hybrid(dtype=torch.float64)
+        model.layers[3].ff.set_capacity_factors(CAPACITY_FACTORS)
         ids = prompt(batch=ROWS_PER_RANK * world, seqlen=7)
         with torch.no_grad():
             expected_logits = model(ids)

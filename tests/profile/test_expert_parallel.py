@@ -35,3 +35,13 @@ def test_two_gloo_ranks_equal_the_single_process_model_and_record_every_all_to_a
             assert len(rows) == moe_calls
             for exchange_ns, total, n, after_start, before_end in rows:
                 assert n == 3 and exchange_ns == total and exchange_ns > 0 and after_start and before_end
+            # Capacities per call of n tokens, top-2 over 4 experts (n / 2 per expert): layer 3 reports its own
+            # factors (1/2, 1, 2, 1/4) -> ceil(n/4, n/2, n, n/8); layer 1 has none, so the profiler's 1.25 ->
+            # ceil(5n/8). Nothing is dropped at inference.
+            for layer, n_tokens, counts, capacity, overflow, dropped in store.query(
+                    "SELECT layer_idx, n_tokens, expert_counts, expert_capacity, expert_overflow, dropped "
+                    "FROM moe_routing")[1]:
+                n = n_tokens
+                expected = [-(-n // 4), -(-n // 2), n, -(-n // 8)] if layer == 3 else [-(-5 * n // 8)] * 4
+                assert capacity == expected and dropped == 0
+                assert overflow == [max(0, c - cap) for c, cap in zip(counts, expected)]
