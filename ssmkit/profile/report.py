@@ -119,23 +119,26 @@ def _timeline(store: TraceStore, run_id: int, request_id: int | None, max_steps:
 
 
 def _expert_load(store: TraceStore, run_id: int) -> str:
-    rows = store.query("SELECT layer_idx, list(expert_counts), avg(imbalance), max(imbalance), sum(over_capacity) "
-                       "FROM moe_routing WHERE run_id = ? GROUP BY ALL ORDER BY layer_idx", [run_id])[1]
+    rows = store.query("SELECT layer_idx, list(expert_counts), avg(imbalance), max(imbalance), sum(over_capacity), "
+                       "sum(dropped), list(expert_overflow) FROM moe_routing WHERE run_id = ? GROUP BY ALL "
+                       "ORDER BY layer_idx", [run_id])[1]
     if not rows:
         return "<h2>Expert load</h2><p class=\"note\">no MoE layer in this run</p>"
     matrix, labels, stats = [], [], []
-    for layer_idx, counts, mean_imb, max_imb, over in rows:
+    for layer_idx, counts, mean_imb, max_imb, over, dropped, overflows in rows:
         totals = [sum(c[e] for c in counts) for e in range(len(counts[0]))]
+        per_expert = [sum(o[e] for o in overflows if o) for e in range(len(counts[0]))]
         mean = sum(totals) / len(totals) or 1.0
         matrix.append([t / mean for t in totals])
         labels.append(f"layer {layer_idx}")
-        stats.append([f"layer {layer_idx}", len(counts), f"{mean_imb or 0:.2f}", f"{max_imb or 0:.2f}", over])
+        stats.append([f"layer {layer_idx}", len(counts), f"{mean_imb or 0:.2f}", f"{max_imb or 0:.2f}", over,
+                      " ".join(map(str, per_expert)), dropped])
     n_experts = max(len(r) for r in matrix)
     return ("<h2>Expert load</h2>"
             + svg.heatmap(matrix, labels, [f"e{e}" for e in range(n_experts)],
                           "tokens routed to each expert / the layer's mean (1 = balanced)")
-            + _table(["MoE layer", "calls", "mean max/mean", "worst max/mean", "assignments over capacity"],
-                     stats))
+            + _table(["MoE layer", "calls", "mean max/mean", "worst max/mean", "assignments over capacity",
+                      "over capacity per expert", "dropped"], stats))
 
 
 def _outliers(s: Summary) -> str:

@@ -4,6 +4,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
+import torch
 
 from ssmkit.inference import generate
 from ssmkit.profile import Profiler, TraceStore
@@ -63,3 +64,21 @@ def test_report_opens_in_headless_chromium_with_every_chart_rendered(report):
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = proc.stdout
     assert dom.count("<svg") == 5 and "Expert load" in dom and "Timeline of one request" in dom
+
+
+def test_expert_load_table_sums_overflow_per_expert_and_drops_over_the_run(tmp_path):
+    model = tiny_hybrid()
+    model.layers[3].ff.set_capacity_factors([0.5, 1.0, 2.0, 0.25])
+    store = TraceStore()
+    with Profiler(model, store) as prof, torch.no_grad():
+        model.train()
+        for seed in range(3):  # training mode: layer 3 drops its overflow
+            model(prompt(batch=3, seqlen=5, seed=seed))
+    html = write_report(store, tmp_path / "r.html", prof.run_id).read_text()
+    rows = store.rows("SELECT expert_overflow, dropped FROM moe_routing WHERE layer_idx = 3")
+    per_expert = [sum(r["expert_overflow"][e] for r in rows) for e in range(4)]
+    dropped = sum(r["dropped"] for r in rows)
+    assert dropped == sum(per_expert) > 0
+    cells = re.search(r"<tr><td[^>]*>layer 3</td>(.*?)</tr>", html).group(1)
+    values = re.findall(r"<td[^>]*>(.*?)</td>", cells)
+    assert values[-3:] == [str(dropped), " ".join(map(str, per_expert)), str(dropped)]
