@@ -257,7 +257,8 @@ def add_memory(sub):
 def add_profile(sub):
     p = sub.add_parser("profile", help="generate under the per-layer profiler, recording every layer call")
     p.add_argument("checkpoint", help="checkpoint folder, or preset:NAME for random weights")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", default=None, help="the prompt to generate from (or --workload)")
+    p.add_argument("--workload", default=None, help="a bench workload YAML: profile each of its requests once")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--db", default="trace.duckdb")
     p.add_argument("--requests", type=int, default=1)
@@ -273,7 +274,7 @@ def add_profile(sub):
 
         return profile_command(args.checkpoint, args.prompt, args.max_new_tokens, args.db, run_name=args.run_name,
                                requests=args.requests, batch=args.batch, dtype=args.dtype, device=args.device,
-                               tokenizer=args.tokenizer, report=args.report)
+                               tokenizer=args.tokenizer, report=args.report, workload=args.workload)
 
     p.set_defaults(handler=handler)
 
