@@ -2,13 +2,17 @@
 
 Each rank scans its slice from a zero state, the ranks exchange (final state, total decay) in one all-gather, each
 composes the state entering its slice, and adds that state's contribution: SSD is linear in its initial state.
+SequenceParallelMamba2 runs a whole Mamba-2 mixer this way (its causal conv reads a halo of the previous slice).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
+from ssmkit.layers import Mamba2
+from ssmkit.ops.conv1d import causal_conv1d
 from ssmkit.ops.ssd import ssd
 from ssmkit.ops.ssd.pointwise import effective_dt, heads_from_groups, skip_and_gate
 
@@ -121,3 +125,66 @@ def ssd_sequence_parallel(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_so
     if not return_final_state:
         return y
     return y, torch.exp(total)[..., None, None] * h_in + local_final
+
+
+class _PreviousRows(torch.autograd.Function):
+    """tail (batch, k, channels), this slice's last k rows -> the previous rank's last k rows (zeros on rank 0,
+    which is what the causal conv's left zero padding reads). One all-gather forward, one all-reduce backward."""
+
+    @staticmethod
+    def forward(ctx, tail, group):
+        ctx.group, ctx.rank, ctx.world = group, dist.get_rank(group), dist.get_world_size(group)
+        parts = [torch.empty_like(tail) for _ in range(ctx.world)]
+        dist.all_gather(parts, tail.contiguous(), group=group)
+        return parts[ctx.rank - 1] if ctx.rank > 0 else torch.zeros_like(tail)
+
+    @staticmethod
+    def backward(ctx, grad):
+        slots = grad.new_zeros(ctx.world, *grad.shape)  # slot s: the gradient of rank s's tail
+        if ctx.rank > 0:
+            slots[ctx.rank - 1] = grad
+        dist.all_reduce(slots, group=ctx.group)
+        return slots[ctx.rank], None
+
+
+class SequenceParallelMamba2(nn.Module):
+    """A Mamba-2 mixer (`inner`, full weights, the same on every rank) run on this rank's slice of the sequence.
+
+    The depthwise causal conv reads d_conv - 1 rows of the previous slice (exchanged as a halo); SSD passes its
+    state through ssd_sequence_parallel. Everything else in the block is position-wise. No decode state, padding
+    mask or cu_seqlens: sequence parallelism is for training on long sequences.
+    """
+
+    def __init__(self, inner: Mamba2, group=None):
+        super().__init__()
+        self.inner = inner
+        self.group = group
+
+    def forward(self, hidden, state=None, key_padding_mask=None, *, cu_seqlens=None):
+        """hidden (batch, L_r, d_model), this rank's slice (L_r >= d_conv - 1) -> (batch, L_r, d_model)."""
+        if state is not None or key_padding_mask is not None or cu_seqlens is not None:
+            raise ValueError("state: sequence parallel Mamba-2 takes no state, key_padding_mask or cu_seqlens")
+        m, (batch, seqlen, _) = self.inner, hidden.shape
+        k = m.conv1d.kernel_size[0] - 1
+        if seqlen < k:
+            raise ValueError(f"hidden: each rank's slice needs at least d_conv - 1 = {k} positions, got {seqlen}")
+        z, xBC, dt = m.in_proj(hidden).split([m.d_inner, m.conv_dim, m.nheads], dim=-1)
+        halo = _PreviousRows.apply(xBC[:, seqlen - k:], self.group)
+        xBC = causal_conv1d(torch.cat([halo, xBC], dim=1), m.conv1d.weight[:, 0], m.conv1d.bias,
+                            activation="silu")[:, k:]
+        x, B, C = m._split_xBC(xBC)
+        A = -torch.exp(m.A_log.float())
+        y = ssd_sequence_parallel(x, dt, A, B, C, D=m.D, dt_bias=m.dt_bias, dt_softplus=True,
+                                  dt_limit=m.dt_limit, chunk_size=m.chunk_size, group=self.group)
+        return m.out_proj(m.norm(y.reshape(batch, seqlen, m.d_inner), z))
+
+
+def shard_sequence_parallel(model: nn.Module, group=None) -> nn.Module:
+    """Wraps, in place, every mixer of a LanguageModel of Mamba-2 layers for sequence parallelism; each rank then
+    passes its slice of input_ids (sequence_slice). Gradients of all parameters are this rank's part: sum them over
+    ranks (all-reduce, as DDP does). Other mixer kinds raise ValueError. Returns the model."""
+    for i, layer in enumerate(model.layers):
+        if layer.mixer_kind != "mamba2":
+            raise ValueError(f"mixers[{i}]: sequence parallel supports 'mamba2', got {layer.mixer_kind!r}")
+        layer.mixer = SequenceParallelMamba2(layer.mixer, group)
+    return model

@@ -8,8 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from ssmkit.models.config import ModelConfig
+from ssmkit.models.lm import LanguageModel
 from ssmkit.ops.ssd import ssd
-from ssmkit.train.sequence_parallel import incoming_state, sequence_slice, ssd_sequence_parallel
+from ssmkit.train.sequence_parallel import (incoming_state, sequence_slice, shard_sequence_parallel,
+                                            ssd_sequence_parallel)
 from tests.compare import assert_close
 
 WORLD = 2
@@ -47,6 +50,32 @@ def forward_and_grads(t: dict, rows: slice, chunk_size: int, parallel: bool, las
     return out
 
 
+MODEL_LEN = 13
+
+
+def build_model() -> LanguageModel:
+    """Two Mamba-2 layers (2 groups, chunks of 4, conv width 4) with MLPs, in float64, off their initial values."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=2, mixers="mamba2", feed_forwards="mlp", d_ff=32,
+                      mamba2_d_state=4, mamba2_headdim=8, mamba2_ngroups=2, mamba2_chunk_size=4)
+    model = LanguageModel(cfg).to(torch.float64)
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def model_logits_and_grads(model: LanguageModel, rows: slice) -> dict:
+    """Logits of positions `rows` and parameter gradients of sum(w * logits) over those positions."""
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 32, (2, MODEL_LEN), generator=g)
+    weight = torch.randn(2, MODEL_LEN, 32, generator=g, dtype=torch.float64)
+    logits = model(ids[:, rows])
+    (weight[:, rows] * logits).sum().backward()
+    out = {"logits": logits.detach()}
+    out.update({f"grad/{n.replace('mixer.inner.', 'mixer.')}": p.grad for n, p in model.named_parameters()})
+    return out
+
+
 def worker(rank: int, init_method: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
@@ -56,6 +85,8 @@ def worker(rank: int, init_method: str, out_dir: str) -> None:
             res = forward_and_grads(case_inputs(seqlen, ngroups), sequence_slice(seqlen, rank, WORLD), chunk,
                                     parallel=True, last=rank == WORLD - 1, with_h0=with_h0)
             out.update({f"{i}/{k}": v.contiguous() for k, v in res.items()})
+        res = model_logits_and_grads(shard_sequence_parallel(build_model()), sequence_slice(MODEL_LEN, rank, WORLD))
+        out.update({f"model/{k}": v.contiguous() for k, v in res.items()})
         save_file(out, f"{out_dir}/rank{rank}.safetensors")
     finally:
         torch.distributed.destroy_process_group()
@@ -65,6 +96,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    """What each of the two spawned ranks saved (one spawn serves the tests of this module)."""
+    return spawn(tmp_path_factory.mktemp("sequence_parallel"))
 
 
 def spawn(out_dir) -> list[dict]:
@@ -83,8 +120,7 @@ def spawn(out_dir) -> list[dict]:
     return [load_file(str(out_dir / f"rank{r}.safetensors")) for r in range(WORLD)]
 
 
-def test_two_ranks_with_half_the_sequence_match_one_process(tmp_path):
-    ranks = spawn(tmp_path)
+def test_two_ranks_with_half_the_sequence_match_one_process(ranks):
     for i, (seqlen, ngroups, chunk, with_h0) in enumerate(CASES):
         single = forward_and_grads(case_inputs(seqlen, ngroups), slice(0, seqlen), chunk, parallel=False, last=True,
                                    with_h0=with_h0)
@@ -97,6 +133,25 @@ def test_two_ranks_with_half_the_sequence_match_one_process(tmp_path):
         for k in SHARED if with_h0 else SHARED[:-1]:
             got = sum(r[f"{i}/grad/{k}"] for r in ranks)
             assert_close(got, single[f"grad/{k}"], grad=True, name=f"{name} d{k}")
+
+
+def test_sequence_parallel_mamba2_model_matches_one_process(ranks):
+    """Logits per slice, and parameter gradients summed over ranks (what DDP's all-reduce would give)."""
+    single = model_logits_and_grads(build_model(), slice(0, MODEL_LEN))
+    assert_close(torch.cat([r["model/logits"] for r in ranks], dim=1), single["logits"], name="logits")
+    for key, value in single.items():
+        if key.startswith("grad/"):
+            # Mamba2 computes A = -exp(A_log.float()) in float32 even in a float64 model, so A_log's gradient
+            # reaches it through float32 sums, whose order differs between one and two ranks.
+            dtype = torch.float32 if key.endswith("A_log") else None
+            assert_close(sum(r[f"model/{key}"] for r in ranks), value, dtype, grad=True, name=key)
+
+
+def test_sequence_parallel_mamba2_rejects_other_mixers():
+    cfg = ModelConfig(vocab_size=16, d_model=16, n_layers=2, mixers=["mamba2", "attention"], n_heads=2,
+                      mamba2_d_state=4, mamba2_headdim=8)
+    with pytest.raises(ValueError, match="mixers"):
+        shard_sequence_parallel(LanguageModel(cfg))
 
 
 @pytest.mark.parametrize("seqlen", [1, 7, 8, 9])
