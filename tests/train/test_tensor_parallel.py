@@ -37,7 +37,8 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run(model: LanguageModel) -> dict:
-    """Logits and parameter gradients of a weighted sum of logits, then logits of 3 prefill + 2 decode tokens."""
+    """Logits and parameter gradients of a weighted sum of logits, logits of 3 prefill + 2 decode tokens, of two
+    documents packed into one row, and of a left-padded batch."""
     ids, weight = inputs()
     logits = model(ids)
     (logits * weight).sum().backward()
@@ -46,7 +47,11 @@ def run(model: LanguageModel) -> dict:
     with torch.no_grad():
         state = model.allocate_state(2, 8, torch.float64)
         steps = [model(ids[:, :3], state)] + [model.step(ids[:, t], state)[:, None] for t in (3, 4)]
-    out["decode"] = torch.cat(steps, dim=1)
+        out["decode"] = torch.cat(steps, dim=1)
+        out["packed"] = model(ids[:1], cu_seqlens=torch.tensor([0, 6, 13]))
+        mask = torch.ones(2, 13, dtype=torch.bool)
+        mask[1, :4] = False
+        out["padded"] = model(ids, key_padding_mask=mask)[1, 4:]
     return out
 
 
@@ -98,7 +103,8 @@ def test_two_ranks_with_half_the_heads_match_one_process(tmp_path):
     single = run(model)
     for r, got in enumerate(ranks):
         assert_close(got["logits"], single["logits"], name=f"rank{r} logits")
-        assert_close(got["decode"], single["decode"], name=f"rank{r} decode")
+        for key in ("decode", "packed", "padded"):
+            assert_close(got[key], single[key], name=f"rank{r} {key}")
         expected = expected_shard_grads(model, r)
         assert set(expected) == {k for k in got if k.startswith("grad/")}
         for key, value in expected.items():
@@ -112,6 +118,12 @@ def test_shard_rejects_groups_that_do_not_split_over_ranks():
     cfg = ModelConfig(vocab_size=16, d_model=16, n_layers=1, mixers="mamba2", mamba2_d_state=4, mamba2_headdim=8,
                       mamba2_ngroups=1)
     with pytest.raises(ValueError, match="mamba2_ngroups"):
+        shard_tensor_parallel(LanguageModel(cfg), 0, WORLD)
+
+
+def test_shard_rejects_attention_heads_that_do_not_split_over_ranks():
+    cfg = ModelConfig(vocab_size=16, d_model=16, n_layers=1, mixers="attention", n_heads=4, n_kv_heads=1)
+    with pytest.raises(ValueError, match="n_kv_heads"):
         shard_tensor_parallel(LanguageModel(cfg), 0, WORLD)
 
 
