@@ -67,7 +67,8 @@ def demo_training(workdir: Path, quick: bool) -> None:
     section("Training: a tiny Mamba-2 on bytes of the Python standard library (json package), then eval")
     config = Path(__file__).resolve().parent.parent / "examples" / "train" / "tiny-stdlib.yaml"
     run = workdir / "tiny-stdlib"
-    train(config, [f"out_dir={run}", f"steps={10 if quick else 20}", "eval_every=10"])
+    steps = 20 if quick else 300  # ~15 s on 2 idle cores; enough for the model to produce Python-like text
+    train(config, [f"out_dir={run}", f"steps={steps}", f"eval_every={steps // 3}", f"checkpoint_every={steps}"])
     evaluate_checkpoint(run, "ppl", max_batches=4)
     model = load_pretrained(run / "model").eval()
     tok = ByteTokenizer(specials=(), eos_token=None)
