@@ -17,3 +17,30 @@ def tiny_config(out_dir, **overrides) -> TrainConfig:
         else:
             d[key] = value
     return TrainConfig.from_dict(d)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback for a gloo rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_gloo_workers(worker, out_dir, world: int = 2, timeout_s: float = 120.0) -> None:
+    """Runs worker(rank, init_method, out_dir) in `world` spawned processes; asserts each exits 0 in time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    init = f"tcp://127.0.0.1:{free_port()}"
+    procs = [ctx.Process(target=worker, args=(r, init, str(out_dir))) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout_s)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, f"gloo workers still running after {timeout_s}s"
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]

@@ -1,8 +1,6 @@
 """Data parallelism on CPU: two gloo processes (spawned here, bounded in time) produce the outputs, gradients,
 losses and updated weights of one process training on the whole batch."""
 
-import multiprocessing as mp
-import socket
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ from ssmkit.train.distributed import close_distributed, init_distributed
 from ssmkit.train.packing import model_logits
 from ssmkit.train.trainer import Trainer
 from tests.compare import assert_close
+from tests.train.helpers import run_gloo_workers
 
 WORLD = 2
 TIMEOUT_S = 120
@@ -53,25 +52,8 @@ def worker(rank: int, init_method: str, out_dir: str) -> None:
         close_distributed(ctx)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
-    ctx = mp.get_context("spawn")
-    init = f"tcp://127.0.0.1:{free_port()}"
-    procs = [ctx.Process(target=worker, args=(r, init, str(tmp_path))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, f"distributed workers still running after {TIMEOUT_S}s"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    run_gloo_workers(worker, tmp_path, WORLD, TIMEOUT_S)
 
     single = run_steps(Trainer(config(tmp_path / "single", batch_size=2 * WORLD)), slice(0, 2 * WORLD))
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]

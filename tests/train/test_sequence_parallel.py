@@ -1,8 +1,6 @@
 """Sequence parallel SSD on CPU: two gloo processes (spawned here, bounded in time), each holding a contiguous slice
 of the sequence, reproduce one process's outputs, final state and gradients of every input (float64)."""
 
-import multiprocessing as mp
-import socket
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from ssmkit.ops.ssd import ssd
 from ssmkit.train.sequence_parallel import (incoming_state, sequence_slice, shard_sequence_parallel,
                                             ssd_sequence_parallel)
 from tests.compare import assert_close
+from tests.train.helpers import run_gloo_workers
 
 WORLD = 2
 TIMEOUT_S = 120
@@ -92,12 +91,6 @@ def worker(rank: int, init_method: str, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     """What each of the two spawned ranks saved (one spawn serves the tests of this module)."""
@@ -105,18 +98,7 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 
 def spawn(out_dir) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    init = f"tcp://127.0.0.1:{free_port()}"
-    procs = [ctx.Process(target=worker, args=(r, init, str(out_dir))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, f"sequence parallel workers still running after {TIMEOUT_S}s"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    run_gloo_workers(worker, out_dir, WORLD, TIMEOUT_S)
     return [load_file(str(out_dir / f"rank{r}.safetensors")) for r in range(WORLD)]
 
 

@@ -2,8 +2,6 @@
 every mixer's heads and reproduce one process's logits, decode steps and gradients (float64)."""
 
 import copy
-import multiprocessing as mp
-import socket
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ from ssmkit.models.config import ModelConfig
 from ssmkit.models.lm import LanguageModel
 from ssmkit.train.tensor_parallel import shard_tensor_parallel
 from tests.compare import assert_close
+from tests.train.helpers import run_gloo_workers
 
 WORLD = 2
 TIMEOUT_S = 120
@@ -65,25 +64,8 @@ def worker(rank: int, init_method: str, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(out_dir) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    init = f"tcp://127.0.0.1:{free_port()}"
-    procs = [ctx.Process(target=worker, args=(r, init, str(out_dir))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, f"tensor parallel workers still running after {TIMEOUT_S}s"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    run_gloo_workers(worker, out_dir, WORLD, TIMEOUT_S)
     return [load_file(str(out_dir / f"rank{r}.safetensors")) for r in range(WORLD)]
 
 
