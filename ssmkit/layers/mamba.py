@@ -98,7 +98,7 @@ class Mamba(nn.Module):
         dt_bias, softplus = self.dt_proj.bias, True
         if key_padding_mask is not None:
             dt, dt_bias, softplus = padded_dt(dt, dt_bias, key_padding_mask), None, False
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype)))  # float32 at least, as the scans compute
         y = selective_scan(x, dt, A, B[:, :, None], C[:, :, None], D=self.D, z=z, dt_bias=dt_bias,
                            dt_softplus=softplus, initial_state=None if state is None else state.ssm_state,
                            return_final_state=state is not None, cu_seqlens=cu_seqlens)
@@ -112,7 +112,7 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = causal_conv1d_step(state.conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         dt, B, C = self._dt_B_C(x)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype)))  # float32 at least, as the scans compute
         y = selective_scan_step(state.ssm_state, x, dt, A, B[:, None], C[:, None], D=self.D, z=z,
                                 dt_bias=self.dt_proj.bias, dt_softplus=True)
         return self.out_proj(y)

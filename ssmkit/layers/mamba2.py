@@ -97,7 +97,7 @@ class Mamba2(nn.Module):
         if key_padding_mask is not None:
             dt = padded_dt(dt, dt_bias, key_padding_mask, self.dt_limit)
             dt_bias, softplus, dt_limit = None, False, None
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype)))  # float32 at least, as the scans compute
         y = ssd(x, dt, A, B, C, D=self.D, dt_bias=dt_bias, dt_softplus=softplus, dt_limit=dt_limit,
                 chunk_size=self.chunk_size, initial_state=None if state is None else state.ssm_state,
                 return_final_state=state is not None, cu_seqlens=cu_seqlens)
@@ -113,7 +113,7 @@ class Mamba2(nn.Module):
         xBC = causal_conv1d_step(state.conv_state, xBC, self.conv1d.weight[:, 0], self.conv1d.bias,
                                  activation="silu")
         x, B, C = self._split_xBC(xBC)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype)))  # float32 at least, as the scans compute
         y = ssd_step(state.ssm_state, x, dt, A, B, C, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
                      dt_limit=self.dt_limit)
         return self.out_proj(self.norm(y.reshape(hidden.shape[0], self.d_inner), z))
