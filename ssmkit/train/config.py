@@ -17,6 +17,7 @@ DATA_KINDS = ("text", "mqar", "copy", "induction")
 PRECISIONS = ("auto", "fp32", "bf16")
 PROGRESS = ("auto", "rich", "tqdm", "plain", "none")
 RESUME = ("auto", "always", "never")
+PARALLEL = ("data", "tensor", "sequence")
 
 
 @dataclass
@@ -62,6 +63,10 @@ class TrainConfig:
     The optimizer is AdamW (no weight decay on biases, norms, A_log, D, dt_bias); the learning rate warms up
     linearly for warmup_steps, then follows a cosine down to lr * min_lr_ratio at `steps`. Each optimizer step
     sees batch_size * grad_accum * world_size sequences; the loss is the mean over all labelled positions.
+
+    parallel (under torchrun): "data" splits the batch over ranks (DDP); "tensor" splits each Mamba-2 / attention
+    mixer's heads over ranks and "sequence" splits each row's positions over ranks (Mamba-2 only): in both, every
+    rank reads the same batch_size * grad_accum rows per step.
     """
 
     model: typing.Any = "tiny-mamba2"
@@ -88,6 +93,7 @@ class TrainConfig:
     resume: str = "auto"
     progress: str = "auto"
     save_hf: bool = True
+    parallel: str = "data"
 
     def __post_init__(self):
         if isinstance(self.data, dict):
@@ -108,6 +114,7 @@ class TrainConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("progress", self.progress, PROGRESS)
         _check_choice("resume", self.resume, RESUME)
+        _check_choice("parallel", self.parallel, PARALLEL)
         if not isinstance(self.model, (str, dict)):
             raise ValueError(f"model: expected a preset name or a mapping of ModelConfig fields, got "
                              f"{type(self.model).__name__}")

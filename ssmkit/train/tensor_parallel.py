@@ -174,3 +174,53 @@ def shard_tensor_parallel(model: nn.Module, rank: int | None = None, world: int 
             raise ValueError(f"mixers[{i}]: tensor parallel supports {sorted(SHARDERS)}, got {layer.mixer_kind!r}")
         layer.mixer = SHARDERS[layer.mixer_kind](layer.mixer, rank, world, group)
     return model
+
+
+def _all_gather(t: torch.Tensor, group) -> list[torch.Tensor]:
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t.detach().contiguous(), group=group)
+    return parts
+
+
+def _place(full: torch.Tensor, parts: list[torch.Tensor], ranges: list, dim: int = 0) -> None:
+    """Writes each rank's local tensor (parts[r], its ranges[r] blocks concatenated along dim) into full."""
+    for local, blocks in zip(parts, ranges):
+        offset = 0
+        for a, b in blocks:
+            full.narrow(dim, a, b - a).copy_(local.narrow(dim, offset, b - a))
+            offset += b - a
+
+
+@torch.no_grad()
+def gather_mamba2(shard: TensorParallelMixer, full: Mamba2, group=None) -> None:
+    """Copies every rank's shard of a Mamba-2 mixer into `full` (the inverse of shard_mamba2), on every rank."""
+    world, m = dist.get_world_size(group), shard.inner
+    ranges = [mamba2_shard_ranges(full, r, world) for r in range(world)]
+    pick = {"in_proj": [r["in_proj"] for r in ranges], "conv": [r["conv"] for r in ranges],
+            "heads": [[r["heads"]] for r in ranges], "inner": [[r["inner"]] for r in ranges]}
+    layout = {"in_proj.weight": ("in_proj", 0), "in_proj.bias": ("in_proj", 0), "conv1d.weight": ("conv", 0),
+              "conv1d.bias": ("conv", 0), "dt_bias": ("heads", 0), "A_log": ("heads", 0), "D": ("heads", 0),
+              "norm.weight": ("inner", 0), "out_proj.weight": ("inner", 1)}
+    for name, p in m.named_parameters():
+        kind, dim = layout[name]
+        _place(full.get_parameter(name), _all_gather(p, group), pick[kind], dim)
+    if shard.out_bias is not None:
+        full.out_proj.bias.copy_(shard.out_bias)
+
+
+@torch.no_grad()
+def gather_attention(shard: TensorParallelMixer, full: Attention, group=None) -> None:
+    """Copies every rank's shard of an attention mixer into `full` (the inverse of shard_attention)."""
+    world, m = dist.get_world_size(group), shard.inner
+    hd = full.head_dim
+    q = [[(r * m.n_heads * hd, (r + 1) * m.n_heads * hd)] for r in range(world)]
+    kv = [[(r * m.n_kv_heads * hd, (r + 1) * m.n_kv_heads * hd)] for r in range(world)]
+    layout = {"q_proj": (q, 0), "k_proj": (kv, 0), "v_proj": (kv, 0), "o_proj": (q, 1)}
+    for name, p in m.named_parameters():
+        ranges, dim = layout[name.split(".")[0]]
+        _place(full.get_parameter(name), _all_gather(p, group), ranges, dim)
+    if shard.out_bias is not None:
+        full.o_proj.bias.copy_(shard.out_bias)
+
+
+GATHERERS = {"mamba2": gather_mamba2, "attention": gather_attention}

@@ -1,5 +1,6 @@
 """The training loop: AdamW with warmup + cosine, gradient accumulation and clipping, bf16 autocast on GPU,
-periodic evaluation, atomic checkpoints that resume exactly, and data parallelism (DDP) across ranks.
+periodic evaluation, atomic checkpoints that resume exactly, and data, tensor or sequence parallelism across
+ranks (see parallel.py).
 
 The loss of a step is the mean cross-entropy over every labelled position of the global batch (all micro-batches
 on all ranks), so one step computes the same gradient whatever the split into micro-batches and ranks.
@@ -24,6 +25,10 @@ from .config import TrainConfig, model_config
 from .data import Data
 from .distributed import DistContext, all_reduce_sum, barrier, rank_slice, wrap_ddp
 from .evaluate import evaluate
+from .parallel import (gather_full_weights, sequence_parallel_view, sharded_parameters, sum_gradients,
+                       tensor_parallel_grad_norm, tensor_parallel_view)
+from .sequence_parallel import sequence_slice
+from .tensor_parallel import SHARDERS
 from .optim import build_optimizer, lr_at
 from .packing import model_logits
 from .progress import Progress
@@ -60,8 +65,18 @@ class Trainer:
         self.model_config = model_config(config.model, self.data.vocab_size)
         torch.manual_seed(config.seed)
         self.model = LanguageModel(self.model_config).to(self.device)
-        self.net = wrap_ddp(self.model, self.dist, self.device)
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.betas, config.eps)
+        self.mode = config.parallel if self.dist.enabled else "data"
+        self._check_parallel()
+        if self.mode == "tensor":
+            self.net = tensor_parallel_view(self.model, self.dist)
+            self._sharded = sharded_parameters(self.net)
+        elif self.mode == "sequence":
+            self.net = sequence_parallel_view(self.model)
+        else:
+            self.net = wrap_ddp(self.model, self.dist, self.device)
+        # tensor parallel trains the shards, so the optimizer holds them; the other modes train the full model
+        trained = self.net if self.mode == "tensor" else self.model
+        self.optimizer = build_optimizer(trained, config.lr, config.weight_decay, config.betas, config.eps)
         self.out_dir = Path(config.out_dir)
         self.step = 0
         self.last_checkpoint: Path | None = None
@@ -69,10 +84,31 @@ class Trainer:
         self._eval_set = None
         if config.resume != "never":
             found = latest_checkpoint(self.out_dir)
+            if found is not None and self.mode == "tensor":
+                raise ValueError(f"resume: {found} exists but parallel 'tensor' cannot resume yet (its checkpoints "
+                                 f"hold the full weights, not the sharded optimizer state); set resume: never or "
+                                 f"train into a new out_dir")
             if found is not None:
                 self.load_checkpoint(found)
             elif config.resume == "always":
                 raise FileNotFoundError(f"resume: 'always' but no checkpoint in {self.out_dir / 'checkpoints'}")
+
+    def _check_parallel(self) -> None:
+        """ValueError when the config cannot run in its parallel mode (checked on one process too, so a config
+        fails before it reaches torchrun)."""
+        cfg, mc, mode = self.config, self.model_config, self.config.parallel
+        if mode == "data":
+            return
+        supported = sorted(SHARDERS) if mode == "tensor" else ["mamba2"]
+        for i, kind in enumerate(mc.mixers):
+            if kind not in supported:
+                raise ValueError(f"mixers[{i}]: parallel {mode!r} supports {supported}, got {kind!r}")
+        if "moe" in mc.feed_forwards:
+            raise ValueError(f"feed_forwards: parallel {mode!r} does not support 'moe' (its load-balancing loss "
+                             f"is not computed over the whole batch); use parallel: data")
+        if mode == "sequence" and cfg.data.kind == "text" and cfg.data.document_resets:
+            raise ValueError("data.document_resets: parallel 'sequence' cannot run packed documents (cu_seqlens); "
+                             "set data.document_resets: false")
 
     # -- one optimizer step ------------------------------------------------------------------------------------
     def autocast(self):
@@ -85,28 +121,36 @@ class Trainer:
     def compute_gradients(self, step: int) -> float:
         """Forward and backward over the grad_accum micro-batches of optimizer step `step` (0-based), leaving the
         averaged gradients in .grad. Returns the step's loss (mean over the global batch's labels)."""
-        cfg = self.config
-        n = cfg.batch_size * self.dist.world_size
+        cfg, ddp = self.config, self.mode == "data"
+        n = cfg.batch_size * (self.dist.world_size if ddp else 1)
         batches = [self.data.train_batch(step, m, n, cfg.grad_accum) for m in range(cfg.grad_accum)]
         n_labels = sum(int((labels != IGNORE).sum()) for _, labels, _ in batches)
-        rows = rank_slice(n, self.dist)
+        rows = rank_slice(n, self.dist) if ddp else slice(None)
+        cols = (sequence_slice(cfg.data.seq_len, self.dist.rank, self.dist.world_size) if self.mode == "sequence"
+                else slice(None))
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for m, (inputs, labels, segments) in enumerate(batches):
-            inputs, labels = inputs[rows].to(self.device), labels[rows].to(self.device)
-            segments = None if segments is None else segments[rows].to(self.device)
-            sync = m == cfg.grad_accum - 1 or not self.dist.enabled
+            inputs, labels = inputs[rows, cols].to(self.device), labels[rows, cols].to(self.device)
+            segments = None if segments is None else segments[rows, cols].to(self.device)
+            sync = m == cfg.grad_accum - 1 or not (ddp and self.dist.enabled)
             with (contextlib.nullcontext() if sync else self.net.no_sync()):
                 with self.autocast():
                     logits = self._forward(inputs, segments, step)
-                nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                logits = logits if logits.dtype == torch.float64 else logits.float()
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                       ignore_index=IGNORE, reduction="sum")
-                # DDP averages gradients over ranks, so each rank's share is scaled by world_size.
-                loss = nll * (self.dist.world_size / max(n_labels, 1))
+                # DDP averages gradients over ranks, so each rank's share is scaled by world_size; tensor
+                # parallel ranks all compute the whole loss; sequence parallel gradients are summed over ranks.
+                loss = nll * ((self.dist.world_size if ddp else 1) / max(n_labels, 1))
                 aux = self.model.aux_loss
                 if aux is not None:
                     loss = loss + aux / cfg.grad_accum
                 loss.backward()
             total += nll.detach().double()
+        if self.mode == "sequence":
+            sum_gradients(list(self.model.parameters()))
+        if self.mode == "tensor":
+            return float(total) / max(n_labels, 1)
         return float(all_reduce_sum(total, self.dist)) / max(n_labels, 1)
 
     def _forward(self, inputs, segments, step: int) -> torch.Tensor:
@@ -126,9 +170,17 @@ class Trainer:
         lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        trained = self.net if self.mode == "tensor" else self.model
+        params = [p for p in trained.parameters() if p.grad is not None]
         clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if self.mode == "tensor":
+            norm = float(tensor_parallel_grad_norm(params, self._sharded))
+            # the same coefficient as clip_grad_norm_, from the full gradient's norm
+            coef = min(clip / (norm + 1e-6), 1.0)
+            for p in params:
+                p.grad.mul_(coef)
+        else:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(self._stop_message("the gradient norm", norm, step + 1))
@@ -176,8 +228,10 @@ class Trainer:
         finally:
             bar.close()
         result.step = self.step
-        if self.step == cfg.steps and main and cfg.save_hf:
-            result.hf_dir = self.export_hf()
+        if self.step == cfg.steps and cfg.save_hf:
+            self.sync_full_model()
+            if main:
+                result.hf_dir = self.export_hf()
         barrier(self.dist)
         return result
 
@@ -186,6 +240,7 @@ class Trainer:
         if self._eval_set is None:
             limit = self.config.eval_batches if self.data.kind == "text" else None
             self._eval_set = self.data.eval_batches(self.config.batch_size, limit)
+        self.sync_full_model()
         self.last_eval = evaluate(self.model, self._eval_set, self.data.kind, self.device, dist=self.dist,
                                   autocast=self.autocast)
         if self.dist.is_main:
@@ -196,6 +251,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Writes a checkpoint of the current step on rank 0 (every rank waits for it)."""
         path = None
+        self.sync_full_model()
         if self.dist.is_main:
             state = {"model_config": _jsonable(self.model_config.to_dict()),
                      "train_config": _jsonable(self.config.to_dict()), "eval": self.last_eval,
@@ -205,6 +261,11 @@ class Trainer:
         barrier(self.dist)
         self.last_checkpoint = path or self.out_dir / "checkpoints" / f"step_{self.step:08d}"
         return self.last_checkpoint
+
+    def sync_full_model(self) -> None:
+        """Tensor parallel: copies every rank's shards into self.model (on every rank); a no-op otherwise."""
+        if self.mode == "tensor":
+            gather_full_weights(self.net, self.model)
 
     def load_checkpoint(self, path) -> None:
         """Restores model, optimizer, step and RNG states; ValueError when the checkpoint holds another

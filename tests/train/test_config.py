@@ -43,6 +43,7 @@ def test_unknown_keys_name_the_key_and_list_the_valid_ones(tmp_path, text, key, 
     ("data: {kind: audio}\n", r"data.kind: expected one of"),
     ("data: {kind: text}\n", r"data.paths: expected at least one"),
     ("precision: fp8\n", r"precision: expected one of"),
+    ("parallel: pipeline\n", r"parallel: expected one of \['data', 'tensor', 'sequence'\], got 'pipeline'"),
     ("model: {preset: nope}\n", r"model.preset: expected one of"),
     ("model: {preset: tiny-mamba2, vocab_size: 10}\ndata: {kind: copy}\n", r"model.vocab_size: the data uses 18"),
 ])
