@@ -1,5 +1,6 @@
 """Training and evaluation: byte-level text and synthetic recall tasks, the Trainer (AdamW, warmup + cosine,
-accumulation, clipping, bf16 autocast, atomic checkpoints that resume exactly), evaluation, and DDP.
+accumulation, clipping, bf16 autocast, atomic checkpoints that resume exactly), evaluation, and data, tensor
+or sequence parallelism (parallel.py).
 
 Command logic for `ssmkit train` and `ssmkit eval` is in ssmkit.train.commands.
 """

@@ -2,7 +2,7 @@
 
 User errors (bad config keys, missing files, another architecture on resume) raise ValueError/FileNotFoundError
 for the CLI to print; a NaN loss returns exit code 3 after printing why. Under torchrun every process runs
-`train` and the processes form one data-parallel group.
+`train` and the processes share the work as the config's `parallel` says (data, tensor or sequence).
 """
 
 from __future__ import annotations

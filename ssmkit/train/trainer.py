@@ -197,7 +197,8 @@ class Trainer:
         result = TrainResult(step=self.step, checkpoint=self.last_checkpoint)
         if main:
             self._start_log()
-        tokens_per_step = cfg.batch_size * self.dist.world_size * cfg.grad_accum * cfg.data.seq_len
+        ranks_of_rows = self.dist.world_size if self.mode == "data" else 1  # tensor/sequence: rows shared
+        tokens_per_step = cfg.batch_size * ranks_of_rows * cfg.grad_accum * cfg.data.seq_len
         bar = Progress(cfg.progress if main else "none", cfg.steps, self.step, cfg.log_every, self.stream)
         self.model.train()
         t0, since = time.perf_counter(), self.step
