@@ -3,7 +3,7 @@ split over ranks) and "sequence" (each row's positions split over ranks, Mamba-2
 
 Tensor and sequence parallel train a view of the full LanguageModel: the view shares the embedding, norms and
 feed-forwards with it and replaces each mixer, so checkpoints, evaluation and the HF export keep using the full
-model (in tensor parallel after gather_full_weights has copied the shards back into it).
+model (in tensor parallel after gather_full_weights and gather_optimizer_state have copied the shards back).
 """
 
 from __future__ import annotations
@@ -85,3 +85,70 @@ def sum_gradients(params: list, group=None) -> None:
     for p in params:
         if p.grad is not None:
             dist.all_reduce(p.grad, group=group)
+
+
+def scatter_full_weights(view: nn.Module, model: nn.Module, ctx: DistContext, group=None) -> None:
+    """Copies this rank's shards of the full `model`'s mixers into `view` (after loading a checkpoint into
+    `model`), keeping the view's parameter objects, which the optimizer holds."""
+    for layer, full in zip(view.layers, model.layers):
+        local = SHARDERS[full.mixer_kind](full.mixer, ctx.rank, ctx.world_size, group)
+        with torch.no_grad():
+            for p, q in zip(layer.mixer.parameters(), local.parameters()):
+                p.copy_(q)
+
+
+def _with_values(module: nn.Module, values: dict) -> nn.Module:
+    """A deep copy of `module` whose parameters hold values[original parameter] (an optimizer moment, say), so
+    the shard and gather functions move moments exactly as they move weights."""
+    twin = copy.deepcopy(module)
+    for p, q in zip(module.parameters(), twin.parameters()):
+        q.data = values[p].detach().clone()
+    return twin
+
+
+def gather_optimizer_state(view: nn.Module, model: nn.Module, optimizer, full_optimizer, group=None) -> None:
+    """Fills `full_optimizer` (AdamW over `model`) with the state of `optimizer` (AdamW over the tensor parallel
+    `view`): replicated parameters' state is copied, split parameters' moments are gathered like their weights.
+    The result is the optimizer a single-process run would hold, so checkpoints do not depend on the mode."""
+    state, full = optimizer.state, full_optimizer.state
+    full.clear()
+    for g, h in zip(full_optimizer.param_groups, optimizer.param_groups):
+        g["lr"] = h["lr"]
+    replicated = set(model.parameters())
+    for p in view.parameters():
+        if p in replicated and p in state:
+            full[p] = {k: v.clone() for k, v in state[p].items()}
+    for layer, whole in zip(view.layers, model.layers):
+        shard, first = layer.mixer, next(layer.mixer.parameters())
+        for key in (state[first] if first in state else {}):
+            if key == "step":
+                for p in whole.mixer.parameters():
+                    full[p]["step"] = state[first]["step"].clone()
+                continue
+            target = copy.deepcopy(whole.mixer)
+            GATHERERS[whole.mixer_kind](_with_values(shard, {p: state[p][key] for p in shard.parameters()}),
+                                        target, group)
+            for p, q in zip(whole.mixer.parameters(), target.parameters()):
+                full[p][key] = q.detach().clone()
+
+
+def scatter_optimizer_state(view: nn.Module, model: nn.Module, full_optimizer, optimizer, ctx: DistContext,
+                            group=None) -> None:
+    """The inverse of gather_optimizer_state: this rank's part of `full_optimizer`'s state into `optimizer`."""
+    state, full = optimizer.state, full_optimizer.state
+    state.clear()
+    replicated = set(model.parameters())
+    for p in view.parameters():
+        if p in replicated and p in full:
+            state[p] = {k: v.clone() for k, v in full[p].items()}
+    for layer, whole in zip(view.layers, model.layers):
+        shard, first = layer.mixer, next(whole.mixer.parameters())
+        for key in (full[first] if first in full else {}):
+            if key == "step":
+                for p in shard.parameters():
+                    state[p]["step"] = full[first]["step"].clone()
+                continue
+            twin = _with_values(whole.mixer, {p: full[p][key] for p in whole.mixer.parameters()})
+            local = SHARDERS[whole.mixer_kind](twin, ctx.rank, ctx.world_size, group)
+            for p, q in zip(shard.parameters(), local.parameters()):
+                state[p][key] = q.detach().clone()

@@ -25,8 +25,9 @@ from .config import TrainConfig, model_config
 from .data import Data
 from .distributed import DistContext, all_reduce_sum, barrier, rank_slice, wrap_ddp
 from .evaluate import evaluate
-from .parallel import (gather_full_weights, sequence_parallel_view, sharded_parameters, sum_gradients,
-                       tensor_parallel_grad_norm, tensor_parallel_view)
+from .parallel import (gather_full_weights, gather_optimizer_state, scatter_full_weights, scatter_optimizer_state,
+                       sequence_parallel_view, sharded_parameters, sum_gradients, tensor_parallel_grad_norm,
+                       tensor_parallel_view)
 from .sequence_parallel import sequence_slice
 from .tensor_parallel import SHARDERS
 from .optim import build_optimizer, lr_at
@@ -77,6 +78,9 @@ class Trainer:
         # tensor parallel trains the shards, so the optimizer holds them; the other modes train the full model
         trained = self.net if self.mode == "tensor" else self.model
         self.optimizer = build_optimizer(trained, config.lr, config.weight_decay, config.betas, config.eps)
+        # tensor parallel checkpoints hold the optimizer of the full model, gathered into this one on saving
+        self._full_optimizer = (build_optimizer(self.model, config.lr, config.weight_decay, config.betas, config.eps)
+                                if self.mode == "tensor" else self.optimizer)
         self.out_dir = Path(config.out_dir)
         self.step = 0
         self.last_checkpoint: Path | None = None
@@ -84,10 +88,6 @@ class Trainer:
         self._eval_set = None
         if config.resume != "never":
             found = latest_checkpoint(self.out_dir)
-            if found is not None and self.mode == "tensor":
-                raise ValueError(f"resume: {found} exists but parallel 'tensor' cannot resume yet (its checkpoints "
-                                 f"hold the full weights, not the sharded optimizer state); set resume: never or "
-                                 f"train into a new out_dir")
             if found is not None:
                 self.load_checkpoint(found)
             elif config.resume == "always":
@@ -253,11 +253,13 @@ class Trainer:
         """Writes a checkpoint of the current step on rank 0 (every rank waits for it)."""
         path = None
         self.sync_full_model()
+        if self.mode == "tensor":
+            gather_optimizer_state(self.net, self.model, self.optimizer, self._full_optimizer)
         if self.dist.is_main:
             state = {"model_config": _jsonable(self.model_config.to_dict()),
                      "train_config": _jsonable(self.config.to_dict()), "eval": self.last_eval,
                      "data": self.data.describe()}
-            path = save_checkpoint(self.out_dir, self.step, self.model, self.optimizer, state,
+            path = save_checkpoint(self.out_dir, self.step, self.model, self._full_optimizer, state,
                                    self.config.keep_checkpoints)
         barrier(self.dist)
         self.last_checkpoint = path or self.out_dir / "checkpoints" / f"step_{self.step:08d}"
@@ -285,7 +287,10 @@ class Trainer:
         if missing.missing_keys or missing.unexpected_keys:
             raise ValueError(f"resume: checkpoint {path} does not match the model (missing "
                              f"{missing.missing_keys[:5]}, unexpected {missing.unexpected_keys[:5]})")
-        load_optimizer(self.optimizer, tensors, state["optimizer_groups"])
+        load_optimizer(self._full_optimizer, tensors, state["optimizer_groups"])
+        if self.mode == "tensor":
+            scatter_full_weights(self.net, self.model, self.dist)
+            scatter_optimizer_state(self.net, self.model, self._full_optimizer, self.optimizer, self.dist)
         restore_rng(tensors, state)
         self.step, self.last_checkpoint, self.last_eval = int(state["step"]), Path(path), state.get("eval")
 
