@@ -1,14 +1,17 @@
 """`parallel: tensor` and `parallel: sequence` in the Trainer on CPU: two gloo processes (spawned here, bounded in
 time) train a few steps on the same batches and give the single-process run's losses, evaluation, checkpoint
-(weights and optimizer) and HF export, also when interrupted and resumed (float64)."""
+(weights and optimizer) and HF export, also when interrupted and resumed, in the same mode or by one process
+(float64)."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ssmkit.io.checkpoint import WEIGHTS_NAME
+from ssmkit.train.checkpoint import CHECKPOINTS, LATEST
 from ssmkit.train.config import TrainConfig
 from ssmkit.train.distributed import close_distributed, init_distributed
 from ssmkit.train.trainer import Trainer
@@ -76,9 +79,15 @@ def float64_default():
 def test_two_gloo_processes_train_like_one_process(tmp_path, mode, float64_default):
     run_gloo_workers(worker, tmp_path / mode, WORLD, TIMEOUT_S)
     train(tmp_path / "single", mode, "data")
+    # one process (parallel: data) resumes from the 2-rank run's step-2 checkpoint
+    switched = tmp_path / mode / "switched" / CHECKPOINTS
+    shutil.copytree(tmp_path / mode / "resumed" / CHECKPOINTS / "step_00000002", switched / "step_00000002")
+    (switched / LATEST).write_text("step_00000002\n")
+    result = Trainer(config(switched.parent, mode, "data", resume="always")).train()
+    (switched.parent / "result.json").write_text(json.dumps({"losses": result.losses, "eval": result.eval}))
 
     ref = json.loads((tmp_path / "single" / "result.json").read_text())
-    for run, steps in (("run", [1, 2, 3]), ("resumed", [3])):
+    for run, steps in (("run", [1, 2, 3]), ("resumed", [3]), ("switched", [3])):
         ours = json.loads((tmp_path / mode / run / "result.json").read_text())
         assert [s for s, _ in ours["losses"]] == steps
         assert_close(torch.tensor([v for _, v in ours["losses"]]),
