@@ -28,12 +28,12 @@ from .evaluate import evaluate
 from .parallel import (gather_full_weights, gather_optimizer_state, scatter_full_weights, scatter_optimizer_state,
                        sequence_parallel_view, sharded_parameters, sum_gradients, tensor_parallel_grad_norm,
                        tensor_parallel_view)
-from .sequence_parallel import sequence_slice
-from .tensor_parallel import SHARDERS
 from .optim import build_optimizer, lr_at
 from .packing import model_logits
 from .progress import Progress
+from .sequence_parallel import sequence_slice
 from .synthetic import IGNORE
+from .tensor_parallel import SHARDERS
 
 METRICS_FILE = "metrics.jsonl"
 HF_DIR = "model"
