@@ -22,7 +22,7 @@ import triton.language as tl
 from ssmkit.ops.ssd.triton.plan import pick
 
 from .plan import CHECKPOINT_ROWS, block_n, configs
-from .tiles import combine, last_row, load_rows, step_size
+from .tiles import channel_tile, combine, last_row, load_rows, step_size
 
 
 @triton.jit
@@ -46,15 +46,8 @@ def _scan_bwd_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D
     dB, dC (batch, seqlen, ngroups * nblk, dstate): float32 partials; scratch (programs, ck_tiles, BLOCK_D,
     BLOCK_N) float32; other arguments as in the forward kernel."""
     pid = tl.program_id(0)
-    blk = pid % nblk
-    g = (pid // nblk) % ngroups
-    b = (pid // (nblk * ngroups)).to(tl.int64)
-    dl = blk * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = dl < dpg
-    ds = g * dpg + dl
-    ns = tl.arange(0, BLOCK_N)
-    nmask = ns < dstate
-    smask = dmask[:, None] & nmask[None, :]
+    b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
+    blk = pid % nblk  # this program's slot in the per-block dB, dC partials
     soffs = ds[:, None] * dstate + ns[None, :]
     A = tl.load(A_ptr + soffs, mask=smask, other=0.0).to(tl.float32)
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)

@@ -22,7 +22,7 @@ import triton.language as tl
 from ssmkit.ops.ssd.triton.plan import pick
 
 from .plan import CHECKPOINT_ROWS, block_n, configs
-from .tiles import combine, last_row, load_rows, step_size
+from .tiles import channel_tile, combine, last_row, load_rows, step_size
 
 
 @triton.jit
@@ -34,15 +34,7 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     dim) contiguous; A (dim, dstate), init and final (batch, dim, dstate), ckpt (batch, nck, dim, dstate)
     contiguous, float32 states."""
     pid = tl.program_id(0)
-    blk = pid % nblk
-    g = (pid // nblk) % ngroups
-    b = (pid // (nblk * ngroups)).to(tl.int64)
-    dl = blk * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = dl < dpg
-    ds = g * dpg + dl
-    ns = tl.arange(0, BLOCK_N)
-    nmask = ns < dstate
-    smask = dmask[:, None] & nmask[None, :]
+    b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
     soffs = ds[:, None] * dstate + ns[None, :]
     A = tl.load(A_ptr + soffs, mask=smask, other=0.0).to(tl.float32)
     if init_ptr is not None:

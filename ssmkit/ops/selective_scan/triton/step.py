@@ -20,6 +20,7 @@ from ssmkit.ops.ssd.triton.tiles import softplus
 
 from .autograd import SUPPORTED_DTYPES, check_device, warn_once
 from .plan import block_n
+from .tiles import channel_tile
 
 BLOCK_D = 64
 
@@ -31,15 +32,7 @@ def _scan_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_pt
     """state (batch, dim, dstate) any strides; x, dt, z (batch, dim) and B, C (batch, ngroups, dstate) with
     unit last stride; y (batch, dim) contiguous."""
     pid = tl.program_id(0)
-    blk = pid % nblk
-    g = (pid // nblk) % ngroups
-    b = (pid // (nblk * ngroups)).to(tl.int64)
-    dl = blk * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = dl < dpg
-    ds = g * dpg + dl
-    ns = tl.arange(0, BLOCK_N)
-    nmask = ns < dstate
-    smask = dmask[:, None] & nmask[None, :]
+    b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
     dt = tl.load(dt_ptr + b * sdt_b + ds, mask=dmask, other=0.0).to(tl.float32)
     if bias_ptr is not None:
         dt += tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)

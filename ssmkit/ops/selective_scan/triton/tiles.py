@@ -12,6 +12,24 @@ from ssmkit.ops.ssd.triton.tiles import softplus
 
 
 @triton.jit
+def channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The (batch, group, channel block) a program owns, in the order every scan kernel launches them.
+
+    Returns b (int64), ds (BLOCK_D,) channel indices, dmask, ns (BLOCK_N,) state indices, nmask, and the
+    (BLOCK_D, BLOCK_N) state mask.
+    """
+    blk = pid % nblk
+    g = (pid // nblk) % ngroups
+    b = (pid // (nblk * ngroups)).to(tl.int64)
+    dl = blk * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = dl < dpg
+    ds = g * dpg + dl
+    ns = tl.arange(0, BLOCK_N)
+    nmask = ns < dstate
+    return b, g, ds, dmask, ns, nmask, dmask[:, None] & nmask[None, :]
+
+
+@triton.jit
 def combine(a1, b1, a2, b2):
     """Composition of h -> a1 h + b1, then h -> a2 h + b2 (the associative step of a linear recurrence)."""
     return a1 * a2, a2 * b1 + b2
