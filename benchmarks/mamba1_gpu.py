@@ -25,6 +25,7 @@ import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ssmkit.bench.kernel_timing import copy_bandwidth, fmt, rel_error  # noqa: E402
 from ssmkit.ops.selective_scan import selective_scan_parallel, selective_scan_reference  # noqa: E402
 from ssmkit.ops.selective_scan import selective_scan_step  # noqa: E402
 from ssmkit.ops.selective_scan.triton import selective_scan_step_triton, selective_scan_triton  # noqa: E402
@@ -71,8 +72,6 @@ def call(fn, t, **kw):
     return fn(**{k: t[k] for k in NAMES}, dt_softplus=True, **kw)
 
 
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def validate(cfg, log):
@@ -85,19 +84,13 @@ def validate(cfg, log):
         y, final = call(fn, leaves, return_final_state=True)
         grads = torch.autograd.grad((y, final), [leaves[k] for k in NAMES], (dy.to(y.dtype), torch.zeros_like(final)))
         outs[name] = (y, final, grads)
-    errs = {"y": rel(outs["triton"][0], outs["f64"][0]), "final": rel(outs["triton"][1], outs["f64"][1])}
-    errs.update({f"d{k}": rel(a, b) for k, a, b in zip(NAMES, outs["triton"][2], outs["f64"][2])})
+    errs = {"y": rel_error(outs["triton"][0], outs["f64"][0]), "final": rel_error(outs["triton"][1], outs["f64"][1])}
+    errs.update({f"d{k}": rel_error(a, b) for k, a, b in zip(NAMES, outs["triton"][2], outs["f64"][2])})
     log("validate bf16 b2 L4096 vs float64 parallel: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
     ok = errs["y"] < 1e-2 and errs["final"] < 1e-2 and all(v < 2e-2 for k, v in errs.items() if k[0] == "d")
     return ok, errs
 
 
-def copy_bandwidth():
-    """Bytes read + written per second by a 1 GiB device-to-device copy."""
-    src = torch.randn(1 << 28, device="cuda")
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
-    return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
 def scan_bytes(batch, seqlen, dim, dstate, elt=2):
@@ -142,7 +135,7 @@ def bench_step(batch, state_dtype, cfg, copy_bw):
     expected = states[0].clone()
     y_ref = selective_scan_step(expected, *args, **kw)
     y = selective_scan_step_triton(states[0], *args, **kw)
-    err = max(rel(y, y_ref), rel(states[0].float(), expected.float()))
+    err = max(rel_error(y, y_ref), rel_error(states[0].float(), expected.float()))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for s in states:
@@ -154,8 +147,6 @@ def bench_step(batch, state_dtype, cfg, copy_bw):
                 frac=io_bytes / (ms * 1e-3) / copy_bw, err=err)
 
 
-def fmt(t):
-    return f"{t:.3f}" if isinstance(t, float) else ("-" if t is None else str(t))
 
 
 def main():

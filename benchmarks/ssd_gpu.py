@@ -24,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ssmkit.bench.kernel_timing import copy_bandwidth, fmt, rel_error  # noqa: E402
 from ssmkit.ops.ssd.chunked import ssd_chunked  # noqa: E402
 from ssmkit.ops.ssd.step import ssd_step_reference  # noqa: E402
 from ssmkit.ops.ssd.triton import ssd_step_triton, ssd_triton  # noqa: E402
@@ -71,8 +72,6 @@ def ssd_call(impl, t):
               chunk_size=64)
 
 
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def validate(cfg, log):
@@ -85,10 +84,10 @@ def validate(cfg, log):
         y, final = ssd_call(impl, t)
         grads = torch.autograd.grad((y, final), list(t.values()), (dy, torch.zeros_like(final)))
         outs[impl] = (y, final, grads)
-    errs["y"] = rel(outs["triton"][0], outs["chunked"][0])
-    errs["final"] = rel(outs["triton"][1], outs["chunked"][1])
+    errs["y"] = rel_error(outs["triton"][0], outs["chunked"][0])
+    errs["final"] = rel_error(outs["triton"][1], outs["chunked"][1])
     for name, a, b in zip(t, outs["triton"][2], outs["chunked"][2]):
-        errs[f"d{name}"] = rel(a, b)
+        errs[f"d{name}"] = rel_error(a, b)
     log(f"validate bf16 b4 L4096 vs chunked: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
     ok = errs["y"] < 1e-2 and errs["final"] < 1e-2 and all(v < 2e-2 for k, v in errs.items() if k[0] == "d")
     return ok, errs
@@ -129,12 +128,6 @@ def bench_sdpa(batch, seqlen, cfg):
     return time_pair(fwd), time_pair(fb, grad_to_none=[q, k, v])
 
 
-def copy_bandwidth():
-    """Bytes read + written per second by a 1 GiB device-to-device copy."""
-    src = torch.randn(1 << 28, device="cuda")
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
-    return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
 def bench_step(batch, state_dtype, copy_bw, nheads=64, headdim=64, dstate=128):
@@ -150,7 +143,7 @@ def bench_step(batch, state_dtype, copy_bw, nheads=64, headdim=64, dstate=128):
     expected = states[0].clone()
     y_ref = ssd_step_reference(expected, x, dt, A, B, C, **kw)
     y = ssd_step_triton(states[0], x, dt, A, B, C, **kw)
-    err = max(rel(y, y_ref), rel(states[0].float(), expected.float()))
+    err = max(rel_error(y, y_ref), rel_error(states[0].float(), expected.float()))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for s in states:
@@ -163,8 +156,6 @@ def bench_step(batch, state_dtype, copy_bw, nheads=64, headdim=64, dstate=128):
                 bw=io_bytes / (ms * 1e-3), frac=io_bytes / (ms * 1e-3) / copy_bw, err=err)
 
 
-def fmt(t):
-    return f"{t:.3f}" if isinstance(t, float) else ("-" if t is None else str(t))
 
 
 def main():
