@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -36,3 +38,21 @@ def pick_impl(package: str, name: str, impl: str, device: torch.device, referenc
     if impl == "auto" and not getattr(module, "AUTO_SELECTABLE", False):
         return reference
     return getattr(module, f"{name}_triton")
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1), as the CPU tests do."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_triton_device(x: torch.Tensor) -> None:
+    """A Triton impl needs CUDA tensors, or the interpreter."""
+    if x.device.type != "cuda" and not interpreting():
+        raise ValueError(f"impl: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {x.device}")
+
+
+def warn_once(message: str, _seen: set = set()) -> None:
+    """A fallback warning, given once per distinct message per process."""
+    if message not in _seen:
+        _seen.add(message)
+        warnings.warn(message, stacklevel=3)

@@ -8,11 +8,9 @@ h = state (batch, nheads, headdim, dstate), chunk_size = Q.
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
-
 import torch
 
+from ..dispatch import interpreting, triton_module_available, warn_once
 from ..validate import check_finite, check_impl, check_negative, check_same_device, check_tensor
 from ..varlen import check_cu_seqlens
 from .chunked import ssd_chunked
@@ -28,8 +26,7 @@ STEP_IMPLS = ("auto", "reference", "triton")
 
 
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None and importlib.util.find_spec(
-        "ssmkit.ops.ssd.triton") is not None
+    return triton_module_available(__name__)
 
 
 def ssd(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None, chunk_size=64,
@@ -135,15 +132,10 @@ def _resolve(impl: str, x: torch.Tensor) -> str:
     if impl == "triton":
         if not triton_available():
             raise ValueError("impl: 'triton' needs the triton package and ssmkit.ops.ssd.triton, not found")
-        if not x.is_cuda and not _interpreting():
+        if not x.is_cuda and not interpreting():
             raise ValueError(f"impl: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {x.device}")
     return impl
 
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _check_inputs(x, dt, A, B, C, D, z, dt_bias, dt_limit, chunk_size, initial_state, cu_seqlens, impl):
@@ -180,8 +172,3 @@ def _check_inputs(x, dt, A, B, C, D, z, dt_bias, dt_limit, chunk_size, initial_s
     if initial_state is not None:
         check_tensor("initial_state", initial_state, shape=(nstates, nheads, headdim, dstate))
 
-
-def warn_once(message: str, _seen=set()) -> None:
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=3)

@@ -15,10 +15,10 @@ from __future__ import annotations
 # impl="triton" reaches the kernels directly.
 AUTO_SELECTABLE = False
 
-import os
-import warnings
 
 import torch
+
+from ssmkit.ops.dispatch import check_triton_device, warn_once
 
 from ssmkit.ops.conv1d.reference import causal_conv1d_ref
 from ssmkit.ops.conv1d.step import causal_conv1d_step_ref
@@ -71,7 +71,7 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=No
     if reason is not None:
         warn_once(reason)
         return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state, cu_seqlens)
-    check_device(x)
+    check_triton_device(x)
     if x.stride(-1) != 1:
         x = x.contiguous()
     seq_idx = None
@@ -95,17 +95,6 @@ def causal_conv1d_step_triton(conv_state, x, weight, bias=None, activation=None)
     if reason is not None:
         warn_once(reason)
         return causal_conv1d_step_ref(conv_state, x, weight, bias, activation)
-    check_device(x)
+    check_triton_device(x)
     return conv_step(conv_state, x, weight.contiguous(), None if bias is None else bias.contiguous(),
                      activation == "silu")
-
-
-def check_device(x) -> None:
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise ValueError(f"impl: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {x.device}")
-
-
-def warn_once(message: str, _seen=set()) -> None:
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=3)

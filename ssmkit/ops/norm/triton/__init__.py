@@ -15,10 +15,10 @@ from __future__ import annotations
 # impl="triton" reaches the kernels directly.
 AUTO_SELECTABLE = False
 
-import os
-import warnings
 
 import torch
+
+from ssmkit.ops.dispatch import check_triton_device, warn_once
 
 from ssmkit.ops.norm.reference import gated_rms_norm_ref, rms_norm_ref
 
@@ -68,7 +68,7 @@ def gated_rms_norm_triton(x, z, weight, eps=1e-6, group_size=None, norm_before_g
     if reason is not None:
         warn_once(reason)
         return gated_rms_norm_ref(x, z, weight, eps, group_size, norm_before_gate)
-    check_device(x)
+    check_triton_device(x)
     rows = x.reshape(-1, dim).contiguous()
     zrows = None if z is None else z.reshape(-1, dim).contiguous()
     out = GatedRMSNormFunction.apply(rows, zrows, weight.contiguous(), float(eps), group_size,
@@ -82,14 +82,3 @@ def rms_norm_triton(x, weight, eps=1e-6):
         warn_once(unsupported_reason(x, weight, None, x.shape[-1]))
         return rms_norm_ref(x, weight, eps)
     return gated_rms_norm_triton(x, None, weight, eps)
-
-
-def check_device(x) -> None:
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise ValueError(f"impl: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {x.device}")
-
-
-def warn_once(message: str, _seen=set()) -> None:
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=3)

@@ -8,10 +8,10 @@ Version history
 
 from __future__ import annotations
 
-import os
-import warnings
 
 import torch
+
+from ssmkit.ops.dispatch import check_triton_device, warn_once
 
 from .bwd import selective_scan_bwd
 from .fwd import selective_scan_fwd
@@ -61,7 +61,7 @@ def selective_scan_triton(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softp
         kw = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
         return selective_scan_parallel(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                                        initial_state=initial_state, return_final_state=return_final_state, **kw)
-    check_device(x)
+    check_triton_device(x)
     inputs = (x, dt, A, B, C, D, z, dt_bias, initial_state)
     checkpoint = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     x, dt, B, C, z = (unit_last_stride(t) for t in (x, dt, B, C, z))
@@ -77,14 +77,3 @@ def unsupported_reason(x, cu_seqlens) -> str | None:
     if x.dtype not in SUPPORTED_DTYPES:
         return f"selective scan triton kernels take float32/float16/bfloat16, got {x.dtype}; using the parallel scan"
     return None
-
-
-def check_device(x) -> None:
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise ValueError(f"impl: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {x.device}")
-
-
-def warn_once(message: str, _seen=set()) -> None:
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=3)

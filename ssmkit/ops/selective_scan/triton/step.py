@@ -15,10 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmkit.ops.dispatch import check_triton_device, warn_once
+
 from ssmkit.ops.selective_scan.step import selective_scan_step
 from ssmkit.ops.ssd.triton.tiles import softplus
 
-from .autograd import SUPPORTED_DTYPES, check_device, warn_once
+from .autograd import SUPPORTED_DTYPES
 from .plan import block_n
 from .tiles import channel_tile
 
@@ -64,7 +66,7 @@ def selective_scan_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias
     if x.dtype not in SUPPORTED_DTYPES:
         warn_once(f"selective scan triton step takes float32/float16/bfloat16, got {x.dtype}; using the torch step")
         return selective_scan_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
-    check_device(x)
+    check_triton_device(x)
     batch, dim = x.shape
     ngroups, dstate = B.shape[1], B.shape[2]
     dpg = dim // ngroups

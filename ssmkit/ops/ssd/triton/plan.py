@@ -11,10 +11,11 @@ Version history
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from ssmkit.ops.dispatch import interpreting
 
 # Programs to aim for per streaming multiprocessor before cutting sequences into more segments.
 PROGRAMS_PER_SM = 6
@@ -33,10 +34,6 @@ class Plan:
     maxlen: int
     nseg: int
     seg_chunks: int
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def sm_count(device: torch.device) -> int:
