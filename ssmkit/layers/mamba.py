@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.ops.conv1d import causal_conv1d, causal_conv1d_step
+from ssmkit.ops.conv1d import causal_conv1d_step
 from ssmkit.ops.selective_scan import selective_scan, selective_scan_step
 
 from .norm import RMSNorm
 from .padding import padded_dt, state_dtype, zero_padded
+from .ssm_inputs import conv_silu, decay_rate
 
 
 @dataclass
@@ -87,18 +88,12 @@ class Mamba(nn.Module):
         """
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = zero_padded(x, key_padding_mask)
-        conv_w, conv_b = self.conv1d.weight[:, 0], self.conv1d.bias
-        if state is None:
-            x = causal_conv1d(x, conv_w, conv_b, activation="silu", cu_seqlens=cu_seqlens)
-        else:
-            x, conv_final = causal_conv1d(x, conv_w, conv_b, activation="silu", initial_state=state.conv_state,
-                                          return_final_state=True)
-            state.conv_state.copy_(conv_final)
+        x = conv_silu(x, self.conv1d, None if state is None else state.conv_state, cu_seqlens)
         dt, B, C = self._dt_B_C(x)
         dt_bias, softplus = self.dt_proj.bias, True
         if key_padding_mask is not None:
             dt, dt_bias, softplus = padded_dt(dt, dt_bias, key_padding_mask), None, False
-        A = -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype)))  # float32 at least, as the scans compute
+        A = decay_rate(self.A_log)
         y = selective_scan(x, dt, A, B[:, :, None], C[:, :, None], D=self.D, z=z, dt_bias=dt_bias,
                            dt_softplus=softplus, initial_state=None if state is None else state.ssm_state,
                            return_final_state=state is not None, cu_seqlens=cu_seqlens)
@@ -112,7 +107,7 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = causal_conv1d_step(state.conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         dt, B, C = self._dt_B_C(x)
-        A = -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype)))  # float32 at least, as the scans compute
+        A = decay_rate(self.A_log)
         y = selective_scan_step(state.ssm_state, x, dt, A, B[:, None], C[:, None], D=self.D, z=z,
                                 dt_bias=self.dt_proj.bias, dt_softplus=True)
         return self.out_proj(y)

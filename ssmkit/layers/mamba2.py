@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssmkit.ops.conv1d import causal_conv1d, causal_conv1d_step
+from ssmkit.ops.conv1d import causal_conv1d_step
 from ssmkit.ops.ssd import ssd, ssd_step
 
 from .norm import GatedRMSNorm
 from .padding import padded_dt, state_dtype, zero_padded
+from .ssm_inputs import conv_silu, decay_rate
 
 
 @dataclass
@@ -85,19 +86,13 @@ class Mamba2(nn.Module):
         batch, seqlen, _ = hidden.shape
         z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC = zero_padded(xBC, key_padding_mask)
-        conv_w, conv_b = self.conv1d.weight[:, 0], self.conv1d.bias
-        if state is None:
-            xBC = causal_conv1d(xBC, conv_w, conv_b, activation="silu", cu_seqlens=cu_seqlens)
-        else:
-            xBC, conv_final = causal_conv1d(xBC, conv_w, conv_b, activation="silu",
-                                            initial_state=state.conv_state, return_final_state=True)
-            state.conv_state.copy_(conv_final)
+        xBC = conv_silu(xBC, self.conv1d, None if state is None else state.conv_state, cu_seqlens)
         x, B, C = self._split_xBC(xBC)
         dt_bias, softplus, dt_limit = self.dt_bias, True, self.dt_limit
         if key_padding_mask is not None:
             dt = padded_dt(dt, dt_bias, key_padding_mask, self.dt_limit)
             dt_bias, softplus, dt_limit = None, False, None
-        A = -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype)))  # float32 at least, as the scans compute
+        A = decay_rate(self.A_log)
         y = ssd(x, dt, A, B, C, D=self.D, dt_bias=dt_bias, dt_softplus=softplus, dt_limit=dt_limit,
                 chunk_size=self.chunk_size, initial_state=None if state is None else state.ssm_state,
                 return_final_state=state is not None, cu_seqlens=cu_seqlens)
@@ -113,7 +108,7 @@ class Mamba2(nn.Module):
         xBC = causal_conv1d_step(state.conv_state, xBC, self.conv1d.weight[:, 0], self.conv1d.bias,
                                  activation="silu")
         x, B, C = self._split_xBC(xBC)
-        A = -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype)))  # float32 at least, as the scans compute
+        A = decay_rate(self.A_log)
         y = ssd_step(state.ssm_state, x, dt, A, B, C, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
                      dt_limit=self.dt_limit)
         return self.out_proj(self.norm(y.reshape(hidden.shape[0], self.d_inner), z))

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ssmkit.layers import Mamba2
-from ssmkit.layers.padding import state_dtype
+from ssmkit.layers.ssm_inputs import decay_rate
 from ssmkit.ops.conv1d import causal_conv1d
 from ssmkit.ops.ssd import ssd
 from ssmkit.ops.ssd.pointwise import effective_dt, heads_from_groups, skip_and_gate
@@ -174,7 +174,7 @@ class SequenceParallelMamba2(nn.Module):
         xBC = causal_conv1d(torch.cat([halo, xBC], dim=1), m.conv1d.weight[:, 0], m.conv1d.bias,
                             activation="silu")[:, k:]
         x, B, C = m._split_xBC(xBC)
-        A = -torch.exp(m.A_log.to(state_dtype(m.A_log.dtype)))  # as Mamba2.forward: float32 at least
+        A = decay_rate(m.A_log)  # as Mamba2.forward
         y = ssd_sequence_parallel(x, dt, A, B, C, D=m.D, dt_bias=m.dt_bias, dt_softplus=True,
                                   dt_limit=m.dt_limit, chunk_size=m.chunk_size, group=self.group)
         return m.out_proj(m.norm(y.reshape(batch, seqlen, m.d_inner), z))
