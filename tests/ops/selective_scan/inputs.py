@@ -13,7 +13,8 @@ def make_inputs(
     """Returns (args, kwargs) for selective_scan(*args, **kwargs).
 
     dt is the pre-softplus value N(0, 0.5) + c with c in [-4, -2] per channel when dt_softplus, else the softplus
-    of it (so dt' ~ 0.02..0.13 either way); A = -exp(N(0, 1)); B, C, x, z ~ N(0, 1).
+    of it (so dt' ~ 0.02..0.13 either way; without softplus dt_bias is small and non-negative);
+    A = -exp(N(0, 1)); B, C, x, z ~ N(0, 1).
     """
     g = torch.Generator().manual_seed(seed)
 
@@ -32,7 +33,10 @@ def make_inputs(
     if z:
         kwargs["z"] = randn(batch, seqlen, dim)
     if dt_bias:
-        kwargs["dt_bias"] = 0.3 * randn(dim)
+        # With softplus the bias may be any sign; without it dt + dt_bias is the step itself and must stay > 0
+        # (a negative step makes exp(dt A) > 1 and the state grows without bound).
+        kwargs["dt_bias"] = 0.3 * randn(dim) if dt_softplus else 0.02 * torch.rand(dim, generator=g,
+                                                                                  dtype=torch.float64)
     if initial_state:
         kwargs["initial_state"] = randn(batch, dim, dstate)
     args = [a.to(dtype) for a in args]
