@@ -87,9 +87,41 @@ class Attention(nn.Module):
             y = self._attend(q, k, v, state, positions, key_padding_mask)
         return self.o_proj(y.reshape(batch, seqlen, self.n_heads * self.head_dim))
 
-    def step(self, hidden: torch.Tensor, state: AttentionState) -> torch.Tensor:
-        """One token: hidden (batch, d_model) -> (batch, d_model); appends to the KV cache."""
-        return self.forward(hidden[:, None], state)[:, 0]
+    def step(self, hidden: torch.Tensor, state: AttentionState, position: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """One token: hidden (batch, d_model) -> (batch, d_model); appends to the KV cache.
+
+        position None: the dynamic step, over the kv.length filled positions (advances kv.length).
+        position (1,) or (batch,) int64 on the device: the static-shape step a CUDA graph can capture (see
+        `step_static`).
+        """
+        if position is None:
+            return self.forward(hidden[:, None], state)[:, 0]
+        return self.step_static(hidden, state, position)
+
+    def step_static(self, hidden: torch.Tensor, state: AttentionState, position: torch.Tensor) -> torch.Tensor:
+        """One token with fixed shapes and no host synchronization: hidden (batch, d_model) -> (batch, d_model).
+
+        position (1,) or (batch,) int64 on the device: the cache index of the new token (its RoPE position too).
+        The key goes to kv at `position`; the query attends over all max_len cache positions under the mask
+        `index <= position` and key_mask, so the shapes never change and the result equals the dynamic step's
+        (masked keys get exactly zero weight). Neither position nor kv.length is advanced: the caller owns them.
+        """
+        batch = hidden.shape[0]
+        q = self.q_proj(hidden).view(batch, 1, self.n_heads, self.head_dim)
+        k = self.k_proj(hidden).view(batch, 1, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(batch, 1, self.n_kv_heads, self.head_dim)
+        pos = position.view(-1, 1)  # (1 or batch, 1)
+        if self.use_rope:
+            cos, sin = rotary_cos_sin(pos, self.head_dim, self.rope_theta, dtype=q.dtype, device=hidden.device,
+                                      rotary_dim=self.rotary_dim)  # (1 or batch, 1, rotary_dim)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k_all, v_all = state.kv.write_at(position, k, v)  # (batch, max_len, nkv_heads, headdim)
+        state.key_mask.scatter_(1, pos.expand(batch, 1), True)
+        index = torch.arange(state.kv.max_len, device=hidden.device)
+        allowed = (index[None, :] <= pos) & state.key_mask  # (batch, max_len)
+        y = attention(q, k_all, v_all, causal=False, scale=self.head_dim ** -0.5, key_padding_mask=allowed)
+        return self.o_proj(y.reshape(batch, self.n_heads * self.head_dim))
 
     def _attend(self, q, k, v, state: AttentionState | None, positions, key_padding_mask) -> torch.Tensor:
         """Attention of the new queries over the cached keys (when `state`) and the new ones, which it appends."""

@@ -49,11 +49,19 @@ class Block(nn.Module):
             x = x + self.ff(self.ff_norm(x.to(dtype)), key_padding_mask)
         return x
 
-    def step(self, x: torch.Tensor, state) -> torch.Tensor:
-        """One token: x (batch, d_model) -> (batch, d_model), through the mixer's step."""
+    def step(self, x: torch.Tensor, state, position: torch.Tensor | None = None) -> torch.Tensor:
+        """One token: x (batch, d_model) -> (batch, d_model), through the mixer's step.
+
+        position (1,) or (batch,) int64, or None: passed to attention mixers only (their static-shape step);
+        SSM mixers' steps have fixed shapes already.
+        """
         dtype = self.norm.weight.dtype
         residual = x.float() if self.residual_in_fp32 else x
-        x = residual + self.mixer.step(self.norm(x.to(dtype)), state)
+        h = self.norm(x.to(dtype))
+        if position is not None and self.mixer_kind == "attention":
+            x = residual + self.mixer.step(h, state, position)
+        else:
+            x = residual + self.mixer.step(h, state)
         if self.ff_kind is not None:
             x = x + self.ff(self.ff_norm(x.to(dtype)))
         return x

@@ -82,11 +82,18 @@ class LanguageModel(nn.Module):
             x = x[:, -logits_to_keep:]
         return self.lm_head(self.norm_f(x).to(self.lm_head.weight.dtype))
 
-    def step(self, input_ids: torch.Tensor, state: list) -> torch.Tensor:
-        """One decode step without input checks: input_ids (batch,) -> logits (batch, vocab_size)."""
+    def step(self, input_ids: torch.Tensor, state: list, position: torch.Tensor | None = None) -> torch.Tensor:
+        """One decode step without input checks: input_ids (batch,) -> logits (batch, vocab_size).
+
+        position None: attention layers attend over the kv.length positions their caches hold and advance it.
+        position (1,) or (batch,) int64 on the model's device, the cache index of this token: the static-shape
+        step (ssmkit.inference.graphs captures it in a CUDA graph). Attention layers write their key there and
+        attend over all max_len positions under a mask built on the device; nothing reads a value back to the
+        host and nothing advances position or kv.length (the caller does, position in place).
+        """
         x = self.embeddings(input_ids)
         for layer, layer_state in zip(self.layers, state):
-            x = layer.step(x, layer_state)
+            x = layer.step(x, layer_state, position)
         self._collect_aux_loss()
         return self.lm_head(self.norm_f(x).to(self.lm_head.weight.dtype))
 

@@ -120,6 +120,30 @@ class KVCache:
         self.length = needed
         return self._read(needed)
 
+    def write_at(self, position: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Static-shape append of one position per row, for a decode step captured in a CUDA graph.
+
+        Args:
+            position: (1,) or (batch,) int64 on the cache's device: where each row's new key goes (< max_len;
+                not checked, reading it would synchronize the host).
+            k_new, v_new: (batch, 1, nkv_heads, headdim).
+        Returns:
+            (k_all, v_all): (batch, max_len, nkv_heads, headdim) in dtype, every position, filled or not; the
+            caller masks positions past `position` (and earlier padding). `length` and `lengths` are left as they
+            are: the caller owns the position (a captured graph cannot update a Python int) and sets `length`
+            after the step when it mixes this with `append`.
+        """
+        check_tensor("k_new", k_new, shape=(self.batch, 1, self.nkv_heads, self.headdim))
+        check_tensor("v_new", v_new, shape=tuple(k_new.shape))
+        if position.dtype != torch.int64 or position.ndim != 1 or position.shape[0] not in (1, self.batch):
+            raise ValueError(f"position: expected an int64 tensor of shape (1,) or ({self.batch},), got "
+                             f"{position.dtype} shape {tuple(position.shape)}")
+        check_same_device(k_new=k_new, v_new=v_new, position=position, cache=self.k)
+        rows = torch.arange(self.batch, device=self.k.device)
+        self._write((rows, position.expand(self.batch)), k_new[:, 0], v_new[:, 0])  # index_put: no host sync
+        return self._read(self.max_len)
+
     def truncate(self, length: int | torch.Tensor) -> None:
         """Shortens the filled part (keeps the first `length` positions): an int for all rows, or (batch,)
         per-row lengths with per_row, e.g. the true lengths after prefilling a right-padded batch."""
