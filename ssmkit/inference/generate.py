@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import allocate_cache
+from .graphs import graphed_decoder, release_decoder
 from .sampling import SamplingConfig, next_token
 
 
@@ -55,15 +56,15 @@ def generate_steps(model, input_ids: torch.Tensor, *, max_new_tokens: int = 20, 
                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                    eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                    attention_mask: torch.Tensor | None = None, prefill_chunk_size: int | None = None,
-                   kv_dtype: torch.dtype | None = None, max_cache_len: int | None = None
-                   ) -> Iterator[GenerationStep]:
+                   kv_dtype: torch.dtype | None = None, max_cache_len: int | None = None,
+                   cuda_graph: bool | None = None) -> Iterator[GenerationStep]:
     """The decode loop of `generate`, one GenerationStep per new token (arguments as for `generate`).
 
     Stops after max_new_tokens steps or once every row has finished. The model runs in eval mode while the
     iterator is alive (MoE capacity limits apply in training mode only and would couple the rows).
     """
     plan = _plan(model, input_ids, max_new_tokens, SamplingConfig(temperature, top_k, top_p), seed, eos_token_id,
-                 pad_token_id, attention_mask, prefill_chunk_size, kv_dtype, max_cache_len)
+                 pad_token_id, attention_mask, prefill_chunk_size, kv_dtype, max_cache_len, cuda_graph)
     return _run(model, plan) if max_new_tokens > 0 else iter(())
 
 
@@ -71,7 +72,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 20, temperatu
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              eos_token_id: int | list[int] | None = None, attention_mask: torch.Tensor | None = None,
              prefill_chunk_size: int | None = None, kv_dtype: torch.dtype | None = None, *,
-             pad_token_id: int | None = None, max_cache_len: int | None = None) -> torch.Tensor:
+             pad_token_id: int | None = None, max_cache_len: int | None = None,
+             cuda_graph: bool | None = None) -> torch.Tensor:
     """Prompt plus new tokens, as transformers' generate returns them.
 
     Args:
@@ -87,6 +89,9 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 20, temperatu
         kv_dtype: storage of attention KV caches, e.g. torch.int8 (quantized); None = the model's dtype.
         pad_token_id: written after a row's stop token; None = model.config.pad_token_id, else the first eos id.
         max_cache_len: positions to allocate in attention KV caches; None = prompt_len + max_new_tokens.
+        cuda_graph: decode with the static step captured in a CUDA graph (ssmkit.inference.graphs), one per
+            batch size and cache length, kept for later calls; None = on CUDA devices, False = the eager step.
+            The tokens are the eager step's. A model whose step cannot be captured decodes eagerly (one warning).
     Returns:
         (batch, prompt_len + n) int64, n <= max_new_tokens: input_ids followed by the new tokens; n is shorter
         when every row stopped early, and a row that stopped earlier continues with pad_token_id.
@@ -94,7 +99,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 20, temperatu
     steps = generate_steps(model, input_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, seed=seed, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                            attention_mask=attention_mask, prefill_chunk_size=prefill_chunk_size,
-                           kv_dtype=kv_dtype, max_cache_len=max_cache_len)
+                           kv_dtype=kv_dtype, max_cache_len=max_cache_len, cuda_graph=cuda_graph)
     new = [step.tokens for step in steps]
     if not new:
         return input_ids.long().clone()
@@ -115,6 +120,8 @@ class _Plan:
     prefill_chunk_size: int | None
     kv_dtype: torch.dtype | None
     cache_len: int
+    exact_cache_len: bool  # max_cache_len was given: a graph's KV caches get exactly cache_len positions
+    cuda_graph: bool
 
 
 def _run(model, plan: _Plan) -> Iterator[GenerationStep]:
@@ -128,25 +135,43 @@ def _run(model, plan: _Plan) -> Iterator[GenerationStep]:
 
 @torch.no_grad()
 def _decode(model, plan: _Plan) -> Iterator[GenerationStep]:
-    batch = plan.input_ids.shape[0]
+    batch, prompt_len = plan.input_ids.shape
     device = plan.input_ids.device
-    state = allocate_cache(model, batch, plan.cache_len, kv_dtype=plan.kv_dtype)
-    logits = prefill(model, plan.input_ids, state, key_padding_mask=plan.key_padding_mask,
-                     chunk_size=plan.prefill_chunk_size)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    for t in range(plan.max_new_tokens):
-        tokens = next_token(logits, plan.sampling, plan.generator)
-        if plan.eos is not None:
-            tokens = torch.where(finished, plan.pad_token_id, tokens)
-            finished = finished | torch.isin(tokens, plan.eos)
-        yield GenerationStep(tokens=tokens, logits=logits, finished=finished)
-        if t == plan.max_new_tokens - 1 or (plan.eos is not None and bool(finished.all())):
-            return
-        logits = model.step(tokens, state)
+    decoder = None
+    if plan.cuda_graph:
+        # None when the model cannot be captured, or when this graph serves another live generation.
+        decoder = graphed_decoder(model, batch, plan.cache_len, kv_dtype=plan.kv_dtype,
+                                  exact=plan.exact_cache_len)
+    try:
+        if decoder is None:
+            state = allocate_cache(model, batch, plan.cache_len, kv_dtype=plan.kv_dtype)
+        else:
+            decoder.reset()
+            state = decoder.state
+        logits = prefill(model, plan.input_ids, state, key_padding_mask=plan.key_padding_mask,
+                         chunk_size=plan.prefill_chunk_size)
+        if decoder is not None:
+            decoder.start(prompt_len)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        for t in range(plan.max_new_tokens):
+            tokens = next_token(logits, plan.sampling, plan.generator)
+            if plan.eos is not None:
+                tokens = torch.where(finished, plan.pad_token_id, tokens)
+                finished = finished | torch.isin(tokens, plan.eos)
+            yield GenerationStep(tokens=tokens, logits=logits, finished=finished)
+            if t == plan.max_new_tokens - 1 or (plan.eos is not None and bool(finished.all())):
+                return
+            if decoder is None:
+                logits = model.step(tokens, state)
+            else:
+                logits = decoder.step(tokens).clone()  # the graph's output buffer is overwritten next step
+    finally:
+        if decoder is not None:
+            release_decoder(model, decoder)
 
 
 def _plan(model, input_ids, max_new_tokens, sampling, seed, eos_token_id, pad_token_id, attention_mask,
-          prefill_chunk_size, kv_dtype, max_cache_len) -> _Plan:
+          prefill_chunk_size, kv_dtype, max_cache_len, cuda_graph) -> _Plan:
     """Checks every argument of generate and raises ValueError naming the first bad one."""
     vocab = model.config.vocab_size
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int32, torch.int64):
@@ -190,7 +215,18 @@ def _plan(model, input_ids, max_new_tokens, sampling, seed, eos_token_id, pad_to
     return _Plan(input_ids=ids, key_padding_mask=mask, max_new_tokens=max_new_tokens, sampling=sampling,
                  generator=generator, eos=torch.tensor(eos, device=device) if eos else None,
                  pad_token_id=0 if pad is None else pad, prefill_chunk_size=prefill_chunk_size,
-                 kv_dtype=kv_dtype, cache_len=cache_len)
+                 kv_dtype=kv_dtype, cache_len=cache_len, exact_cache_len=max_cache_len is not None,
+                 cuda_graph=_use_cuda_graph(cuda_graph, device))
+
+
+def _use_cuda_graph(cuda_graph, device: torch.device) -> bool:
+    """cuda_graph None/True/False -> whether to decode through a captured graph on `device`."""
+    if cuda_graph is not None and not isinstance(cuda_graph, bool):
+        raise ValueError(f"cuda_graph: expected None, True or False, got {cuda_graph!r}")
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph: expected None or False for a model on {device} (CUDA graphs need a CUDA "
+                         f"device), got True")
+    return device.type == "cuda" if cuda_graph is None else cuda_graph
 
 
 def _key_padding_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor | None:

@@ -1,0 +1,278 @@
+"""The decode step of a LanguageModel captured in a CUDA graph: one graph per (batch, cache length, dtype).
+
+Each token then costs one graph replay instead of a few hundred kernel launches from Python, which is what bounds
+small models at small batch. The captured step is `model.step(tokens, state, position)`, the static-shape step
+(attention over all cache positions under a device-side mask, the position a device tensor advanced in place),
+as gpt-fast's compiled decode and mamba_ssm's `InferenceParams` graph cache do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from collections import OrderedDict
+
+import torch
+
+from ssmkit.ops.attention.kv_cache import KVCache
+from ssmkit.ops.dispatch import warn_once
+
+from .cache import allocate_cache
+
+MAX_GRAPHS_PER_MODEL = 4  # each holds a full decode state (KV caches included); the least recently used goes
+WARMUP_STEPS = 3  # eager steps on a side stream before capture: Triton compiles and cuBLAS picks its kernels
+
+
+class GraphedDecoder:
+    """A preallocated decode state and the static decode step of `model` over it, captured when `capture`.
+
+    Args:
+        model: a LanguageModel (kept by a weak reference; the caller keeps it alive).
+        batch: rows. max_len: positions each attention layer's KV cache holds (unused without attention layers).
+        kv_dtype: storage of the KV caches, as for allocate_cache.
+        capture: capture a CUDA graph (default: when the model is on a CUDA device). False runs the same static
+            step eagerly, which is how CPU tests check it. When capture fails (a layer that reads a value back to
+            the host, such as MoE routing with .tolist() or S4's value checks), the decoder warns once and
+            decodes with the eager dynamic step `model.step(tokens, state)` instead: `captured` is then False and
+            `fallback_reason` says why.
+    Use: `reset()`, prefill `state` with the model's forward, `start(prompt_len)`, then `step(tokens)` per token.
+    """
+
+    def __init__(self, model, batch: int, max_len: int, *, kv_dtype: torch.dtype | None = None,
+                 capture: bool | None = None):
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len: expected an int >= 1, got {max_len!r}")
+        self.device = model.embeddings.weight.device
+        if capture is None:
+            capture = self.device.type == "cuda"
+        if capture and self.device.type != "cuda":
+            raise ValueError(f"capture: CUDA graphs need a model on a CUDA device, got {self.device}")
+        self._model = weakref.ref(model)
+        self.batch, self.kv_dtype, self.capture = batch, kv_dtype, capture
+        self.has_attention = "attention" in model.config.mixers
+        self.tokens = torch.zeros(batch, dtype=torch.int64, device=self.device)  # the graph's input
+        self.position = torch.zeros(1, dtype=torch.int64, device=self.device)  # cache index of the next token
+        self.length = 0  # host mirror of position, set by start() and step(), never read from the device
+        self.fallback_reason: str | None = None
+        self._build(max_len)
+        self.reset()
+
+    @property
+    def model(self):
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this GraphedDecoder no longer exists")
+        return model
+
+    @property
+    def captured(self) -> bool:
+        return self._graph is not None
+
+    @property
+    def capacity(self) -> int | None:
+        """Positions the KV caches hold (None without attention layers: no limit)."""
+        return self.max_len if self.has_attention else None
+
+    def reset(self) -> None:
+        """Empties the state in place (SSM states zeroed, KV caches emptied) for a new prefill; position 0."""
+        for layer_state in self.state:
+            _reset_layer_state(layer_state)
+        self.start(0)
+
+    def start(self, length: int) -> None:
+        """Declares that `state` holds `length` positions (after a prefill of that many tokens)."""
+        if self.capacity is not None and length > self.capacity:
+            raise ValueError(f"length: the KV caches hold {self.capacity} positions, got {length}")
+        self.length = length
+        self.position.fill_(length)
+        for kv in self._kvs:
+            kv.length = length
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (batch,) int64 -> logits (batch, vocab_size) of the next position; advances the state.
+
+        With a captured graph the logits are its static output buffer, overwritten by the next step (clone
+        them to keep them). A step past the KV caches' capacity first grows them (twice the size, contents
+        copied, graph captured again), so it never writes past the end.
+        """
+        if self.capacity is not None and self.length >= self.capacity:
+            self.grow(2 * self.capacity)
+        if self.fallback_reason is not None:
+            logits = self.model.step(tokens, self.state)  # the dynamic step advances kv.length itself
+            self.length += 1
+            self.position.fill_(self.length)
+            return logits
+        self.tokens.copy_(tokens)
+        if self._graph is not None:
+            self._graph.replay()
+            logits = self._logits
+        else:
+            logits = self._static_step()
+        self.length += 1
+        for kv in self._kvs:
+            kv.length = self.length
+        return logits
+
+    @torch.no_grad()
+    def grow(self, max_len: int) -> None:
+        """Reallocates the KV caches for max_len positions, keeping what the state holds, and captures again."""
+        if max_len <= self.max_len:
+            return
+        old, length = self.state, self.length
+        self._build(max_len)  # new state (dirtied by the capture's warm-up steps), new graph
+        for new_state, old_state in zip(self.state, old):
+            _copy_layer_state(new_state, old_state, length)
+        self.start(length)
+
+    def _build(self, max_len: int) -> None:
+        self.max_len = max_len
+        model = self.model
+        self.state = allocate_cache(model, self.batch, max_len if self.has_attention else 1,
+                                    kv_dtype=self.kv_dtype)
+        self._kvs = [s.kv for s in self.state if isinstance(getattr(s, "kv", None), KVCache)]
+        self._graph, self._logits = None, None
+        if self.capture and self.fallback_reason is None:
+            self._capture()
+
+    def _static_step(self) -> torch.Tensor:
+        logits = self.model.step(self.tokens, self.state, self.position)
+        self.position.add_(1)
+        return logits
+
+    @torch.no_grad()
+    def _capture(self) -> None:
+        """Warm-up on a side stream, then capture one static step (its state updates and position += 1)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    self.position.zero_()  # stay inside the cache whatever its size
+                    self._static_step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.position.zero_()
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: another thread's CUDA calls (a server's) neither break nor get blocked by the capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                logits = self._static_step()
+        except Exception as e:  # a host read inside the step: capture is impossible for this model
+            self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warn_once(f"CUDA graph capture of {type(self.model).__name__} decode failed ({self.fallback_reason}); "
+                      f"decoding eagerly instead")
+            return
+        finally:
+            self.model.train(was_training)
+        self._graph, self._logits = graph, logits
+
+
+def _reset_layer_state(state) -> None:
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, KVCache):
+            value.reset()
+        elif f.name == "key_mask":
+            value.fill_(True)
+        elif f.name == "padded":
+            setattr(state, f.name, False)
+        elif isinstance(value, torch.Tensor):
+            value.zero_()
+
+
+def _copy_layer_state(new, old, length: int) -> None:
+    """Copies a layer's state into a bigger one: SSM tensors whole, the first `length` KV positions."""
+    for f in dataclasses.fields(old):
+        src, dst = getattr(old, f.name), getattr(new, f.name)
+        if isinstance(src, KVCache):
+            for name in ("k", "v", "k_scale", "v_scale"):
+                if getattr(src, name) is not None:
+                    getattr(dst, name)[:, :length].copy_(getattr(src, name)[:, :length])
+        elif f.name == "key_mask":
+            dst.fill_(True)
+            dst[:, :length].copy_(src[:, :length])
+        elif isinstance(src, torch.Tensor):
+            dst.copy_(src)
+        else:
+            setattr(new, f.name, src)
+
+
+def graph_cache_len(needed: int) -> int:
+    """The KV capacity of the graph that serves `needed` positions: rounded up to a multiple of 256, or of 1/8 of
+    its power of two when larger, so prompts of nearby lengths share a graph and at most ~12 % is unused."""
+    step = max(256, 2 ** max(needed.bit_length() - 4, 0))
+    return -(-needed // step) * step
+
+
+class _Registry:
+    """Decoders of each model, least recently used first, keyed by (batch, capacity, dtype, kv_dtype)."""
+
+    def __init__(self):
+        self.by_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.lock = threading.Lock()
+
+
+_REGISTRY = _Registry()
+
+
+def graphed_decoder(model, batch: int, max_len: int, *, kv_dtype: torch.dtype | None = None,
+                    exact: bool = False) -> GraphedDecoder | None:
+    """The model's decoder for this batch and at least max_len positions, captured on first use; None when the
+    model cannot be captured (known from an earlier try) or that decoder is in use by another generation.
+
+    max_len is rounded up by graph_cache_len unless `exact`; models without attention layers share one decoder
+    per batch whatever the length. A decoder is dropped when the model's parameters were replaced (e.g. by
+    .to()) since its capture, and past MAX_GRAPHS_PER_MODEL the least recently used one goes.
+    """
+    has_attention = "attention" in model.config.mixers
+    capacity = (max_len if exact else graph_cache_len(max_len)) if has_attention else 1
+    key = (batch, capacity, model.embeddings.weight.dtype, kv_dtype)
+    signature = _signature(model)
+    with _REGISTRY.lock:
+        entry = _REGISTRY.by_model.setdefault(model, {"signature": signature, "decoders": OrderedDict(),
+                                                      "busy": set(), "failed": None})
+        if entry["signature"] != signature:
+            entry.update(signature=signature, decoders=OrderedDict(), failed=None)
+        if entry["failed"] is not None:
+            return None
+        decoders = entry["decoders"]
+        decoder = decoders.get(key)
+        if decoder is not None and id(decoder) in entry["busy"]:
+            return None
+        if decoder is None:
+            while len(decoders) >= MAX_GRAPHS_PER_MODEL:
+                decoders.popitem(last=False)
+            decoder = GraphedDecoder(model, batch, capacity, kv_dtype=kv_dtype)
+            if decoder.fallback_reason is not None:
+                entry["failed"] = decoder.fallback_reason
+                return None
+            decoders[key] = decoder
+        decoders.move_to_end(key)
+        entry["busy"].add(id(decoder))
+    return decoder
+
+
+def release_decoder(model, decoder: GraphedDecoder) -> None:
+    """Marks a decoder from graphed_decoder free for the next generation."""
+    with _REGISTRY.lock:
+        entry = _REGISTRY.by_model.get(model)
+        if entry is not None:
+            entry["busy"].discard(id(decoder))
+
+
+def clear_graphs(model=None) -> None:
+    """Drops the cached decoders (graphs and states) of `model`, or of every model, freeing their memory."""
+    with _REGISTRY.lock:
+        if model is None:
+            _REGISTRY.by_model.clear()
+        else:
+            _REGISTRY.by_model.pop(model, None)
+
+
+def _signature(model) -> tuple:
+    """Which tensors the graphs read: replaced parameters (a .to(), a new dtype) make a captured graph stale."""
+    return tuple(t.data_ptr() for t in model.parameters()) + tuple(t.data_ptr() for t in model.buffers())
