@@ -152,9 +152,12 @@ class GraphedDecoder:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
+                for i in range(WARMUP_STEPS):
                     self.position.zero_()  # stay inside the cache whatever its size
-                    self._static_step()
+                    if i == WARMUP_STEPS - 1:  # the earlier steps compiled and tuned Triton kernels, which syncs
+                        _step_without_host_sync(self._static_step)
+                    else:
+                        self._static_step()
             torch.cuda.current_stream(self.device).wait_stream(side)
             self.position.zero_()
             graph = torch.cuda.CUDAGraph()
@@ -162,6 +165,7 @@ class GraphedDecoder:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 logits = self._static_step()
         except Exception as e:  # a host read inside the step: capture is impossible for this model
+            _clear_cuda_error(self.device)
             self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warn_once(f"CUDA graph capture of {type(self.model).__name__} decode failed ({self.fallback_reason}); "
                       f"decoding eagerly instead")
@@ -169,6 +173,26 @@ class GraphedDecoder:
         finally:
             self.model.train(was_training)
         self._graph, self._logits = graph, logits
+
+
+def _step_without_host_sync(fn) -> None:
+    """Runs fn with torch's sync debug mode set to "error", so a step that reads a value back to the host (which
+    a capture cannot hold) raises here, before a capture is even tried."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
+def _clear_cuda_error(device) -> None:
+    """A failed capture leaves its error as the runtime's last error; a synchronize reports (and clears) it here
+    rather than in the next unrelated kernel launch check."""
+    try:
+        torch.cuda.synchronize(device)
+    except Exception:
+        pass
 
 
 def _reset_layer_state(state) -> None:
@@ -262,6 +286,13 @@ def release_decoder(model, decoder: GraphedDecoder) -> None:
         entry = _REGISTRY.by_model.get(model)
         if entry is not None:
             entry["busy"].discard(id(decoder))
+
+
+def graph_keys(model) -> list[tuple]:
+    """The (batch, capacity, dtype, kv_dtype) of each decoder cached for `model`, least recently used first."""
+    with _REGISTRY.lock:
+        entry = _REGISTRY.by_model.get(model)
+        return [] if entry is None else list(entry["decoders"])
 
 
 def clear_graphs(model=None) -> None:
