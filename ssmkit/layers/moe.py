@@ -51,7 +51,8 @@ class MoE(nn.Module):
     The capacity factor drops assignments past ceil(factor * tokens * top_k / n_experts) per expert, in token
     order, in training mode only: at inference a token's output must not depend on the other tokens of the batch,
     or prefill and token-by-token decode would differ. `set_capacity_factors` gives each expert its own factor
-    (a plain attribute, neither in checkpoints nor cast by .to(dtype), so capacities stay exact); None (the default) uses moe_capacity_factor for all.
+    (a plain attribute, neither in checkpoints nor cast by .to(dtype), so capacities stay exact); None (the
+    default) uses moe_capacity_factor for all.
     An assignment over its expert's capacity is dropped, not rerouted to the token's next choice (as Switch and
     GShard do): the token keeps its other chosen experts at their unchanged weights, and a dropped top-1 token
     passes through the block's residual only.
