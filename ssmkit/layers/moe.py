@@ -187,7 +187,7 @@ class MoE(nn.Module):
             return torch.full((self.n_experts,), capacity[0], dtype=torch.int64, device=device)
         out = torch.empty(self.n_experts, dtype=torch.int64, device=device)
         for e, c in enumerate(capacity):
-            out[e] = c
+            out[e:e + 1].fill_(c)  # a fill kernel with c as its argument; out[e] = c may copy a host tensor
         return out
 
     def _record_capacity(self, per_expert: torch.Tensor, capacity: list[int], capacity_t: torch.Tensor) -> None:
