@@ -204,7 +204,7 @@ class MoE(nn.Module):
         P_e = mean router probability of e."""
         w = torch.ones_like(probs[:, 0]) if valid is None else valid.to(probs.dtype)
         counts = torch.zeros(self.n_experts, device=probs.device, dtype=probs.dtype)
-        counts.scatter_add_(0, index.reshape(-1), w.repeat_interleave(self.top_k))
+        counts.scatter_add_(0, index.reshape(-1), w[:, None].expand(-1, self.top_k).reshape(-1))
         n = w.sum().clamp(min=1.0)
         self.last_expert_counts = counts.detach().round().long()
         self.aux_loss = self.n_experts * torch.sum((counts / n) * (probs * w[:, None]).sum(0) / n)
