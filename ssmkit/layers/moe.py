@@ -115,6 +115,7 @@ class MoE(nn.Module):
         per_expert.scatter_add_(0, flat, torch.ones_like(flat))  # bincount would read its max back on a GPU
         capacity = self.expert_capacity(n_tokens)
         rank = None
+        self.last_capacity = self.last_overflow = self.last_dropped = None
         if capacity is not None:
             capacity_t = self._capacity_tensor(capacity, x.device)
             self._record_capacity(per_expert, capacity, capacity_t)

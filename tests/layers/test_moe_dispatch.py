@@ -121,6 +121,17 @@ def test_eval_ignores_capacity_in_every_layout(monkeypatch):
         assert int(moe.last_overflow.sum()) > 0 and int(moe.last_dropped.sum()) == 0
 
 
+def test_capacity_reports_clear_when_the_factors_are_removed():
+    moe = _moe()
+    moe.set_capacity_factors([0.5] * 5)
+    x = torch.randn(8, 12, dtype=torch.float64)
+    moe.eval()(x)
+    assert moe.last_capacity.tolist() == [math.ceil(0.5 * 8 * 2 / 5)] * 5
+    moe.set_capacity_factors(None)
+    moe(x)
+    assert moe.last_capacity is None and moe.last_overflow is None and moe.last_dropped is None
+
+
 @settings(max_examples=40, deadline=None)
 @given(counts=st.lists(st.integers(0, 30), min_size=1, max_size=8), rows=st.integers(1, 12))
 def test_block_bound_holds_for_any_split_of_the_assignments(counts, rows):
