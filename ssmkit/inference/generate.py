@@ -2,7 +2,8 @@
 
 SSM layers carry a constant-size recurrent state and attention layers a KV cache of prompt + new tokens, both
 allocated once (as mamba_ssm's allocate_inference_cache and gpt-fast's setup_caches). Batches of prompts of
-different lengths are left-padded; padding leaves the SSM states unchanged and is never attended to.
+different lengths are left-padded; padding leaves the SSM states unchanged and is never attended to. On a CUDA
+device the decode step is replayed from a CUDA graph (graphs.py) unless cuda_graph=False.
 """
 
 from __future__ import annotations
