@@ -199,6 +199,7 @@ def _cpu_float64(moe: MoE) -> MoE:
 @pytest.mark.gpu
 @pytest.mark.parametrize("n_tokens", [1, 4, 4096])
 @pytest.mark.parametrize("factors", [None, (1.0, 0.5, 2.0, 1.0, 1.0, 0.25, 1.0, 1.0)])
+@torch.no_grad()  # inference, as in decode; the aux loss of a grad-enabled call would also stop the deepcopy below
 def test_eval_forward_on_gpu_never_synchronizes(n_tokens, factors):
     moe = _moe(n_experts=8, capacity_factor=1.0, d_model=64, d_ff=96, dtype=torch.float32).cuda().eval()
     moe.set_capacity_factors(factors)  # None: the single factor 1.0; a tuple: per-expert capacities by fills
