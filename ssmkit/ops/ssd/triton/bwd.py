@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
-from .plan import block_n, configs, pick
+from .plan import block_n, configs, pick, tuning_shape
 from .tiles import (dot_split, effective_dt, incoming_state, load_tile, outgoing_adjoint, seq_bounds,
                     state_tile_offsets)
 
@@ -308,7 +308,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
                              D_PER_P=d_per_p, SPLIT=split, **meta)
 
     if config is None:
-        key = (x.dtype, plan, headdim, dstate, ngroups, nheads, D is not None, z is not None)
+        key = (x.dtype, tuning_shape(plan), headdim, dstate, ngroups, nheads, D is not None, z is not None)
         config = pick("bwd", key, configs(headdim, dstate, "bwd"), run, x.device)
     run(config)
 

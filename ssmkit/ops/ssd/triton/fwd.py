@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .plan import block_n, configs, make_plan, pick
+from .plan import block_n, configs, make_plan, pick, tuning_shape
 from .tiles import dot_split, effective_dt, incoming_state, load_tile, seq_bounds, state_tile_offsets
 
 
@@ -188,7 +188,7 @@ def ssd_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_
                               *scalars, SOFTPLUS=dt_softplus, D_PER_P=D is not None and D.ndim == 2, **meta)
 
     if config is None:
-        key = (x.dtype, plan, headdim, dstate, ngroups, nheads, D is not None, z is not None)
+        key = (x.dtype, tuning_shape(plan), headdim, dstate, ngroups, nheads, D is not None, z is not None)
         config = pick("fwd", key, configs(headdim, dstate, "fwd"), run, x.device)
     run(config)
     return y, final, plan, segst, seglog

@@ -7,6 +7,8 @@ the inter-chunk scan is short, so each segment redoes its part of it instead of 
 Version history
 - v1: one plan per call; a small table of configs per kernel, tuned once per shape key by timing each
   config with triton.testing.do_bench (never while a CUDA graph is being captured, never in the interpreter).
+- v2: the tuning key holds powers of two of the plan's sizes (tuning_shape), not the exact plan, so a stream of
+  prompts of different lengths tunes once per bucket.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def make_plan(x, nheads, cu_seqlens, chunk_size, seg_chunks=None) -> Plan:
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def tuning_shape(plan: Plan) -> tuple:
+    """The part of a plan the tuner keys on: chunk length and powers of two of the sequences, the longest
+    sequence and the segments. Block configs only trade speed (every config computes the same result), and a
+    server sees a new prompt length on nearly every request: keyed on exact lengths it would time every config
+    again each time (seconds of stall per request, measured on an H100 in benchmarks/serve_load.py)."""
+    return plan.Q, next_pow2(plan.nseq), next_pow2(max(1, plan.maxlen)), next_pow2(plan.nseg)
 
 
 def next_pow2(n: int) -> int:
