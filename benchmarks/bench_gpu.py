@@ -249,11 +249,10 @@ def write_results(out: dict, args, started: float) -> Path:
     return stem
 
 
-WHY = """- Prefill computes the LM head at every prompt position (batch x length x vocab logits, then keeps the last),
-  where transformers' generate computes the last position only: time and memory grow with the prompt, and at
-  batch 16 this is what runs out of memory first (see the peak-memory table and `ssmkit memory`).
-- Decode is a Python loop over layers with one kernel launch per op and no CUDA graph, so small models at
-  small batch are launch-bound.
+WHY = """- Decode replays one CUDA graph per (batch, cache capacity); the first call at a new capacity captures it, and
+  that capture may fall inside a timed first token.
+- Triton kernels are compiled and tuned on the first call of each shape bucket (powers of two of batch and
+  length); warm-up covers one prompt, so a sweep's first point of a new bucket includes tuning.
 - Static batching: a request waits for the running batch, and short outputs ride along with the longest one."""
 
 
