@@ -1,7 +1,8 @@
 """Block-config sweep of the Triton selective scan kernels on one GPU: every (BLOCK_T, BLOCK_D, num_warps) of a
 grid, checked against the float32 parallel torch scan and timed (do_bench median), forward and backward apart.
 
-The kernels keep a (BLOCK_T, BLOCK_D, dstate) tile of states in registers; the sweep shows how many elements per
+The forward's tile variant keeps a (BLOCK_T, BLOCK_D, dstate) tile of states in registers, its LOOP variant a
+(BLOCK_D, dstate) state (rows walked one by one; its configs come first); the sweep shows how many elements per
 thread fit before the compiler spills, which is what the config tables of ssmkit/ops/selective_scan/triton/plan.py
 are chosen from. Prints the fastest configs of each kernel last.
 
@@ -64,9 +65,10 @@ def main() -> None:
     rows = {"fwd": [], "bwd": []}
     _, _, ckpt = selective_scan_fwd(*args, dt_softplus=True, checkpoint=True,
                                     config=dict(BLOCK_T=16, BLOCK_D=32, num_warps=4))
-    for bt, bd, w in itertools.product(GRID_T, GRID_D, GRID_W):
-        cfg = dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=w)
-        if bt * bd * max(16, a.dstate) > 64 * 32 * w * 2 or bd > a.dim or CHECKPOINT_ROWS % bt:
+    for loop, bt, bd, w in itertools.product((True, False), GRID_T, GRID_D, GRID_W):
+        cfg = dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=w, LOOP=loop)
+        tile = bd * max(16, a.dstate) * (1 if loop else bt)  # state elements a program holds in registers
+        if tile > 64 * 32 * w * 2 or bd > a.dim or CHECKPOINT_ROWS % bt:
             continue  # over 64 state elements per thread: certain to spill
         try:
             y, final, _ = selective_scan_fwd(*args, dt_softplus=True, config=cfg)
@@ -79,9 +81,9 @@ def main() -> None:
             ms_b = do_bench(lambda: selective_scan_bwd(dy, None, *args, True, None, ckpt, config=cfg), warmup=5,
                             rep=25, return_mode="median")
             rows["bwd"].append((ms_b, cfg, gerr))
-            print(f"{bt:3d} {bd:4d} {w}: fwd {ms:.3f} ms err {err:.1e} | bwd {ms_b:.3f} ms err {gerr:.1e}", flush=True)
+            print(f"{'loop' if loop else 'tile'} {bt:3d} {bd:4d} {w}: fwd {ms:.3f} ms err {err:.1e} | bwd {ms_b:.3f} ms err {gerr:.1e}", flush=True)
         except Exception as e:  # noqa: BLE001 - a config the compiler rejects is reported, not fatal
-            print(f"{bt:3d} {bd:4d} {w}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
+            print(f"{'loop' if loop else 'tile'} {bt:3d} {bd:4d} {w}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
     for kind in ("fwd", "bwd"):
         print(f"\nfastest {kind} (ms, config, max rel err vs float32 parallel; fwd % of copy ceiling)")
         for ms, cfg, err in sorted(rows[kind], key=lambda r: r[0])[:a.top]:

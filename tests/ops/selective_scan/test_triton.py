@@ -153,7 +153,8 @@ def check_scan(inp, grads=True, oracle=None, seed=1):
 
 # ---------------------------------------------------------------- interpreter cases (child process)
 
-INTERPRETER_CASES = ("shapes", "checkpoints", "float16", "strided_inputs", "awkward_shapes", "step", "dispatch")
+INTERPRETER_CASES = ("shapes", "checkpoints", "loop_forward", "float16", "strided_inputs", "awkward_shapes", "step",
+                     "dispatch")
 
 SHAPES = {
     # name: (batch, seqlen, dim, dstate, ngroups, flags)
@@ -194,6 +195,32 @@ def case_checkpoints():
                                    checkpoint_rows=rows)
         for name, g in zip(NAMES, grads):
             assert_close(g, g_ref[name], torch.float32, grad=True, name=f"d{name} rows={rows}")
+
+
+def case_loop_forward():
+    """The forward's row-by-row variant (LOOP): y, final state and checkpoints equal the float64 reference on
+    odd shapes (a partial last tile, channel blocks wider than a group, no D/z/bias), and the tile-parallel
+    backward, recomputing from its checkpoints, gives the reference gradients."""
+    from ssmkit.ops.selective_scan.triton.bwd import selective_scan_bwd
+    from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
+
+    shapes = {"odd_two_groups": (2, 37, 8, 4, 2, dict()), "length_one": (1, 1, 4, 16, 1, dict()),
+              "bare": (1, 9, 6, 3, 6, dict(D=False, z=False, dt_bias=False, initial_state=False))}
+    for name, (*shape, flags) in shapes.items():
+        inp = scan_inputs(*shape, seed=shape[1], **flags)
+        batch, seqlen, dim, dstate, _ = shape
+        dout, dfinal = torch.randn(batch, seqlen, dim), torch.randn(batch, dim, dstate)
+        y_ref, final_ref, g_ref = scan_run(_reference(), inp, dout, dfinal, dtype=torch.float64)
+        args = [inp[k] for k in NAMES[:8]]
+        loop = dict(BLOCK_T=8, BLOCK_D=4, num_warps=4, LOOP=True)
+        y, final, ckpt = selective_scan_fwd(*args, True, inp["initial_state"], True, config=loop, checkpoint_rows=8)
+        assert_close(y, y_ref, torch.float32, name=f"{name} y")
+        assert_close(final, final_ref, torch.float32, name=f"{name} final")
+        grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt,
+                                   config=dict(BLOCK_T=8, BLOCK_D=4, num_warps=4), checkpoint_rows=8)
+        for arg, g in zip(NAMES, grads):
+            if inp.get(arg) is not None:
+                assert_close(g, g_ref[arg], torch.float32, grad=True, name=f"{name} d{arg}")
 
 
 def _reference():
@@ -294,6 +321,10 @@ def test_interpreted_scan_matches_float64_outputs_state_and_all_gradients_across
 
 def test_interpreted_scan_backward_recomputes_states_across_checkpoint_intervals(interpreted):
     expect(interpreted, "checkpoints")
+
+
+def test_interpreted_loop_forward_matches_float64_and_feeds_the_backward(interpreted):
+    expect(interpreted, "loop_forward")
 
 
 def test_interpreted_scan_float16_within_float16_tolerances(interpreted):

@@ -5,6 +5,7 @@ rows; its (BLOCK_T, BLOCK_D, dstate) tile of states lives in registers, so BLOCK
 dstate grows. The forward writes the state every CHECKPOINT_ROWS rows; every BLOCK_T divides it.
 
 Version history
+- v2: LOOP_TABLE, the forward's row-by-row variant (fwd.py v2), tuned beside the tile-parallel configs.
 - v1: a short config table per kernel, tuned once per shape key with the SSD tuner (timed on CUDA, the first
   config in the interpreter and during CUDA graph capture). Not yet tuned on a GPU: the order is a guess.
 """
@@ -17,6 +18,9 @@ CHECKPOINT_ROWS = 128
 # (BLOCK_T, BLOCK_D, num_warps) at dstate <= 16; the state tile is BLOCK_T * BLOCK_D * 16 floats. The grid is
 # batch * dim / BLOCK_D programs, so the narrow-BLOCK_D entries are for batch 1 (dim / 8 programs fill an H100).
 FWD_TABLE = [(16, 32, 4), (32, 32, 8), (16, 64, 8), (8, 64, 4), (32, 16, 4), (32, 8, 2)]
+# The forward's LOOP variant walks the rows of a tile one by one (BLOCK_T rows unrolled) with only the
+# (BLOCK_D, dstate) state in registers: its budget is BLOCK_D * dstate, not BLOCK_T * BLOCK_D * dstate.
+LOOP_TABLE = [(8, 64, 4), (16, 32, 2), (8, 128, 4), (16, 64, 2)]
 BWD_TABLE = [(16, 16, 4), (8, 32, 4), (16, 32, 8), (32, 16, 8), (16, 8, 2)]
 
 
@@ -40,4 +44,12 @@ def configs(kind: str, dstate: int, dim_per_group: int) -> list[dict]:
         if (bt, bd, warps) not in seen:
             seen.add((bt, bd, warps))
             out.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps))
+    if kind == "fwd":
+        for bt, bd, warps in LOOP_TABLE:
+            bd = min(bd, triton.next_power_of_2(dim_per_group))
+            while bd > 8 and bd * bn > 2048:
+                bd //= 2
+            if (bt, bd, warps, True) not in seen:
+                seen.add((bt, bd, warps, True))
+                out.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, LOOP=True))
     return out
