@@ -76,14 +76,19 @@ def main() -> None:
             ms = do_bench(lambda: selective_scan_fwd(*args, dt_softplus=True, config=cfg), warmup=5, rep=25,
                           return_mode="median")
             rows["fwd"].append((ms, cfg, err))
+            if loop:  # the backward has no LOOP variant: time it once per block config, with the tiles
+                print(f"loop {bt:3d} {bd:4d} {w}: fwd {ms:.3f} ms err {err:.1e}", flush=True)
+                continue
             grads = selective_scan_bwd(dy, None, *args, True, None, ckpt, config=cfg)
             gerr = max(rel_error(g, r) for g, r in zip(grads, grads_ref) if g is not None)
             ms_b = do_bench(lambda: selective_scan_bwd(dy, None, *args, True, None, ckpt, config=cfg), warmup=5,
                             rep=25, return_mode="median")
             rows["bwd"].append((ms_b, cfg, gerr))
-            print(f"{'loop' if loop else 'tile'} {bt:3d} {bd:4d} {w}: fwd {ms:.3f} ms err {err:.1e} | bwd {ms_b:.3f} ms err {gerr:.1e}", flush=True)
+            print(f"tile {bt:3d} {bd:4d} {w}: fwd {ms:.3f} ms err {err:.1e} | bwd {ms_b:.3f} ms err "
+                  f"{gerr:.1e}", flush=True)
         except Exception as e:  # noqa: BLE001 - a config the compiler rejects is reported, not fatal
-            print(f"{'loop' if loop else 'tile'} {bt:3d} {bd:4d} {w}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
+            kind = "loop" if loop else "tile"
+            print(f"{kind} {bt:3d} {bd:4d} {w}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
     for kind in ("fwd", "bwd"):
         print(f"\nfastest {kind} (ms, config, max rel err vs float32 parallel; fwd % of copy ceiling)")
         for ms, cfg, err in sorted(rows[kind], key=lambda r: r[0])[:a.top]:
