@@ -1,6 +1,7 @@
-"""Continuous batching for one local model: a thread owns a SlotPool; each new request is prefilled alone into a
-free slot and then joins the running decode batch at the next token boundary; finished, cancelled and timed-out
-sequences free their slot at once. Tokens equal `ssmkit.inference.generate` for the same prompt and seed.
+"""Continuous batching for one local model: a thread owns a SlotPool; the requests admitted together are prefilled
+in left-padded batches of similar lengths (prefill_groups) into free slots and join the running decode batch at the
+next token boundary; finished, cancelled and timed-out sequences free their slot at once. Tokens equal
+`ssmkit.inference.generate` for the same prompt and seed.
 """
 
 from __future__ import annotations
@@ -73,21 +74,51 @@ class GenerationRequest:
         return self._cancel.is_set()
 
 
+# A prompt joins a prefill batch padded to P tokens only if it is at least half as long, or at most this many
+# tokens shorter: padding then costs at most as much as the real tokens (short prompts share almost for free).
+PAD_SLACK = 16
+
+
+def prefill_groups(lengths: list[int], capacities: list[int], max_prefill_tokens: int) -> list[list[int]]:
+    """Splits requests into prefill batches: lists of indices into `lengths`, shortest batch first.
+
+    lengths[i]: request i's prompt tokens. capacities[i]: the longest padded prompt its slot can take (max_len
+    minus its new tokens, plus 1). Longest first, each batch takes every remaining request that fits: padded to
+    the batch's longest prompt P, the batch holds at most max_prefill_tokens tokens (one longer prompt goes
+    alone), each member is at least P / 2 tokens long or at most PAD_SLACK shorter than P, and P fits its slot.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups = []
+    while order:
+        longest = lengths[order[0]]
+        group = [order[0]]
+        for i in order[1:]:
+            similar = 2 * lengths[i] >= longest or longest - lengths[i] <= PAD_SLACK
+            if similar and longest <= capacities[i] and (len(group) + 1) * longest <= max_prefill_tokens:
+                group.append(i)
+        order = [i for i in order if i not in group]
+        groups.append(group)
+    return groups[::-1]
+
+
 class Engine:
     """Serves one model. max_concurrency slots decode together; up to max_queue more requests wait.
 
     max_len: positions per slot (prompt plus new tokens); requests must fit (checked by the caller).
+    max_prefill_tokens: the most tokens (padding included) one prefill forward takes; the requests admitted at one
+    token boundary are prefilled in as few forwards as this and prefill_groups allow.
     Thread-safe: submit / cancel / drain from any thread; generation runs on the engine's own thread.
     """
 
     def __init__(self, model, *, max_concurrency: int = 8, max_queue: int = 16, max_len: int = 2048,
-                 name: str = "model"):
-        if max_concurrency < 1 or max_queue < 0 or max_len < 2:
-            raise ValueError(f"max_concurrency >= 1, max_queue >= 0, max_len >= 2 expected, got "
-                             f"{max_concurrency}, {max_queue}, {max_len}")
+                 name: str = "model", max_prefill_tokens: int = 8192):
+        if max_concurrency < 1 or max_queue < 0 or max_len < 2 or max_prefill_tokens < 1:
+            raise ValueError(f"max_concurrency >= 1, max_queue >= 0, max_len >= 2, max_prefill_tokens >= 1 "
+                             f"expected, got {max_concurrency}, {max_queue}, {max_len}, {max_prefill_tokens}")
         self.model = model.eval()
         self.name = name
         self.max_concurrency, self.max_queue, self.max_len = max_concurrency, max_queue, max_len
+        self.max_prefill_tokens = max_prefill_tokens
         self.device = model.embeddings.weight.device
         with torch.no_grad():
             self.pool = SlotPool(model, max_concurrency, max_len)
@@ -99,6 +130,8 @@ class Engine:
         self._stopped = False
         self._mean_request_s = 1.0  # running estimate for Retry-After
         self.steps = 0  # decode steps run (batched), for tests and metrics
+        self.prefills = 0  # prefill forwards run (each over one or more requests)
+        self.prefilled = 0  # requests prefilled
         self._thread = threading.Thread(target=self._run, name=f"ssmkit-engine-{name}", daemon=True)
         self._thread.start()
 
@@ -171,28 +204,40 @@ class Engine:
                         self._free.remove(r.slot)
                         self._active[r.slot] = r
                         admitted.append(r)
-                for request in admitted:
-                    self._start(request)
+                if admitted:
+                    self._prefill(admitted)
                 if self._active:
                     self._decode_step()
                 self._reap()
 
-    def _start(self, r: GenerationRequest) -> None:
-        """Prefills r alone into the slot reserved for it and emits its first token."""
-        if self._expired(r):
-            return
-        if r.seed is None and not r.sampling.greedy:
-            r.seed = int(torch.randint(0, 2**62, (1,)).item())
-        if r.seed is not None:
-            r._generator = torch.Generator(device=self.device).manual_seed(r.seed)
-        slot = r.slot
-        try:
-            ids = torch.tensor([r.prompt_ids], dtype=torch.int64, device=self.device)
-            logits = self.model(ids, self.pool.fresh_row(slot))[:, -1]  # (1, vocab)
-            self.pool.set_length(slot, len(r.prompt_ids))
-            self._emit_next(r, logits)
-        except Exception as err:  # noqa: BLE001 - a bad request must not stop the engine
-            self._finish(r, "error", f"{type(err).__name__}: {err}")
+    def _prefill(self, admitted: list[GenerationRequest]) -> None:
+        """Prefills the admitted requests (slots reserved) in batches from prefill_groups; emits first tokens."""
+        live = [r for r in admitted if not self._expired(r)]
+        for r in live:
+            if r.seed is None and not r.sampling.greedy:
+                r.seed = int(torch.randint(0, 2**62, (1,)).item())
+            if r.seed is not None:
+                r._generator = torch.Generator(device=self.device).manual_seed(r.seed)
+        capacities = [self.max_len - r.max_tokens + 1 for r in live]
+        for group in prefill_groups([len(r.prompt_ids) for r in live], capacities, self.max_prefill_tokens):
+            batch = [live[i] for i in group]
+            try:
+                logits = self.pool.prefill([r.prompt_ids for r in batch], [r.slot for r in batch])  # (k, vocab)
+                self.prefills += 1
+                self.prefilled += len(batch)
+                greedy = logits.argmax(dim=-1).tolist() if any(r.sampling.greedy for r in batch) else None
+            except Exception as err:  # noqa: BLE001 - a bad request must not stop the engine
+                if len(batch) > 1:  # find the culprit: the others must not fail with it
+                    for r in batch:
+                        self._prefill([r])
+                else:
+                    self._finish(batch[0], "error", f"{type(err).__name__}: {err}")
+                continue
+            for b, r in enumerate(batch):
+                try:
+                    self._emit_next(r, logits[b:b + 1], None if greedy is None else greedy[b])
+                except Exception as err:  # noqa: BLE001
+                    self._finish(r, "error", f"{type(err).__name__}: {err}")
 
     def _decode_step(self) -> None:
         """One model.step over slots [0, highest active]; idle rows in between step on a dummy token."""

@@ -1,8 +1,9 @@
 """A fixed pool of decode-state slots for continuous batching: one row per sequence in every layer's state.
 
 SSM layers (Mamba, Mamba-2, S4) keep a constant-size state per row; attention layers keep a KV cache with a length
-per row (KVCache per_row), so rows at different positions decode together in one `model.step`. Views share the
-pool's storage: a prefill writes straight into its row and a decode step updates the active prefix in place.
+per row (KVCache per_row), so rows at different positions decode together in one `model.step`. Several prompts are
+prefilled in one left-padded forward and their rows copied into their slots, padding included (masked, as in
+ssmkit.inference.batch); a lone prompt is prefilled straight into its row, and a decode step updates the prefix.
 """
 
 from __future__ import annotations
@@ -29,11 +30,63 @@ class SlotPool:
         ref = model.embeddings.weight
         dtype = ref.dtype if dtype is None else dtype
         device = ref.device if device is None else device
-        self.n_slots, self.max_len = n_slots, max_len
+        self.n_slots, self.max_len, self.dtype = n_slots, max_len, dtype
+        self.model = model
         self.state = [layer.mixer.allocate_state(n_slots, max_len, dtype, device, per_row=True)
                       if layer.mixer_kind == "attention" else layer.allocate_state(n_slots, max_len, dtype, device)
                       for layer in model.layers]
         self.lengths = torch.zeros(n_slots, dtype=torch.int64, device=device)
+        self.padded = [False] * n_slots  # row holds left padding (masked keys): decode must apply key_mask
+
+    def prefill(self, prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
+        """Prefills prompts[b] into row slots[b] in one forward; returns logits (len(prompts), vocab) at each
+        prompt's last token. The caller runs it under torch.no_grad().
+
+        One prompt goes straight into its row (no padding). Several are left-padded to the longest, P tokens,
+        with a key_padding_mask, run through a fresh batch state and copied into their rows with the padding:
+        row slots[b] then holds P positions, the first P - len(prompts[b]) masked, and its RoPE angles are shifted
+        by that pad count, which leaves every attention score unchanged (scores depend on position differences;
+        padding leaves SSM states untouched, see layers/padding.py). So each row continues exactly as the prompt
+        alone would, up to rounding; it needs P + new tokens - 1 <= max_len positions.
+        """
+        device = self.lengths.device
+        if len(prompts) == 1:
+            ids = torch.tensor(prompts, dtype=torch.int64, device=device)
+            logits = self.model(ids, self.fresh_row(slots[0]), logits_to_keep=1)[:, -1]
+            self.set_length(slots[0], ids.shape[1])
+            return logits
+        longest = max(len(p) for p in prompts)
+        if longest > self.max_len:
+            raise ValueError(f"prompts: expected at most {self.max_len} (max_len) tokens, got {longest}")
+        ids = torch.zeros(len(prompts), longest, dtype=torch.int64)
+        mask = torch.zeros(len(prompts), longest, dtype=torch.bool)
+        for b, p in enumerate(prompts):
+            ids[b, longest - len(p):] = torch.tensor(p, dtype=torch.int64)
+            mask[b, longest - len(p):] = True
+        batch_state = self.model.allocate_state(len(prompts), longest, self.dtype, device)
+        logits = self.model(ids.to(device), batch_state, key_padding_mask=mask.to(device), logits_to_keep=1)
+        self._load_rows(batch_state, slots, longest, [len(p) < longest for p in prompts])
+        return logits[:, -1]
+
+    def _load_rows(self, batch_state: list, slots: list[int], length: int, padded: list[bool]) -> None:
+        """Copies row b of every layer of `batch_state` (a prefilled allocate_state, `length` positions) into row
+        slots[b] of the pool."""
+        rows = torch.tensor(slots, dtype=torch.int64, device=self.lengths.device)
+        for s, src in zip(self.state, batch_state):
+            if isinstance(s, AttentionState):
+                s.key_mask[rows] = True
+                s.key_mask[rows, :length] = src.key_mask[:, :length]
+                pairs = [(s.kv.k, src.kv.k), (s.kv.v, src.kv.v)]
+                if s.kv.k_scale is not None:
+                    pairs += [(s.kv.k_scale, src.kv.k_scale), (s.kv.v_scale, src.kv.v_scale)]
+                for dst, new in pairs:
+                    dst[rows, :length] = new[:, :length].to(dst.dtype)
+            else:
+                for dst, new in zip(_tensor_fields(s), _tensor_fields(src)):
+                    dst[rows] = new.to(dst.dtype)
+        self.lengths[rows] = length
+        for slot, pad in zip(slots, padded):
+            self.padded[slot] = pad
 
     def fresh_row(self, slot: int) -> list:
         """Per-layer states over row `slot` alone (batch 1), emptied: SSM rows zeroed, the KV cache at length 0
@@ -43,6 +96,7 @@ class SlotPool:
         views = []
         for s in self.state:
             if isinstance(s, AttentionState):
+                s.key_mask[rows] = True  # an earlier, padded occupant may have left masked positions
                 views.append(AttentionState(kv=_kv_view(s.kv, rows, None, 0), key_mask=s.key_mask[rows]))
             else:
                 view = _row_view(s, rows)
@@ -50,6 +104,7 @@ class SlotPool:
                     t.zero_()
                 views.append(view)
         self.lengths[slot] = 0
+        self.padded[slot] = False
         return views
 
     def set_length(self, slot: int, length: int) -> None:
@@ -62,10 +117,12 @@ class SlotPool:
         """Per-layer states over rows [0, n) for one model.step; call `advance(n, idle)` after the step."""
         rows = slice(0, n)
         lengths = self.lengths[rows]
+        padded = any(self.padded[:n])  # apply key_mask only when some row holds padding
         views = []
         for s in self.state:
             if isinstance(s, AttentionState):
-                views.append(AttentionState(kv=_kv_view(s.kv, rows, lengths, None), key_mask=s.key_mask[rows]))
+                views.append(AttentionState(kv=_kv_view(s.kv, rows, lengths, None), key_mask=s.key_mask[rows],
+                                            padded=padded))
             else:
                 views.append(_row_view(s, rows))
         return views
@@ -80,6 +137,7 @@ class SlotPool:
     def release(self, slot: int) -> None:
         """Frees row `slot`: its positions no longer count (storage is overwritten by the next prefill)."""
         self.lengths[slot] = 0
+        self.padded[slot] = False
 
 
 def _tensor_fields(state) -> list[torch.Tensor]:
