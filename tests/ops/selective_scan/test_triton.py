@@ -422,13 +422,15 @@ def test_triton_scan_matches_float64_outputs_state_and_gradients_on_gpu(case):
 
 
 def _config_params():
-    """(kind, config) for every config the tuner may pick at dstate 16 and 64; empty without triton."""
+    """(kind, config) for every config the tuner may pick at dstate 16 and 64, and the forward's LOOP configs
+    it will pick from once these pass; empty without triton."""
     try:
         from ssmkit.ops.selective_scan.triton.plan import configs
     except ImportError:
         return []
-    return [pytest.param(n, kind, cfg, id=f"n{n}-{kind}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}")
-            for n in (16, 64) for kind in ("fwd", "bwd") for cfg in configs(kind, n, 768)]
+    return [pytest.param(n, kind, cfg, id=f"n{n}-{kind}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}"
+                         f"{'-loop' if cfg.get('LOOP') else ''}")
+            for n in (16, 64) for kind in ("fwd", "bwd") for cfg in configs(kind, n, 768, loop=True)]
 
 
 @pytest.mark.gpu

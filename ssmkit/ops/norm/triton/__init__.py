@@ -11,9 +11,9 @@ Version history
 
 from __future__ import annotations
 
-# impl="auto" keeps the reference until the gpu-marked tests of this module have passed on a GPU (issue 12);
-# impl="triton" reaches the kernels directly.
-AUTO_SELECTABLE = False
+# impl="auto" takes the kernels on CUDA: the gpu-marked tests of this module passed on an H100 (torch 2.11,
+# triton 3.6) on 2026-11-25.
+AUTO_SELECTABLE = True
 
 
 import torch
