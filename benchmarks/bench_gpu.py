@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import gc
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ssmkit.bench.scripts import free, log, random_model
 from ssmkit.bench.environment import describe_environment, markdown_header
 from ssmkit.bench.hf_runner import TransformersBenchmarker, load_transformers_twin, transformers_family
 from ssmkit.bench.report import write_report
@@ -34,7 +34,7 @@ from ssmkit.bench.table import fmt_number, markdown_table
 from ssmkit.bench.traces import load_azure_trace
 from ssmkit.bench.workload import Workload
 from ssmkit.io import ByteTokenizer
-from ssmkit.models import LanguageModel, ModelConfig
+from ssmkit.models import ModelConfig
 
 MODELS = {"mamba2-130m": "mamba2-130m", "transformer-125m": "llama-125m", "hybrid-130m": "hybrid-130m",
           "mamba2-1.3b": "mamba2-1.3b", "transformer-1.3b": "llama-1.3b", "hybrid-1.3b": "hybrid-1.3b"}
@@ -46,24 +46,10 @@ NEW_TOKENS = 8
 REPLAY_REQUESTS, OUTPUT_SCALE = 32, 0.1
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free(device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
-def build(preset: str, device, dtype) -> LanguageModel:
-    """Random weights (seed 0), initialized on the device; LM head scaled x8 so greedy choices are not near-ties."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LanguageModel(ModelConfig.from_name(preset))
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
-    return model.to(dtype).eval()
 
 
 def replay_workload(n: int, concurrency: int) -> Workload:
@@ -117,7 +103,7 @@ def measure(bench, args, deadline: float, notes: list) -> tuple[list, list]:
 
 def run_model(label: str, preset: str, args, deadline: float, tmp: Path, out: dict) -> None:
     device, dtype = torch.device(args.device), args.dtype
-    model = build(preset, device, dtype)
+    model = random_model(preset, device, dtype)
     bench = Benchmarker(model, ByteTokenizer(), f"{label} ssmkit", batching="static", max_batch=32)
     ids = bench.filler_ids(256)
     with torch.no_grad():

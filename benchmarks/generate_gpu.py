@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import gc
 import json
 import sys
 import tempfile
@@ -24,12 +23,12 @@ from pathlib import Path
 
 import torch
 
+from ssmkit.bench.scripts import free, log, random_model, sync
 from ssmkit.bench.environment import describe_environment, markdown_header
 from ssmkit.bench.hf_runner import _StepClock, load_transformers_twin, transformers_family
 from ssmkit.bench.table import fmt_number, markdown_table
 from ssmkit.inference import allocate_cache, cache_nbytes, generate_steps
 from ssmkit.inference.graphs import clear_graphs, graph_cache_len, graphed_decoder, release_decoder
-from ssmkit.models import LanguageModel, ModelConfig
 
 MODELS = {"mamba-130m": "mamba-130m", "mamba2-130m": "mamba2-130m", "transformer-125m": "llama-125m",
           "hybrid-130m": "hybrid-130m", "mamba-370m": "mamba-370m", "mamba2-370m": "mamba2-370m",
@@ -59,29 +58,12 @@ class Point:
     note: str = ""
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def free(device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
-def build(preset: str, device, dtype) -> LanguageModel:
-    """Random weights (seed 0) made on the device; LM head x8 so greedy choices are rarely near-ties."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LanguageModel(ModelConfig.from_name(preset))
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
-    return model.to(dtype).eval()
 
 
 def prompt_ids(vocab: int, batch: int, length: int, device) -> torch.Tensor:
@@ -221,7 +203,7 @@ def validate(model, args) -> dict:
 
 def run_model(label: str, preset: str, args, deadline: float, tmp: Path, out: dict, bandwidth) -> None:
     device, dtype = args.device, args.dtype
-    model = build(preset, device, dtype)
+    model = random_model(preset, device, dtype)
     family = transformers_family(model.config)
     hf_share = 0.4 if family and not args.no_transformers else 0.0
     ssm_deadline = time.time() + (deadline - time.time()) * (1 - hf_share)

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import gc
 import importlib.util
-import math
 import statistics
 import sys
 import tempfile
@@ -27,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ssmkit.bench.scripts import free, log, sync
 from ssmkit.bench.environment import describe_environment, markdown_header
 from ssmkit.bench.hf_runner import load_transformers_twin, transformers_family
 from ssmkit.bench.table import fmt_number, markdown_table
@@ -79,19 +78,10 @@ class Result:
     error: str = ""
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_config(spec) -> ModelConfig:
