@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ssmkit.bench.scripts import free, log, random_model
+from ssmkit.bench.scripts import free, log, random_model, select_models
 from ssmkit.bench.environment import describe_environment, markdown_header
 from ssmkit.bench.hf_runner import TransformersBenchmarker, load_transformers_twin, transformers_family
 from ssmkit.bench.report import write_report
@@ -269,12 +269,7 @@ def main() -> int:
         args.lengths, args.concurrency, args.requests = LENGTHS[:4], (1, 8), 16
     if args.tiny:
         models, args.lengths, args.concurrency, args.requests = TINY, (64, 128, 256), (1, 4), 8
-    if args.models:
-        unknown = sorted(set(args.models.split(",")) - set(models))
-        if unknown:
-            p.error(f"--models: unknown {unknown}; expected from {sorted(models)}")
-        models = {k: models[k] for k in args.models.split(",")}
-    args.models = models
+    args.models = select_models(models, args.models, p.error)
     args.env = describe_environment()
     started = time.time()
     out = {"sweeps": [], "runs": [], "validation": {}, "quality": {}, "notes": []}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ssmkit.bench.scripts import free, log, random_model, sync
+from ssmkit.bench.scripts import free, log, random_model, sync, select_models
 from ssmkit.bench.environment import describe_environment, markdown_header
 from ssmkit.bench.hf_runner import _StepClock, load_transformers_twin, transformers_family
 from ssmkit.bench.table import fmt_number, markdown_table
@@ -358,12 +358,7 @@ def main() -> int:
     args.lengths = sorted(int(n) for n in args.lengths.split(","))
     if args.tiny:
         args.batches, args.lengths, args.new_tokens = [1, 4], [64, 128], 8
-    if args.models:
-        unknown = sorted(set(args.models.split(",")) - set(models))
-        if unknown:
-            p.error(f"--models: unknown {unknown}; expected from {sorted(models)}")
-        models = {k: models[k] for k in args.models.split(",")}
-    args.models = models
+    args.models = select_models(models, args.models, p.error)
     args.env = describe_environment()
     started = time.time()
     args.bandwidth = None

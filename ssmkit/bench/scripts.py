@@ -39,3 +39,15 @@ def random_model(preset: str, device, dtype, head_scale: float = 8.0):
     with torch.no_grad():
         model.lm_head.weight.mul_(head_scale)
     return model.to(dtype).eval()
+
+
+def select_models(models: dict, wanted: str | None, error) -> dict:
+    """The entries of `models` named in the comma-separated `wanted` (all when None), in that order; an unknown
+    name calls error(message) (argparse's parser.error)."""
+    if not wanted:
+        return models
+    names = wanted.split(",")
+    unknown = sorted(set(names) - set(models))
+    if unknown:
+        error(f"--models: unknown {unknown}; expected from {sorted(models)}")
+    return {k: models[k] for k in names}
