@@ -1,15 +1,14 @@
 """Profiler: records every call of every block's mixer and feed-forward of a LanguageModel into a trace store.
 
-One hook point: `_begin` / `_end` around each call, reached through forward pre/post hooks on block.mixer and
-block.ff, and through instance-level wrappers of mixer.step (Block.step calls it directly, not through __call__),
-MoE.route (the router's share of an MoE call) and ExpertParallelMoE.exchange (its all-to-alls). Everything is
-removed on exit.
+One hook point: `_begin` / `_end` around each call, reached through instance-level wrappers of block.mixer's and
+block.ff's forward (a pre/post hook pair instead on a module that has forward hooks already) and step (Block.step
+calls it directly), MoE.route (the router's share) and ExpertParallelMoE.exchange (its all-to-alls); all removed
+on exit. Per call the hot path takes two marks and appends one tuple; resolve.py turns them into rows per batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -21,12 +20,14 @@ from pathlib import Path
 import duckdb
 import torch
 
-from ssmkit.layers.moe import capacity_from_factor
-
 from . import kernels as kernel_detail
+from . import resolve
 from .clocks import CpuClock, make_clock
-from .events import imbalance, infer_phase
+from .events import infer_phase
 from .store import TraceStore
+
+
+_NEW_CALL = 1 << 62  # above every unit order, so the next unit to begin starts a model call
 
 
 class Profiler:
@@ -37,6 +38,7 @@ class Profiler:
         store: a TraceStore, a path to a DuckDB file (opened here, closed on exit) or None (in memory).
         run_name: stored in runs.name.
         batch_size: events per write; a write is one transaction, so an interrupted run keeps every written one.
+            (On CUDA, calls the GPU has not reached yet wait for the next write, after batch_size more calls.)
         flush_interval_s: also write when this much time passed since the last write (slow models).
         clock: "auto" (CUDA events on a CUDA model, else the CPU clock), "cpu" or "cuda".
         moe_capacity_factor: the capacity factor of MoERouting's capacity columns for a layer without one of its
@@ -66,7 +68,9 @@ class Profiler:
         self.run_id: int | None = None
         self._explicit_phase: str | None = None
         self._explicit_request: int | None = None
-        self._next_request, self._request, self._step, self._last_order, self._call_phase = 0, 0, -1, -1, "prefill"
+        self._next_request, self._request, self._step, self._call_phase = 0, 0, -1, "prefill"
+        self._last_order = _NEW_CALL  # order of the unit that began last; _NEW_CALL: the next one starts a model call
+        self._context = (0, "prefill", 0)
         self._last_via_step = False
         self._handles: list = []
         self._wrapped: list = []
@@ -92,31 +96,31 @@ class Profiler:
         rid = self._next_request if request_id is None else int(request_id)
         self._next_request = max(self._next_request, rid + 1)
         previous, self._explicit_request = self._explicit_request, rid
-        self._request, self._step, self._last_order, self._call_phase = rid, -1, -1, "prefill"
+        self._request, self._step, self._last_order, self._call_phase = rid, -1, _NEW_CALL, "prefill"
         try:
             yield rid
         finally:
             self._explicit_request = previous
             self._request = rid if previous is None else previous
-            self._step, self._last_order = -1, -1
+            self._step, self._last_order = -1, _NEW_CALL
 
     # Lifecycle
     def __enter__(self) -> "Profiler":
         if self.store is None:
             self.store = TraceStore(":memory:" if self._store_arg is None else self._store_arg)
         device = self.model.embeddings.weight.device
-        self.clock = make_clock(self.clock_kind, device)
+        # Events in flight: up to a batch of calls, two marks each, more for MoE calls and leftovers.
+        self.clock = make_clock(self.clock_kind, device, pool=min(4 * self.batch_size, 1 << 14))
         self.run_id = self.store.begin_run(self.run_name, clock=self.clock.name, device=str(device),
                                            model=_model_info(self.model), environment=_environment())
-        self._pending: list = []  # ended calls not yet resolved (CUDA): (row fields, start mark, end mark, moe)
-        self._events: list = []  # resolved rows of events and moe_routing, not yet written
-        self._moe_rows: list = []
+        self._raw: list = []  # ended calls not yet written: raw records, see resolve.py
+        self._flush_at = self.batch_size
         self._mark = self.clock.mark
         self._immediate = isinstance(self.clock, CpuClock)
-        self._origin = self.clock.origin
-        # unit key -> [call_id, request_id, phase, step, batch, seqlen, start mark, route marks, exchange marks,
-        #              torch.profiler range]
-        self._open: dict = {}
+        self._moe_open: dict = {}  # unit -> [route marks, exchange mark pairs, opened] of the open MoE call
+        self._depth: list = []  # unit -> how many of its calls are open (an inner one is part of the outer)
+        self._open: list = []  # unit -> opened record, for units recorded through a pre/post hook pair
+        self._labels: dict = {}  # unit -> open torch.profiler range
         self._call_id = 0
         self._last_flush = time.monotonic()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ssmkit-profile") if self.background else None
@@ -150,29 +154,54 @@ class Profiler:
         return False
 
     def _install(self) -> None:
+        """Per unit, its metadata once, and one way in: a wrapper of the instance's forward, or (when the module
+        already has forward hooks, whose time the call has always included) a pre/post hook pair around them."""
+        global_hooks = _global_forward_hooks()
         for block in self.model.layers:
             units = [("mixer", block.mixer, block.mixer_kind)]
             if getattr(block, "ff_kind", None) is not None:
                 units.append(("ff", block.ff, block.ff_kind))
             for slot, module, kind in units:
-                key = (block.layer_idx, slot)
+                u = len(self._open)
+                self._open.append(None)
+                self._depth.append(0)
                 order = 2 * block.layer_idx + (slot == "ff")
-                self._handles.append(module.register_forward_pre_hook(
-                    functools.partial(self._pre_hook, key, order, kind), prepend=True))
-                self._handles.append(module.register_forward_hook(
-                    functools.partial(self._post_hook, key, module, kind), always_call=True))
+                meta = (block.layer_idx, kind)
+                moe = module if kind == "moe" else None
+                if module._forward_pre_hooks or module._forward_hooks or global_hooks:
+                    self._hook(module, u, order, meta, moe)
+                else:
+                    self._wrap(module, "forward", self._recorded, u, order, meta, moe)
                 if slot == "mixer":
-                    self._wrap(module, "step", self._wrapped_step, key, order, kind)
-                if kind == "moe":
-                    self._wrap(module, "route", self._wrapped_route, key)
+                    self._wrap(module, "step", self._recorded, u, order, meta, moe)
+                if moe is not None:
+                    self._wrap(module, "route", self._recorded_route, u)
                     if hasattr(module, "exchange"):  # an expert-parallel layer: time its all-to-alls
-                        self._wrap(module, "exchange", self._wrapped_exchange, key)
+                        self._wrap(module, "exchange", self._recorded_exchange, u, (block.layer_idx, "all_to_all"))
 
-    def _wrap(self, module, name: str, wrapper, *args) -> None:
+    def _wrap(self, module, name: str, make, *args) -> None:
         previous = module.__dict__.get(name)
-        original = getattr(module, name)
-        setattr(module, name, functools.partial(wrapper, original, module, *args))
+        setattr(module, name, make(getattr(module, name), *args))
         self._wrapped.append((module, name, previous))
+
+    def _hook(self, module, u: int, order: int, meta: tuple, moe) -> None:
+        begin, end, opened, depth = self._begin, self._end, self._open, self._depth
+
+        def pre_hook(_module, args):
+            d = depth[u]
+            depth[u] = d + 1
+            if not d:
+                opened[u] = begin(u, order, args[0], moe)
+
+        def post_hook(_module, args, output):
+            d = depth[u]
+            if d:  # 0: the pre-hook did not run (an earlier pre-hook raised)
+                depth[u] = d - 1
+                if d == 1:
+                    end(u, meta, opened[u], moe)
+
+        self._handles.append(module.register_forward_pre_hook(pre_hook, prepend=True))
+        self._handles.append(module.register_forward_hook(post_hook, always_call=True))
 
     def _uninstall(self) -> None:
         for handle in self._handles:
@@ -185,83 +214,94 @@ class Profiler:
         self._handles, self._wrapped = [], []
 
     # The hook point
-    def _pre_hook(self, key, order, kind, module, args):
-        self._begin(key, order, args[0])
+    def _recorded(self, original, u: int, order: int, meta: tuple, moe):
+        """`original` (forward or step, input first) recorded as one call of unit u; a call inside an open one
+        (Attention.step runs self.forward) is part of it."""
+        begin, end, depth = self._begin, self._end, self._depth
 
-    def _post_hook(self, key, module, kind, _module, args, output):
-        self._end(key, module, kind)
+        def recorded(x, *args, **kwargs):
+            if depth[u]:
+                return original(x, *args, **kwargs)
+            call = begin(u, order, x, moe)
+            depth[u] = 1
+            try:
+                return original(x, *args, **kwargs)
+            finally:
+                depth[u] = 0
+                end(u, meta, call, moe)
 
-    def _wrapped_step(self, original, module, key, order, kind, x, *args, **kwargs):
-        self._begin(key, order, x)
-        try:
-            return original(x, *args, **kwargs)
-        finally:
-            self._end(key, module, kind)
+        return recorded
 
-    def _wrapped_route(self, original, module, key, x):
-        start = self._mark()
-        try:
-            return original(x)
-        finally:
-            opened = self._open.get(key)
-            if opened is not None:
-                opened[7] = (start, self._mark())
+    def _recorded_route(self, original, u: int):
+        """MoE.route, its marks kept as the open MoE call's router time."""
+        mark, moe_open = self._mark, self._moe_open
 
-    def _wrapped_exchange(self, original, module, key, *args):
+        def route(x):
+            start = mark()
+            try:
+                return original(x)
+            finally:
+                extra = moe_open.get(u)
+                if extra is not None:
+                    extra[0] = (start, mark())
+
+        return route
+
+    def _recorded_exchange(self, original, u: int, meta: tuple):
         """An all-to-all inside an MoE call: its own "all_to_all" event, and part of the call's exchange_ns."""
-        opened = self._open.get(key)
-        start = self._mark()
-        try:
-            return original(*args)
-        finally:
-            end = self._mark()
-            if opened is not None:
-                call_id, request_id, phase, step, batch, seqlen = opened[:6]
-                row = (self.run_id, self._call_id, request_id, phase, step, key[0], "all_to_all", batch, seqlen)
-                self._call_id += 1
-                opened[8].append((start, end))
-                if self._immediate:
-                    self._events.append(row + (start - self._origin, end - start))
-                else:
-                    self._pending.append((row, start, end, None))
+        mark, moe_open = self._mark, self._moe_open
 
-    def _begin(self, key, order: int, x: torch.Tensor) -> None:
-        batch, seqlen = (x.shape[0], x.shape[1]) if x.ndim == 3 else (x.shape[0], 1)
-        if order <= self._last_order or self._last_order < 0:  # the first unit of a new model call
-            self._new_model_call(seqlen, via_step=x.ndim == 2)
+        def exchange(*args):
+            extra = moe_open.get(u)
+            start = mark()
+            try:
+                return original(*args)
+            finally:
+                end = mark()
+                if extra is not None:
+                    _, context, shape, _ = extra[2]
+                    self._raw.append(((self._call_id, context, shape, start), end, meta))
+                    self._call_id += 1
+                    extra[1].append((start, end))
+
+        return exchange
+
+    def _begin(self, u: int, order: int, x: torch.Tensor, moe) -> tuple:
+        """Opens a call of unit u on input x; returns its opened record (call_id, context, shape, start mark)."""
+        if order <= self._last_order:  # the first unit of a new model call
+            self._new_model_call(x)
         self._last_order = order
-        label = None if self._torch_profiler is None else kernel_detail.open_range(self._call_id)
-        self._open[key] = [self._call_id, self._request, self._call_phase, self._step, batch, seqlen,
-                           self._mark(), None, [], label]
-        self._call_id += 1
+        call_id = self._call_id
+        self._call_id = call_id + 1
+        if self._torch_profiler is not None:
+            self._labels[u] = kernel_detail.open_range(call_id)
+        if moe is None:
+            return (call_id, self._context, x.shape, self._mark())
+        opened = (call_id, self._context, x.shape, self._mark())
+        self._moe_open[u] = [None, [], opened]
+        return opened
 
-    def _end(self, key, module, kind: str) -> None:
+    def _end(self, u: int, meta: tuple, opened: tuple, moe) -> None:
+        """Closes the call `opened` of unit u: one raw record, the only per-call work besides two marks."""
         end = self._mark()
-        opened = self._open.pop(key, None)
-        if opened is None:
-            return
-        call_id, request_id, phase, step, batch, seqlen, start, route, exchanges, label = opened
-        if label is not None:
-            kernel_detail.close_range(label)
-        row = (self.run_id, call_id, request_id, phase, step, key[0], kind, batch, seqlen)
-        moe = None
-        if kind == "moe":
-            moe = (module.last_expert_counts, batch * seqlen, module.n_experts, module.top_k,
-                   getattr(module, "last_capacity", None), getattr(module, "last_overflow", None),
-                   getattr(module, "last_dropped", None), route, exchanges)
-        if self._immediate:  # CPU: resolve now, so a flush has nothing left to compute
-            self._events.append(row + (start - self._origin, end - start))
-            if moe is not None:
-                self._moe_rows.append(self._moe_row(row, end - start, moe))
+        if self._torch_profiler is not None:
+            kernel_detail.close_range(self._labels.pop(u))
+        if moe is None:
+            self._raw.append((opened, end, meta))
         else:
-            self._pending.append((row, start, end, moe))
-        if len(self._events) + len(self._pending) >= self.batch_size or (
-                call_id % 64 == 0 and time.monotonic() - self._last_flush > self.flush_interval_s):
+            route, exchanges, _ = self._moe_open.pop(u)
+            self._raw.append((opened, end, meta, (
+                moe.n_experts, moe.top_k, moe.last_expert_counts, getattr(moe, "last_capacity", None),
+                getattr(moe, "last_overflow", None), getattr(moe, "last_dropped", None), route, exchanges)))
+        if len(self._raw) >= self._flush_at or (
+                opened[0] & 63 == 0 and time.monotonic() - self._last_flush > self.flush_interval_s):
             self._flush()
 
-    def _new_model_call(self, seqlen: int, via_step: bool) -> None:
+    def _new_model_call(self, x: torch.Tensor) -> None:
         """Starts model call `step` of the current request (a new request first, when implicit and either the
         first call, or a forward after step() calls, or a multi-token forward after decode calls)."""
+        via_step = x.ndim == 2
+        seqlen = 1 if x.ndim != 3 else x.shape[1]
         if self._explicit_request is None and (self._step < 0 or (not via_step and (
                 self._last_via_step or (seqlen > 1 and self._call_phase == "decode")))):
             self._request, self._step = self._next_request, -1
@@ -269,49 +309,37 @@ class Profiler:
         self._step += 1
         self._call_phase = self._explicit_phase or infer_phase(seqlen, via_step, self._step)
         self._last_via_step = via_step
+        self._context = (self._request, self._call_phase, self._step)
 
     # Writing
     def _flush(self, final: bool = False) -> None:
-        """Resolves the ended calls whose end marks the device has passed (all of them when final) and writes
-        every resolved call as one batch."""
+        """Resolves the ended calls whose end marks the device has passed (all of them when final), writes them
+        as one batch and gives their marks back to the clock."""
         self._last_flush = time.monotonic()
-        n = len(self._pending)
-        if not final:
-            n = 0
-            while n < len(self._pending) and self.clock.ready(self._pending[n][2]):
+        raw, n = self._raw, len(self._raw)
+        if not (final or self._immediate):
+            ready, n = self.clock.ready, 0
+            while n < len(raw) and ready(raw[n][1]):
                 n += 1
-        ready, self._pending = self._pending[:n], self._pending[n:]
-        for row, start, end, moe in ready:
-            duration = self.clock.elapsed_ns(start, end)
-            self._events.append(row + (self.clock.since_origin(start), duration))
-            if moe is not None:
-                self._moe_rows.append(self._moe_row(row, duration, moe))
-        if not self._events:
+        done, self._raw = raw[:n], raw[n:]
+        self._flush_at = len(self._raw) + self.batch_size
+        if not done:
             return
-        events, moe_rows, self._events, self._moe_rows = self._events, self._moe_rows, [], []
+        events = resolve.event_rows(done, self.run_id, self.clock)
+        moe_rows = resolve.moe_rows(done, events, self.run_id, self.clock, self.moe_capacity_factor)
+        if not self._immediate:
+            self.clock.release(resolve.marks_to_release(done))
         if self._writer is None:
             self.store.write_batch(events, moe_rows)
         else:
             self._writes.append(self._writer.submit(self.store.write_batch, events, moe_rows))
 
-    def _moe_row(self, row: tuple, duration: int, moe: tuple) -> tuple:
-        counts_tensor, n_tokens, n_experts, top_k, layer_capacity, layer_overflow, layer_dropped, route, \
-            exchanges = moe
-        counts = [0] * n_experts if counts_tensor is None else [int(c) for c in counts_tensor.tolist()]
-        caps = overflow = None
-        dropped = 0
-        if layer_capacity is not None:
-            caps, overflow = layer_capacity.tolist(), layer_overflow.tolist()
-            dropped = 0 if layer_dropped is None else int(layer_dropped.sum())
-        elif self.moe_capacity_factor is not None:
-            caps = [capacity_from_factor(self.moe_capacity_factor, n_tokens, top_k, n_experts)] * n_experts
-            overflow = [max(0, c - cap) for c, cap in zip(counts, caps)]
-        capacity = caps[0] if caps and len(set(caps)) == 1 else None
-        router_ns = None if route is None else self.clock.elapsed_ns(*route)
-        exchange_ns = sum(self.clock.elapsed_ns(*pair) for pair in exchanges) if exchanges else None
-        expert_ns = None if router_ns is None else duration - router_ns - (exchange_ns or 0)
-        return (row[0], row[1], row[5], n_tokens, counts, imbalance(counts), capacity, sum(overflow or []), dropped,
-                caps, overflow, router_ns, expert_ns, exchange_ns)
+
+def _global_forward_hooks() -> bool:
+    """Whether torch has forward hooks registered for every module (they run around forward, like a module's own)."""
+    from torch.nn.modules import module as nn_module
+    return bool(getattr(nn_module, "_global_forward_pre_hooks", None) or getattr(nn_module, "_global_forward_hooks",
+                                                                                      None))
 
 
 def _model_info(model) -> dict:
