@@ -5,7 +5,10 @@ served by a child process running ssmkit.serve.command.serve_command, once with 
 batching) and once with --max-concurrency 1 (one request at a time; the rest wait in the queue). C closed-loop
 streaming clients replay the same request mix: the Azure LLM inference trace 2023 (conversation service; CC BY 4.0,
 Patel et al., "Splitwise", ISCA 2024), lengths scaled by 1/8 and capped (see --length-scale). Before timing, each
-batched server's greedy answers to concurrent requests are checked against ssmkit.inference.generate.
+batched server's greedy answers to concurrent requests are checked against ssmkit.inference.generate. The engine
+prefills the requests that arrive between two decode steps together (left-padded batches of similar lengths, at
+most 8192 tokens each), so with C clients prefill is batched as well as decode. A second table isolates that: the
+same closed loop against an in-process Engine, max_prefill_tokens 8192 (batched prefill) vs 1 (each prompt alone).
 
     python benchmarks/serve_load.py [--concurrency 8 32] [--requests 96] [--device cpu|cuda]
                                     [--threads N] [--out benchmarks/results]
@@ -26,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import httpx
@@ -36,6 +40,7 @@ from ssmkit.bench.traces import load_azure_trace
 from ssmkit.inference import generate
 from ssmkit.io import ByteTokenizer, load_pretrained, save_pretrained
 from ssmkit.models import LanguageModel, ModelConfig
+from ssmkit.serve import Engine, GenerationRequest
 
 MODELS = {
     "mamba2": dict(vocab_size=256, d_model=256, n_layers=4, mixers="mamba2", mamba2_d_state=64, mamba2_headdim=64,
@@ -163,6 +168,69 @@ def validate(url: str, checkpoint: pathlib.Path, model: str, mix: list, concurre
                                  f"{len(prompt)} tokens")
 
 
+def engine_closed_loop(engine: Engine, mix: list, concurrency: int) -> tuple[float, float]:
+    """The closed loop of `closed_loop` against an in-process Engine (no HTTP, byte ids, no stop token):
+    (wall s, p50 TTFT s)."""
+    pending, ttfts, lock, done = list(mix), [], threading.Lock(), threading.Event()
+    left = [len(mix)]
+
+    def send() -> None:
+        with lock:
+            if not pending:
+                return
+            prompt, n = pending.pop(0)
+        start = time.perf_counter()
+
+        def on_event(event) -> None:
+            if event.kind == "token" and event.index == 0:
+                ttfts.append(time.perf_counter() - start)
+            elif event.kind == "finish":
+                with lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done.set()
+                send()
+
+        engine.submit(GenerationRequest(list(prompt.encode()), n, on_event))
+
+    start = time.perf_counter()
+    for _ in range(concurrency):
+        send()
+    done.wait()
+    return time.perf_counter() - start, pct(ttfts, 0.5)
+
+
+def prefill_ab(checkpoints: dict, mix: list, concurrency: int, max_len: int, repeats: int, device: str) -> list:
+    """Batched prefill (max_prefill_tokens 8192) vs each prompt alone (1), alternating runs on two engines over one
+    model; the best run of each, with the prefill forwards it took."""
+    rows = []
+    for model_name, path in checkpoints.items():
+        model = load_pretrained(path, device=device)
+        engines = {"batched": Engine(model, max_concurrency=concurrency, max_queue=len(mix), max_len=max_len,
+                                     max_prefill_tokens=8192),
+                   "alone": Engine(model, max_concurrency=concurrency, max_queue=len(mix), max_len=max_len,
+                                   max_prefill_tokens=1)}
+        try:
+            best = {}
+            for engine in engines.values():
+                engine_closed_loop(engine, mix[:2], 2)  # warm-up
+            for _ in range(repeats):
+                for mode, engine in engines.items():
+                    forwards = engine.prefills
+                    wall, ttft = engine_closed_loop(engine, mix, concurrency)
+                    row = {"model": model_name, "concurrency": concurrency, "prefill": mode,
+                           "forwards": engine.prefills - forwards, "requests": len(mix),
+                           "tok_s": sum(n for _, n in mix) / wall, "wall": wall, "ttft50": ttft}
+                    if mode not in best or row["tok_s"] > best[mode]["tok_s"]:
+                        best[mode] = row
+                    print(f"{model_name} c={concurrency} engine, prefill {mode}: {row['tok_s']:.0f} tok/s", flush=True)
+            rows.extend(best.values())
+        finally:
+            for engine in engines.values():
+                engine.stop()
+    return rows
+
+
 def pct(values: list, q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
@@ -185,7 +253,7 @@ def main() -> int:
     if args.device == "cpu":
         env["device"] = (f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, server torch "
                          f"threads {args.threads or torch.get_num_threads()})")
-    rows = []
+    rows, ab_rows = [], []
     with tempfile.TemporaryDirectory(prefix="ssmkit-serve-load-") as tmp:
         checkpoints = build_checkpoints(pathlib.Path(tmp))
         checkpoints = {n: checkpoints[n] for n in args.models}
@@ -218,12 +286,13 @@ def main() -> int:
             finally:
                 for server in servers.values():
                     server.stop()
+            ab_rows += prefill_ab(checkpoints, mix, c, max_context, args.repeats, args.device)
         mix_stats = request_mix(args.requests, args.length_scale, args.max_prompt, args.max_output)
-    write_report(rows, env, args, mix_stats)
+    write_report(rows, ab_rows, env, args, mix_stats)
     return 0
 
 
-def write_report(rows: list, env: dict, args, mix: list) -> None:
+def write_report(rows: list, ab_rows: list, env: dict, args, mix: list) -> None:
     date = datetime.date.today().isoformat()
     tag = "cpu" if args.device == "cpu" else env["device"].lower().replace("nvidia ", "").split()[0]
     out = pathlib.Path(args.out) / f"serve-load-{tag}-{date}.md"
@@ -246,10 +315,12 @@ def write_report(rows: list, env: dict, args, mix: list) -> None:
              f"tokens, mean output {statistics.mean(o for _, o in mix):.1f} tokens, the same requests at every C. "
              f"Before timing, the batched server's greedy answers to C concurrent requests were checked equal to "
              f"ssmkit.inference.generate on each prompt alone.", "",
-             "Each request is prefilled alone (prefill is not batched), then decodes in the shared batch: the gain "
-             "comes from decode, so it grows with the share of decode in the mix and with C, and the prefill of "
-             "each request is a floor that batching does not lower (Amdahl). TTFT of \"one at a time\" includes "
-             "the wait in the queue.", "",
+             "With continuous batching, the requests that arrive between two decode steps are prefilled together "
+             "(one left-padded forward per group of similar prompt lengths, at most 8192 tokens; ssmkit.serve."
+             "engine.prefill_groups) and then decode in the shared batch; one at a time, each request is "
+             "prefilled alone. Closed-loop clients arrive together at the start and then as earlier requests "
+             "finish, so how many prompts share a prefill depends on C and on the mix. TTFT of \"one at a time\" "
+             "includes the wait in the queue.", "",
              "| model | C | mode | requests | output tokens | wall s | output tok/s | speedup | p50 latency s "
              "| p99 latency s | p50 TTFT s |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = {(r["model"], r["concurrency"]): r["tok_s"] for r in rows if r["mode"] == "one at a time"}
@@ -258,6 +329,15 @@ def write_report(rows: list, env: dict, args, mix: list) -> None:
         lines.append(f"| {r['model']} | {r['concurrency']} | {r['mode']} | {r['requests']} | {r['tokens']} | "
                      f"{r['wall']:.2f} | {r['tok_s']:.0f} | {speed:.2f}x | {r['p50']:.2f} | {r['p99']:.2f} | "
                      f"{r['ttft50']:.3f} |")
+    lines += ["", "Prefill batching alone, without HTTP: the same closed loop (C clients, the same mix) against an "
+              "in-process Engine on the checkpoint, max_prefill_tokens 8192 (\"batched\") vs 1 (\"alone\": every "
+              "prompt in its own forward, as before prefill was batched); decode is batched in both. Best of "
+              f"{args.repeats} alternating runs.", "",
+              "| model | C | prefill | prefill forwards / requests | wall s | output tok/s | p50 TTFT s |",
+              "|---|---:|---|---:|---:|---:|---:|"]
+    for r in ab_rows:
+        lines.append(f"| {r['model']} | {r['concurrency']} | {r['prefill']} | {r['forwards']} / {r['requests']} | "
+                     f"{r['wall']:.2f} | {r['tok_s']:.0f} | {r['ttft50']:.3f} |")
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
 
