@@ -44,3 +44,21 @@ def tiny_model(name: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> 
 
 def random_ids(vocab: int, *shape: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def check_decoder_follows_the_dynamic_step(model, decoder, prompt: torch.Tensor, new_ids: torch.Tensor,
+                                           label: str) -> None:
+    """Prefills `prompt` into the GraphedDecoder and into an eager cache, then feeds new_ids (batch, n) one
+    column at a time: every decoder step's logits must equal the dynamic model.step's (assert_close)."""
+    from ssmkit.inference import allocate_cache, prefill
+    from tests.compare import assert_close
+
+    batch, n = new_ids.shape
+    decoder.reset()
+    prefill(model, prompt, decoder.state)
+    decoder.start(prompt.shape[1])
+    eager = allocate_cache(model, batch, prompt.shape[1] + n)
+    prefill(model, prompt, eager)
+    with torch.no_grad():
+        for t in range(n):
+            assert_close(decoder.step(new_ids[:, t]), model.step(new_ids[:, t], eager), name=f"{label} step {t}")

@@ -15,7 +15,7 @@ from ssmkit.inference import generate, generate_steps, left_pad
 from ssmkit.inference.graphs import GraphedDecoder, clear_graphs, graph_keys, graphed_decoder, release_decoder
 from ssmkit.models import LanguageModel, ModelConfig
 from tests.compare import assert_close
-from tests.inference.models import random_ids, tiny_model
+from tests.inference.models import check_decoder_follows_the_dynamic_step, random_ids, tiny_model
 
 generate_module = importlib.import_module("ssmkit.inference.generate")
 
@@ -156,18 +156,9 @@ def test_a_fallback_decoder_steps_with_the_dynamic_step():
     model = family_model("hybrid").eval()
     decoder = GraphedDecoder(model, 2, 6, capture=False)
     decoder.fallback_reason = "simulated"
-    from ssmkit.inference import allocate_cache, prefill
-
     prompt = random_ids(model.config.vocab_size, 2, 4)
-    new_ids = random_ids(model.config.vocab_size, 2, 4, seed=9)
-    decoder.reset()
-    prefill(model, prompt, decoder.state)
-    decoder.start(4)
-    eager = allocate_cache(model, 2, 8)
-    prefill(model, prompt, eager)
-    with torch.no_grad():
-        for t in range(4):  # past 6 positions: the fallback grows too
-            assert_close(decoder.step(new_ids[:, t]), model.step(new_ids[:, t], eager), name=f"fallback step {t}")
+    new_ids = random_ids(model.config.vocab_size, 2, 4, seed=9)  # past 6 positions: the fallback grows too
+    check_decoder_follows_the_dynamic_step(model, decoder, prompt, new_ids, "fallback")
 
 
 @pytest.mark.gpu
@@ -195,20 +186,11 @@ def test_cuda_graph_tokens_equal_eager_tokens_for_every_family(name):
 @pytest.mark.parametrize("name", ["llama", "hybrid"])
 def test_cuda_graph_decoder_grows_and_recaptures_past_its_capacity(name):
     model = family_model(name, torch.float32).cuda().eval()
-    from ssmkit.inference import allocate_cache, prefill
-
     prompt = random_ids(model.config.vocab_size, 2, 3).cuda()
     new_ids = random_ids(model.config.vocab_size, 2, 7, seed=6).cuda()
     decoder = GraphedDecoder(model, 2, 4)
     assert decoder.captured
-    decoder.reset()
-    prefill(model, prompt, decoder.state)
-    decoder.start(3)
-    eager = allocate_cache(model, 2, 10)
-    prefill(model, prompt, eager)
-    with torch.no_grad():
-        for t in range(7):
-            assert_close(decoder.step(new_ids[:, t]), model.step(new_ids[:, t], eager), name=f"{name} step {t}")
+    check_decoder_follows_the_dynamic_step(model, decoder, prompt, new_ids, name)
     assert decoder.captured and decoder.capacity == 16
 
 

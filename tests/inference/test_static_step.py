@@ -13,7 +13,7 @@ from ssmkit.layers.attention import Attention
 from ssmkit.models import ModelConfig
 from ssmkit.ops.attention.kv_cache import KVCache
 from tests.compare import assert_close
-from tests.inference.models import CONFIGS, random_ids, tiny_model
+from tests.inference.models import CONFIGS, check_decoder_follows_the_dynamic_step, random_ids, tiny_model
 
 
 def dynamic_and_static_logits(model, prompt, mask, new_ids, static_len):
@@ -123,15 +123,7 @@ def test_decoder_grows_past_its_capacity_and_keeps_the_dynamic_step_logits(name)
     new_ids = random_ids(model.config.vocab_size, 2, 9, seed=6)
     decoder = GraphedDecoder(model, 2, 4, capture=False)
     assert not decoder.captured
-    decoder.reset()
-    prefill(model, prompt, decoder.state)
-    decoder.start(3)
-    eager = allocate_cache(model, 2, 12)
-    prefill(model, prompt, eager)
-    with torch.no_grad():
-        for t in range(9):  # positions 3 .. 11: past 4, then past 8
-            expected = model.step(new_ids[:, t], eager)
-            assert_close(decoder.step(new_ids[:, t]), expected, name=f"{name} step {t}")
+    check_decoder_follows_the_dynamic_step(model, decoder, prompt, new_ids, name)  # positions 3..11: past 4, 8
     assert decoder.length == 12
     if name == "mamba2":
         assert decoder.capacity is None
