@@ -14,10 +14,12 @@ import os
 import platform
 import sys
 import time
+from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import torch
 
 from . import kernels as kernel_detail
@@ -70,7 +72,7 @@ class Profiler:
         self._explicit_request: int | None = None
         self._next_request, self._request, self._step, self._call_phase = 0, 0, -1, "prefill"
         self._last_order = _NEW_CALL  # order of the unit that began last; _NEW_CALL: the next one starts a model call
-        self._context = (0, "prefill", 0)
+        self._context = 0  # index of the current model call's (request_id, phase, step)
         self._last_via_step = False
         self._handles: list = []
         self._wrapped: list = []
@@ -113,13 +115,22 @@ class Profiler:
         self.clock = make_clock(self.clock_kind, device, pool=min(4 * self.batch_size, 1 << 14))
         self.run_id = self.store.begin_run(self.run_name, clock=self.clock.name, device=str(device),
                                            model=_model_info(self.model), environment=_environment())
-        self._raw: list = []  # ended calls not yet written: raw records, see resolve.py
-        self._flush_at = self.batch_size
-        self._mark = self.clock.mark
+        # Ended calls not yet written, kept as plain numbers (see resolve.py): no Python object per call.
+        self._calls = array("q")  # resolve.CALL_FIELDS per call
         self._immediate = isinstance(self.clock, CpuClock)
-        self._moe_open: dict = {}  # unit -> [route marks, exchange mark pairs, opened] of the open MoE call
-        self._depth: list = []  # unit -> how many of its calls are open (an inner one is part of the outer)
-        self._open: list = []  # unit -> opened record, for units recorded through a pre/post hook pair
+        self._marks = array("q") if self._immediate else []  # start and end mark per call
+        self._moe: list = []  # per ended MoE call: its index among all calls and its routing tensors and marks
+        self._contexts: list = []  # (request_id, phase, step) per model call; calls hold its index
+        self._flushed = 0  # calls written (or handed to the writer) so far
+        self._flush_marks = 2 * self.batch_size
+        self._mark = self.clock.mark
+        # Per unit (a hooked module, or the all-to-alls of an expert-parallel layer):
+        self._unit_layer, self._unit_type, self._exchange_unit = [], [], []
+        self._depth: list = []  # how many of its calls are open (an inner one is part of the outer)
+        self._hooked: list = []  # (call record, start mark) of the open call, for a pre/post hook pair
+        self._open: list = []  # call record of the open MoE call
+        self._route: list = []  # router marks of the open MoE call
+        self._exchanges: list = []  # exchange mark pairs of the open MoE call (expert-parallel layers)
         self._labels: dict = {}  # unit -> open torch.profiler range
         self._call_id = 0
         self._last_flush = time.monotonic()
@@ -162,43 +173,52 @@ class Profiler:
             if getattr(block, "ff_kind", None) is not None:
                 units.append(("ff", block.ff, block.ff_kind))
             for slot, module, kind in units:
-                u = len(self._open)
-                self._open.append(None)
-                self._depth.append(0)
+                u = self._add_unit(block.layer_idx, kind)
                 order = 2 * block.layer_idx + (slot == "ff")
-                meta = (block.layer_idx, kind)
                 moe = module if kind == "moe" else None
                 if module._forward_pre_hooks or module._forward_hooks or global_hooks:
-                    self._hook(module, u, order, meta, moe)
+                    self._hook(module, u, order, moe)
                 else:
-                    self._wrap(module, "forward", self._recorded, u, order, meta, moe)
+                    self._wrap(module, "forward", self._recorded, u, order, moe)
                 if slot == "mixer":
-                    self._wrap(module, "step", self._recorded, u, order, meta, moe)
+                    self._wrap(module, "step", self._recorded, u, order, moe)
                 if moe is not None:
                     self._wrap(module, "route", self._recorded_route, u)
                     if hasattr(module, "exchange"):  # an expert-parallel layer: time its all-to-alls
-                        self._wrap(module, "exchange", self._recorded_exchange, u, (block.layer_idx, "all_to_all"))
+                        self._exchanges[u] = []
+                        self._wrap(module, "exchange", self._recorded_exchange, u,
+                                   self._add_unit(block.layer_idx, "all_to_all"))
+        self._units = (np.array(self._unit_layer, dtype=np.int64), np.array(self._unit_type, dtype=object),
+                       np.array(self._exchange_unit, dtype=bool))
+
+    def _add_unit(self, layer_idx: int, kind: str) -> int:
+        for column, value in ((self._unit_layer, layer_idx), (self._unit_type, kind),
+                              (self._exchange_unit, kind == "all_to_all"), (self._depth, 0), (self._hooked, None),
+                              (self._open, None), (self._route, None), (self._exchanges, None)):
+            column.append(value)
+        return len(self._depth) - 1
 
     def _wrap(self, module, name: str, make, *args) -> None:
         previous = module.__dict__.get(name)
         setattr(module, name, make(getattr(module, name), *args))
         self._wrapped.append((module, name, previous))
 
-    def _hook(self, module, u: int, order: int, meta: tuple, moe) -> None:
-        begin, end, opened, depth = self._begin, self._end, self._open, self._depth
+    def _hook(self, module, u: int, order: int, moe) -> None:
+        begin, end, mark, hooked, depth = self._begin, self._end, self._mark, self._hooked, self._depth
 
         def pre_hook(_module, args):
             d = depth[u]
             depth[u] = d + 1
             if not d:
-                opened[u] = begin(u, order, args[0], moe)
+                call = begin(u, order, args[0], moe)
+                hooked[u] = (call, mark())
 
         def post_hook(_module, args, output):
             d = depth[u]
             if d:  # 0: the pre-hook did not run (an earlier pre-hook raised)
                 depth[u] = d - 1
                 if d == 1:
-                    end(u, meta, opened[u], moe)
+                    end(*hooked[u], moe)
 
         self._handles.append(module.register_forward_pre_hook(pre_hook, prepend=True))
         self._handles.append(module.register_forward_hook(post_hook, always_call=True))
@@ -214,60 +234,61 @@ class Profiler:
         self._handles, self._wrapped = [], []
 
     # The hook point
-    def _recorded(self, original, u: int, order: int, meta: tuple, moe):
+    def _recorded(self, original, u: int, order: int, moe):
         """`original` (forward or step, input first) recorded as one call of unit u; a call inside an open one
         (Attention.step runs self.forward) is part of it."""
-        begin, end, depth = self._begin, self._end, self._depth
+        begin, end, mark, depth = self._begin, self._end, self._mark, self._depth
 
         def recorded(x, *args, **kwargs):
             if depth[u]:
                 return original(x, *args, **kwargs)
             call = begin(u, order, x, moe)
             depth[u] = 1
+            start = mark()
             try:
                 return original(x, *args, **kwargs)
             finally:
                 depth[u] = 0
-                end(u, meta, call, moe)
+                end(call, start, moe)
 
         return recorded
 
     def _recorded_route(self, original, u: int):
         """MoE.route, its marks kept as the open MoE call's router time."""
-        mark, moe_open = self._mark, self._moe_open
+        mark, depth, routes = self._mark, self._depth, self._route
 
         def route(x):
             start = mark()
             try:
                 return original(x)
             finally:
-                extra = moe_open.get(u)
-                if extra is not None:
-                    extra[0] = (start, mark())
+                if depth[u]:
+                    routes[u] = (start, mark())
 
         return route
 
-    def _recorded_exchange(self, original, u: int, meta: tuple):
+    def _recorded_exchange(self, original, u: int, exchange_unit: int):
         """An all-to-all inside an MoE call: its own "all_to_all" event, and part of the call's exchange_ns."""
-        mark, moe_open = self._mark, self._moe_open
+        mark, depth, calls, marks = self._mark, self._depth, self._calls, self._marks
 
         def exchange(*args):
-            extra = moe_open.get(u)
             start = mark()
             try:
                 return original(*args)
             finally:
                 end = mark()
-                if extra is not None:
-                    _, context, shape, _ = extra[2]
-                    self._raw.append(((self._call_id, context, shape, start), end, meta))
+                if depth[u]:
+                    _, _, context, batch, seqlen = self._open[u]
+                    calls.extend((self._call_id, exchange_unit, context, batch, seqlen))
                     self._call_id += 1
-                    extra[1].append((start, end))
+                    marks.append(start)
+                    marks.append(end)
+                    self._exchanges[u].append((start, end))
 
         return exchange
 
     def _begin(self, u: int, order: int, x: torch.Tensor, moe) -> tuple:
-        """Opens a call of unit u on input x; returns its opened record (call_id, context, shape, start mark)."""
+        """Opens a call of unit u on input x; returns its record (resolve.CALL_FIELDS)."""
         if order <= self._last_order:  # the first unit of a new model call
             self._new_model_call(x)
         self._last_order = order
@@ -275,26 +296,30 @@ class Profiler:
         self._call_id = call_id + 1
         if self._torch_profiler is not None:
             self._labels[u] = kernel_detail.open_range(call_id)
-        if moe is None:
-            return (call_id, self._context, x.shape, self._mark())
-        opened = (call_id, self._context, x.shape, self._mark())
-        self._moe_open[u] = [None, [], opened]
-        return opened
+        shape = x.shape
+        call = (call_id, u, self._context, shape[0], shape[1] if len(shape) == 3 else 1)
+        if moe is not None:
+            self._open[u], self._route[u] = call, None
+            if self._exchanges[u] is not None:
+                self._exchanges[u] = []
+        return call
 
-    def _end(self, u: int, meta: tuple, opened: tuple, moe) -> None:
-        """Closes the call `opened` of unit u: one raw record, the only per-call work besides two marks."""
+    def _end(self, call: tuple, start, moe) -> None:
+        """Closes `call`, begun at mark `start`: 5 integers and 2 marks appended (and an MoE call's tensors)."""
         end = self._mark()
         if self._torch_profiler is not None:
-            kernel_detail.close_range(self._labels.pop(u))
-        if moe is None:
-            self._raw.append((opened, end, meta))
-        else:
-            route, exchanges, _ = self._moe_open.pop(u)
-            self._raw.append((opened, end, meta, (
-                moe.n_experts, moe.top_k, moe.last_expert_counts, getattr(moe, "last_capacity", None),
-                getattr(moe, "last_overflow", None), getattr(moe, "last_dropped", None), route, exchanges)))
-        if len(self._raw) >= self._flush_at or (
-                opened[0] & 63 == 0 and time.monotonic() - self._last_flush > self.flush_interval_s):
+            kernel_detail.close_range(self._labels.pop(call[1]))
+        marks = self._marks
+        if moe is not None:
+            u = call[1]
+            self._moe.append((self._flushed + (len(marks) >> 1), moe.n_experts, moe.top_k, moe.last_expert_counts,
+                              getattr(moe, "last_capacity", None), getattr(moe, "last_overflow", None),
+                              getattr(moe, "last_dropped", None), self._route[u], self._exchanges[u]))
+        self._calls.extend(call)
+        marks.append(start)
+        marks.append(end)
+        if len(marks) >= self._flush_marks or (
+                call[0] & 63 == 0 and time.monotonic() - self._last_flush > self.flush_interval_s):
             self._flush()
 
     def _new_model_call(self, x: torch.Tensor) -> None:
@@ -309,26 +334,37 @@ class Profiler:
         self._step += 1
         self._call_phase = self._explicit_phase or infer_phase(seqlen, via_step, self._step)
         self._last_via_step = via_step
-        self._context = (self._request, self._call_phase, self._step)
+        self._contexts.append((self._request, self._call_phase, self._step))
+        self._context = len(self._contexts) - 1
 
     # Writing
     def _flush(self, final: bool = False) -> None:
         """Resolves the ended calls whose end marks the device has passed (all of them when final), writes them
         as one batch and gives their marks back to the clock."""
         self._last_flush = time.monotonic()
-        raw, n = self._raw, len(self._raw)
+        marks = self._marks
+        n = len(marks) >> 1
         if not (final or self._immediate):
-            ready, n = self.clock.ready, 0
-            while n < len(raw) and ready(raw[n][1]):
-                n += 1
-        done, self._raw = raw[:n], raw[n:]
-        self._flush_at = len(self._raw) + self.batch_size
-        if not done:
+            ready, k = self.clock.ready, 0
+            while k < n and ready(marks[2 * k + 1]):
+                k += 1
+            n = k
+        self._flush_marks = len(marks) - 2 * n + 2 * self.batch_size
+        if n == 0:
             return
-        events = resolve.event_rows(done, self.run_id, self.clock)
-        moe_rows = resolve.moe_rows(done, events, self.run_id, self.clock, self.moe_capacity_factor)
+        first, width = self._flushed, len(resolve.CALL_FIELDS)
+        calls, done = self._calls[:width * n], marks[:2 * n]
+        k = 0
+        while k < len(self._moe) and self._moe[k][0] < first + n:
+            k += 1
+        moe = self._moe[:k]
+        del self._calls[:width * n], marks[:2 * n], self._moe[:k]
+        self._flushed += n
+        events = resolve.event_columns(calls, done, self.run_id, self.clock, self._units, self._contexts)
+        moe_rows = resolve.moe_rows(moe, first, events, self.run_id, self.clock, self.moe_capacity_factor)
         if not self._immediate:
-            self.clock.release(resolve.marks_to_release(done))
+            exchange_call = self._units[2][np.frombuffer(calls, dtype=np.int64)[1::width]]
+            self.clock.release(resolve.marks_to_release(done, exchange_call, moe))
         if self._writer is None:
             self.store.write_batch(events, moe_rows)
         else:

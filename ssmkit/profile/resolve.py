@@ -1,17 +1,15 @@
 """Turns the profiler's raw call records into rows of the events and moe_routing tables, once per flush.
 
-The hot path stores only what it cannot get later (marks, the input's shape, the MoE layer's result tensors);
-everything derived (batch, seqlen, times on the run's clock, expert counts as lists, capacities) is computed
-here, for a whole batch: the device tensors of all MoE calls are read back to the host in one copy per device.
-
-A raw record is (opened, end mark, meta) for a layer call and (opened, end mark, meta, moe) for an MoE call, with
-opened = (call_id, context, input shape, start mark), context = (request_id, phase, step) of the model call,
-meta = (layer_idx, layer_type) and moe = (n_experts, top_k, expert counts, capacity, overflow, dropped,
-route marks or None, [exchange mark pairs]).
+The hot path keeps no Python object per call (each one would be garbage-collector work, and the collector's full
+passes over torch's heap cost more than the rest of the profiler): a call is 5 integers in an array (CALL_FIELDS)
+and 2 marks (integers on CPU, pooled CUDA events). Everything derived (times on the run's clock, layer, type,
+request, phase, step) is computed here as numpy columns for a whole batch; the MoE layers' result tensors of a
+batch are read back to the host in one copy per device.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ssmkit.layers.moe import capacity_from_factor
@@ -19,31 +17,47 @@ from ssmkit.layers.moe import capacity_from_factor
 from .clocks import CpuClock
 from .events import imbalance
 
-
-def event_rows(records: list, run_id: int, clock) -> list[tuple]:
-    """Rows in EVENT_COLUMNS order, one per record."""
-    if isinstance(clock, CpuClock):  # integer marks: plain arithmetic
-        origin = clock.origin
-        return [(run_id, call_id, *context, *meta, shape[0], shape[1] if len(shape) == 3 else 1,
-                 start - origin, end - start)
-                for (call_id, context, shape, start), end, meta, *_ in records]
-    since, elapsed = clock.since_origin, clock.elapsed_ns
-    return [(run_id, call_id, *context, *meta, shape[0], shape[1] if len(shape) == 3 else 1,
-             since(start), elapsed(start, end))
-            for (call_id, context, shape, start), end, meta, *_ in records]
+CALL_FIELDS = ("call_id", "unit", "context", "batch", "seqlen")  # unit: Profiler's index; context: model call
 
 
-def moe_rows(records: list, events: list[tuple], run_id: int, clock, factor: float | None) -> list[tuple]:
-    """Rows in MOE_COLUMNS order for the MoE records among `records` (events: their event_rows, same order)."""
-    picked = [(record, row) for record, row in zip(records, events) if len(record) == 4]
-    if not picked:
+def event_columns(calls, marks, run_id: int, clock, units: tuple[np.ndarray, ...],
+                  contexts: list[tuple]) -> dict[str, np.ndarray]:
+    """The events table's columns for n calls.
+
+    calls: array('q') of 5 n ints (CALL_FIELDS per call); marks: the 2 n start and end marks; units: layer_idx
+    and layer_type arrays by unit (first two); contexts: (request_id, phase, step) by context index.
+    """
+    table = np.frombuffer(calls, dtype=np.int64).reshape(-1, len(CALL_FIELDS))
+    call_id, unit, context, batch, seqlen = table.T
+    lo, hi = int(context.min()), int(context.max())
+    request, phase, step = (np.array(column, dtype=object if i == 1 else np.int64)
+                            for i, column in enumerate(zip(*contexts[lo:hi + 1])))
+    context = context - lo
+    if isinstance(clock, CpuClock):  # integer marks: arithmetic on whole columns
+        pairs = np.frombuffer(marks, dtype=np.int64).reshape(-1, 2)
+        start_ns, duration_ns = pairs[:, 0] - clock.origin, pairs[:, 1] - pairs[:, 0]
+    else:
+        starts, ends = marks[0::2], marks[1::2]
+        start_ns = np.array([clock.since_origin(s) for s in starts], dtype=np.int64)
+        duration_ns = np.array([clock.elapsed_ns(s, e) for s, e in zip(starts, ends)], dtype=np.int64)
+    return {"run_id": np.full(len(table), run_id, dtype=np.int32), "call_id": call_id.copy(),
+            "request_id": request[context].astype(np.int32), "phase": phase[context],
+            "step": step[context].astype(np.int32), "layer_idx": units[0][unit].astype(np.int32),
+            "layer_type": units[1][unit], "batch": batch.astype(np.int32), "seqlen": seqlen.astype(np.int32),
+            "start_ns": start_ns, "duration_ns": duration_ns}
+
+
+def moe_rows(moe: list[tuple], first: int, events: dict, run_id: int, clock, factor: float | None) -> list[tuple]:
+    """Rows in MOE_COLUMNS order for MoE records (call index, n_experts, top_k, expert counts, capacity,
+    overflow, dropped, route marks or None, exchange mark pairs or None); events: the columns of the calls from
+    index `first` on."""
+    if not moe:
         return []
-    tensors = [t for record, _ in picked for t in record[3][2:6] if t is not None]
-    lists = iter(tensor_lists(tensors))
+    lists = iter(tensor_lists([t for record in moe for t in record[3:7] if t is not None]))
     out = []
-    for record, row in picked:
-        n_experts, top_k, counts_t, capacity_t, overflow_t, dropped_t, route, exchanges = record[3]
-        n_tokens, duration = row[7] * row[8], row[10]
+    for index, n_experts, top_k, counts_t, capacity_t, overflow_t, dropped_t, route, exchanges in moe:
+        i = index - first
+        n_tokens = int(events["batch"][i]) * int(events["seqlen"][i])
         counts = [0] * n_experts if counts_t is None else [int(c) for c in next(lists)]
         caps = overflow = None
         dropped = 0
@@ -56,9 +70,10 @@ def moe_rows(records: list, events: list[tuple], run_id: int, clock, factor: flo
         capacity = caps[0] if caps and len(set(caps)) == 1 else None
         router_ns = None if route is None else clock.elapsed_ns(*route)
         exchange_ns = sum(clock.elapsed_ns(*pair) for pair in exchanges) if exchanges else None
-        expert_ns = None if router_ns is None else duration - router_ns - (exchange_ns or 0)
-        out.append((run_id, row[1], row[5], n_tokens, counts, imbalance(counts), capacity, sum(overflow or []),
-                    dropped, caps, overflow, router_ns, expert_ns, exchange_ns))
+        expert_ns = None if router_ns is None else int(events["duration_ns"][i]) - router_ns - (exchange_ns or 0)
+        out.append((run_id, int(events["call_id"][i]), int(events["layer_idx"][i]), n_tokens, counts,
+                    imbalance(counts), capacity, sum(overflow or []), dropped, caps, overflow, router_ns, expert_ns,
+                    exchange_ns))
     return out
 
 
@@ -80,19 +95,14 @@ def tensor_lists(tensors: list[torch.Tensor]) -> list[list]:
     return out
 
 
-def marks_to_release(records: list) -> list:
-    """The marks of `records` no later record reads: start and end of each call, and an MoE call's route and
-    exchange marks (an all_to_all record's marks are also its MoE call's exchange marks, and that record comes
-    later, so the MoE record releases them)."""
-    marks = []
-    for (_, _, _, start), end, meta, *moe in records:
-        if meta[1] == "all_to_all":
-            continue
-        marks += (start, end)
-        if moe:
-            route, exchanges = moe[0][6], moe[0][7]
-            if route is not None:
-                marks += route
-            for pair in exchanges:
-                marks += pair
-    return marks
+def marks_to_release(marks: list, exchange_call: np.ndarray, moe: list[tuple]) -> list:
+    """The marks no later record reads: start and end of each call but the all-to-alls (exchange_call, per call:
+    True for an all_to_all record, whose marks its MoE call, a later record, reads as exchange marks), and each
+    MoE call's route and exchange marks."""
+    out = [m for i, m in enumerate(marks) if not exchange_call[i >> 1]]
+    for *_, route, exchanges in moe:
+        if route is not None:
+            out += route
+        for pair in exchanges or ():
+            out += pair
+    return out
