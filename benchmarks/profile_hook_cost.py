@@ -149,6 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--label", default="", help="a name for this code version in the output")
     args = p.parse_args(argv)
+    if args.repeats < 2:
+        p.error("--repeats: expected >= 2 (quartiles need two values)")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(spec, args, Path(tmp)) for spec in args.presets]
