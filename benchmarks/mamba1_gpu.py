@@ -25,7 +25,7 @@ import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ssmkit.bench.kernel_timing import copy_bandwidth, fmt, rel_error  # noqa: E402
+from ssmkit.bench.kernel_timing import fmt, rel_error, start_kernel_run  # noqa: E402
 from ssmkit.ops.selective_scan import selective_scan_parallel, selective_scan_reference  # noqa: E402
 from ssmkit.ops.selective_scan import selective_scan_step  # noqa: E402
 from ssmkit.ops.selective_scan.triton import selective_scan_step_triton, selective_scan_triton  # noqa: E402
@@ -151,19 +151,8 @@ def bench_step(batch, state_dtype, cfg, copy_bw):
 
 def main():
     cfg = parse()
-    lines = []
-
-    def log(s):
-        print(s, flush=True)
-        lines.append(s)
-
-    dev = torch.cuda.get_device_name()
-    log(f"device {dev}; torch {torch.__version__}; triton {triton.__version__}; python {platform.python_version()}")
-    ok, errs = validate(cfg, log)
-    if not ok:
-        log("VALIDATION FAILED: timing anyway, numbers below are not to be trusted")
-    copy_bw = copy_bandwidth()
-    log(f"device-to-device copy: {copy_bw / 1e12:.2f} TB/s (read + write)")
+    log, errs, copy_bw = start_kernel_run(validate, cfg)
+    lines, dev = log.lines, torch.cuda.get_device_name()
     rows = []
     for L in cfg.lengths:
         batch = max(1, cfg.total_tokens // L)

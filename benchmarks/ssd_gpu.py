@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ssmkit.bench.kernel_timing import copy_bandwidth, fmt, rel_error  # noqa: E402
+from ssmkit.bench.kernel_timing import fmt, rel_error, start_kernel_run  # noqa: E402
 from ssmkit.ops.ssd.chunked import ssd_chunked  # noqa: E402
 from ssmkit.ops.ssd.step import ssd_step_reference  # noqa: E402
 from ssmkit.ops.ssd.triton import ssd_step_triton, ssd_triton  # noqa: E402
@@ -160,19 +160,8 @@ def bench_step(batch, state_dtype, copy_bw, nheads=64, headdim=64, dstate=128):
 
 def main():
     cfg = parse()
-    lines = []
-
-    def log(s):
-        print(s, flush=True)
-        lines.append(s)
-
-    dev = torch.cuda.get_device_name()
-    log(f"device {dev}; torch {torch.__version__}; triton {triton.__version__}; python {platform.python_version()}")
-    ok, errs = validate(cfg, log)
-    if not ok:
-        log("VALIDATION FAILED: timing anyway, numbers below are not to be trusted")
-    copy_bw = copy_bandwidth()
-    log(f"device-to-device copy: {copy_bw / 1e12:.2f} TB/s (read + write)")
+    log, errs, copy_bw = start_kernel_run(validate, cfg)
+    lines, dev = log.lines, torch.cuda.get_device_name()
     rows = []
     for L in cfg.lengths:
         batch = cfg.total_tokens // L

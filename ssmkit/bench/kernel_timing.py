@@ -23,3 +23,33 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def fmt(t) -> str:
     """A table cell: floats to 3 decimals, None as '-'."""
     return f"{t:.3f}" if isinstance(t, float) else ("-" if t is None else str(t))
+
+
+class RunLog:
+    """The printed and kept log of a kernel benchmark: `log(line)` prints it and keeps it for the results file."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+
+def start_kernel_run(validate, cfg) -> tuple[RunLog, dict, float]:
+    """The opening every GPU kernel benchmark shares: a device/versions line, validate(cfg, log) -> (ok, errors)
+    (timing goes on after a failed validation, flagged in the log), then the measured copy ceiling.
+    Returns (log, errors, copy bytes per second)."""
+    import platform
+
+    import triton
+
+    log = RunLog()
+    log(f"device {torch.cuda.get_device_name()}; torch {torch.__version__}; triton {triton.__version__}; "
+        f"python {platform.python_version()}")
+    ok, errs = validate(cfg, log)
+    if not ok:
+        log("VALIDATION FAILED: timing anyway, numbers below are not to be trusted")
+    copy_bw = copy_bandwidth()
+    log(f"device-to-device copy: {copy_bw / 1e12:.2f} TB/s (read + write)")
+    return log, errs, copy_bw
