@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssmkit.ops.dispatch import pick_impl
 from ssmkit.ops.validate import check_same_device, check_tensor
 
 
@@ -49,15 +50,23 @@ def recurrence_step(h, x, dt, A, B, C) -> tuple[torch.Tensor, torch.Tensor]:
     return h, y.reshape(batch, dim)
 
 
-def selective_scan_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False) -> torch.Tensor:
+def selective_scan_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
+                        impl: str = "auto") -> torch.Tensor:
     """Decodes one token: updates `state` in place and returns y.
 
     state (batch, dim, dstate), any float dtype (kept); x, dt, z (batch, dim); A (dim, dstate); B, C
     (batch, ngroups, dstate); D, dt_bias (dim,). Returns y (batch, dim) in x.dtype.
+    impl: "reference" (torch), "triton" (one kernel launch), "auto" (the kernel on CUDA once the Triton module
+    declares AUTO_SELECTABLE, else the reference).
     Only shapes and devices are checked (no value checks such as A < 0), so the call never synchronizes
     with the device and can be captured in a CUDA graph.
     """
     _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    if impl != "reference":
+        fn = pick_impl("ssmkit.ops.selective_scan", "selective_scan_step", impl, x.device, None)
+        if fn is not None:
+            return fn(state, x, dt, A, B, C, **kw)
     cdt = compute_dtype(x.dtype)
     h, y = recurrence_step(
         state.to(cdt), x.to(cdt), effective_dt(dt.to(cdt), _opt(dt_bias, cdt), dt_softplus), A.to(cdt),

@@ -80,3 +80,20 @@ def test_step_rejects_bad_shapes_naming_the_argument(change, match):
     args = [call.pop(k) for k in ("state", "x", "dt", "A", "B", "C")]
     with pytest.raises(ValueError, match=match):
         selective_scan_step(*args, **call)
+
+
+def test_step_impl_is_checked_and_triton_needs_cuda_or_the_interpreter(monkeypatch):
+    import pytest
+
+    from ssmkit.ops.selective_scan import selective_scan_step
+    from ssmkit.ops.dispatch import triton_module_available
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    state = torch.zeros(1, 4, 3)
+    args = (torch.ones(1, 4), torch.ones(1, 4), -torch.ones(4, 3), torch.ones(1, 1, 3), torch.ones(1, 1, 3))
+    with pytest.raises(ValueError, match="impl"):
+        selective_scan_step(state, *args, impl="fast")
+    if triton_module_available("ssmkit.ops.selective_scan"):
+        with pytest.raises(ValueError, match="needs CUDA tensors"):
+            selective_scan_step(state, *args, impl="triton")
+    assert torch.equal(state, torch.zeros(1, 4, 3))  # a refused call leaves the state untouched

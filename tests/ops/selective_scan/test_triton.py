@@ -298,7 +298,7 @@ def case_step():
 
 
 def case_dispatch():
-    """selective_scan(impl="triton") runs the kernels and matches the float64 loop."""
+    """selective_scan(impl="triton") and selective_scan_step(impl="triton") run the kernels and match float64."""
     from ssmkit.ops.selective_scan import selective_scan
 
     inp = scan_inputs(1, 12, 4, 4, 1, seed=7)
@@ -306,6 +306,18 @@ def case_dispatch():
     y_ref = selective_scan(**{k: v.double() if isinstance(v, torch.Tensor) else v for k, v in inp.items()},
                            impl="reference")
     assert_close(y, y_ref, torch.float32, name="y")
+    # selective_scan_step(impl="triton") runs the step kernel: the same y and state as the float64 torch step
+    from ssmkit.ops.selective_scan import selective_scan_step
+
+    tok = [inp[k][:, 0] for k in ("x", "dt")] + [inp["A"]] + [inp[k][:, 0] for k in ("B", "C")]
+    kw = dict(D=inp["D"], z=inp["z"][:, 0], dt_bias=inp["dt_bias"], dt_softplus=True)
+    state, state64 = inp["initial_state"].clone(), inp["initial_state"].double()
+    y_step = selective_scan_step(state, *tok, **kw, impl="triton")
+    y_step64 = selective_scan_step(state64, *[t.double() for t in tok],
+                                   **{k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()},
+                                   impl="reference")
+    assert_close(y_step, y_step64, torch.float32, name="step y")
+    assert_close(state, state64, torch.float32, name="step state")
 
 
 # ---------------------------------------------------------------- tests

@@ -65,7 +65,8 @@ def selective_scan_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias
     """
     if x.dtype not in SUPPORTED_DTYPES:
         warn_once(f"selective scan triton step takes float32/float16/bfloat16, got {x.dtype}; using the torch step")
-        return selective_scan_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return selective_scan_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                                   impl="reference")
     check_triton_device(x)
     batch, dim = x.shape
     ngroups, dstate = B.shape[1], B.shape[2]
