@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import allocate_cache
-from .graphs import graphed_decoder, release_decoder
+from .graphs import eager_reason, graphed_decoder, release_decoder
 from .sampling import SamplingConfig, next_token
 
 
@@ -217,17 +217,20 @@ def _plan(model, input_ids, max_new_tokens, sampling, seed, eos_token_id, pad_to
                  generator=generator, eos=torch.tensor(eos, device=device) if eos else None,
                  pad_token_id=0 if pad is None else pad, prefill_chunk_size=prefill_chunk_size,
                  kv_dtype=kv_dtype, cache_len=cache_len, exact_cache_len=max_cache_len is not None,
-                 cuda_graph=_use_cuda_graph(cuda_graph, device))
+                 cuda_graph=_use_cuda_graph(cuda_graph, device, model))
 
 
-def _use_cuda_graph(cuda_graph, device: torch.device) -> bool:
-    """cuda_graph None/True/False -> whether to decode through a captured graph on `device`."""
+def _use_cuda_graph(cuda_graph, device: torch.device, model) -> bool:
+    """cuda_graph None/True/False -> whether to decode `model` through a captured graph on `device`."""
     if cuda_graph is not None and not isinstance(cuda_graph, bool):
         raise ValueError(f"cuda_graph: expected None, True or False, got {cuda_graph!r}")
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph: expected None or False for a model on {device} (CUDA graphs need a CUDA "
                          f"device), got True")
-    return device.type == "cuda" if cuda_graph is None else cuda_graph
+    held = eager_reason(model)
+    if cuda_graph and held is not None:
+        raise ValueError(f"cuda_graph: expected None or False while {held}, got True")
+    return device.type == "cuda" and held is None if cuda_graph is None else cuda_graph
 
 
 def _key_padding_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor | None:

@@ -12,6 +12,7 @@ import dataclasses
 import threading
 import weakref
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import torch
 
@@ -302,6 +303,25 @@ def clear_graphs(model=None) -> None:
             _REGISTRY.by_model.clear()
         else:
             _REGISTRY.by_model.pop(model, None)
+
+
+@contextmanager
+def eager_only(model, reason: str):
+    """Within the block, generate() decodes `model` with the eager step: cuda_graph=None takes it and
+    cuda_graph=True is refused with `reason`. For observers of the per-layer calls (the profiler): a graph replay
+    runs the captured kernels without calling any module, and a capture would record their marks into the graph."""
+    holds = model.__dict__.setdefault("_ssmkit_eager_only", [])
+    holds.append(reason)
+    try:
+        yield
+    finally:
+        holds.remove(reason)
+
+
+def eager_reason(model) -> str | None:
+    """Why `model` must decode eagerly now (the innermost eager_only block), or None."""
+    holds = model.__dict__.get("_ssmkit_eager_only")
+    return holds[-1] if holds else None
 
 
 def _signature(model) -> tuple:

@@ -22,6 +22,8 @@ import duckdb
 import numpy as np
 import torch
 
+from ssmkit.inference.graphs import eager_only
+
 from . import kernels as kernel_detail
 from . import resolve
 from .clocks import CpuClock, make_clock
@@ -137,11 +139,15 @@ class Profiler:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ssmkit-profile") if self.background else None
         self._writes: list[Future] = []
         self._torch_profiler = kernel_detail.start(device) if self.kernels else None
+        # A CUDA-graph replay calls no module (nothing would be recorded) and a capture would put marks in the graph.
+        self._eager = eager_only(self.model, "a Profiler records this model's layer calls")
+        self._eager.__enter__()
         self._install()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._uninstall()
+        self._eager.__exit__(None, None, None)
         status, error = ("ok", None) if exc_type is None else ("error", f"{exc_type.__name__}: {exc}")
         wall_ns = None
         try:

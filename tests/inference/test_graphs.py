@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ssmkit.inference import generate, generate_steps, left_pad
-from ssmkit.inference.graphs import GraphedDecoder, clear_graphs, graph_keys, graphed_decoder, release_decoder
+from ssmkit.inference.graphs import (GraphedDecoder, clear_graphs, eager_only, eager_reason, graph_keys, graphed_decoder,
+                                     release_decoder)
 from ssmkit.models import LanguageModel, ModelConfig
 from tests.compare import assert_close
 from tests.inference.models import check_decoder_follows_the_dynamic_step, random_ids, tiny_model
@@ -39,7 +40,7 @@ def family_model(name: str, dtype=torch.float64) -> LanguageModel:
 @pytest.fixture
 def static_on_cpu(monkeypatch):
     """generate takes the graph path on the CPU (the decoder's static step, eagerly); counts its steps."""
-    monkeypatch.setattr(generate_module, "_use_cuda_graph", lambda cuda_graph, device: cuda_graph is not False)
+    monkeypatch.setattr(generate_module, "_use_cuda_graph", lambda cuda_graph, device, model: cuda_graph is not False)
     calls = []
     original = GraphedDecoder._static_step
     monkeypatch.setattr(GraphedDecoder, "_static_step", lambda self: calls.append(1) or original(self))
@@ -116,6 +117,21 @@ def test_cuda_graph_true_on_cpu_raises_and_bad_values_are_rejected():
     with pytest.raises(ValueError, match="cuda_graph"):
         generate(model, ids, cuda_graph="yes")
     assert torch.equal(generate(model, ids, cuda_graph=False), generate(model, ids))
+
+
+def test_eager_only_keeps_a_cuda_model_off_graphs_and_refuses_cuda_graph_true():
+    """The decision generate() makes for a CUDA device (no GPU needed: only the device type is read)."""
+    model, cuda = family_model("mamba"), torch.device("cuda")
+    decide = generate_module._use_cuda_graph
+    assert decide(None, cuda, model) and decide(True, cuda, model) and not decide(False, cuda, model)
+    with eager_only(model, "a test observes the layer calls"):
+        with eager_only(model, "an inner observer"):
+            assert eager_reason(model) == "an inner observer"
+        assert eager_reason(model) == "a test observes the layer calls"
+        assert not decide(None, cuda, model) and not decide(False, cuda, model)
+        with pytest.raises(ValueError, match="while a test observes the layer calls, got True"):
+            decide(True, cuda, model)
+    assert eager_reason(model) is None and decide(None, cuda, model)
 
 
 def test_registry_gives_one_decoder_per_key_none_while_busy_and_a_new_one_after_to():

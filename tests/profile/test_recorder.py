@@ -9,6 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ssmkit.inference import allocate_cache, generate, prefill
+from ssmkit.inference.graphs import eager_reason
 from ssmkit.profile import Profiler, TraceStore
 from tests.compare import assert_close
 
@@ -140,6 +141,8 @@ def test_profiling_leaves_outputs_unchanged_and_removes_every_hook():
     with Profiler(model):
         got = generate(model, ids, max_new_tokens=5)
         got_logits = model(ids)
+        assert "Profiler" in eager_reason(model)  # generate decodes eagerly: a graph replay calls no layer
+    assert eager_reason(model) is None
     assert torch.equal(got, expected)
     assert_close(got_logits, logits)
     for block in model.layers:

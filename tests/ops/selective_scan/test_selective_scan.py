@@ -72,7 +72,7 @@ def test_auto_prefers_triton_on_cuda_when_available_and_parallel_otherwise(monke
     assert ss.auto_impl("cuda") == "parallel"
     assert ss.auto_impl("cpu") == "parallel"
     monkeypatch.setattr(ss, "_load_triton", lambda: ss.selective_scan_reference)
-    monkeypatch.setattr(ss, "_triton_auto_selectable", lambda: False)  # kernels not yet validated on a GPU
+    monkeypatch.setattr(ss, "_triton_auto_selectable", lambda: False)  # a Triton module that does not declare itself selectable
     assert ss.auto_impl("cuda") == "parallel"
     monkeypatch.setattr(ss, "_triton_auto_selectable", lambda: True)
     assert ss.auto_impl("cuda") == "triton"

@@ -138,6 +138,6 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
     if config is None:
         key = (x.dtype, batch, triton.next_power_of_2(seqlen), dim, dstate, ngroups, D is not None, z is not None,
                checkpoint)
-        config = pick("selective_scan_fwd", key, configs("fwd", dstate, dpg), run, x.device)
+        config = pick("selective_scan_fwd", key, configs("fwd", dstate, dpg, loop=True), run, x.device)
     run(config)
     return y, final, ckpt
