@@ -6,7 +6,8 @@ dstate grows. The forward writes the state every CHECKPOINT_ROWS rows; every BLO
 
 Version history
 - v3: the tuner times the LOOP configs beside the tile-parallel ones (their gpu-marked tests passed on an H100;
-  at b16 L1024 d2048 the best LOOP config ran the forward in 0.92 ms, the best tile config in 1.55 ms).
+  at b16 L1024 d2048 the best LOOP config ran the forward in 0.92 ms, the best tile config in 1.55 ms); the LOOP
+  table leads with the sweep's best, narrow BLOCK_D entries.
 - v2: LOOP_TABLE, the forward's row-by-row variant (fwd.py v2), to be tuned beside the tile-parallel configs
   once its gpu-marked tests have passed (configs(..., loop=True) lists them; the tuner does not yet).
 - v1: a short config table per kernel, tuned once per shape key with the SSD tuner (timed on CUDA, the first
@@ -23,7 +24,10 @@ CHECKPOINT_ROWS = 128
 FWD_TABLE = [(16, 32, 4), (32, 32, 8), (16, 64, 8), (8, 64, 4), (32, 16, 4), (32, 8, 2)]
 # The forward's LOOP variant walks the rows of a tile one by one (BLOCK_T rows unrolled) with only the
 # (BLOCK_D, dstate) state in registers: its budget is BLOCK_D * dstate, not BLOCK_T * BLOCK_D * dstate.
-LOOP_TABLE = [(8, 64, 4), (16, 32, 2), (8, 128, 4), (16, 64, 2)]
+# Narrow BLOCK_D with 1-2 warps first: on an H100 at b16 L1024 d2048 (selective_scan_configs_gpu.py) (8, 8, 1)
+# ran the forward in 0.92 ms, (4, 16, 1) and (4, 32, 2) in 0.97, (8, 64, 4) in 1.6; narrow blocks also give
+# batch x dim / BLOCK_D programs enough to fill the GPU at small batch.
+LOOP_TABLE = [(8, 8, 1), (4, 16, 1), (4, 32, 2), (4, 64, 4), (8, 64, 4)]
 BWD_TABLE = [(16, 16, 4), (8, 32, 4), (16, 32, 8), (32, 16, 8), (16, 8, 2)]
 
 
