@@ -6,7 +6,8 @@ length sweep 1K..128K at batch 1 and 16 (8 new tokens; a model stops at its firs
 (3) a replayed mixed workload (the shipped Azure conversation trace: its prompt lengths, outputs x0.1) closed loop
 at concurrency 1, 8 and 32 with static batching. Writes bench-gpu-<device>-<date>.md, .json and .html.
 
-    python benchmarks/bench_gpu.py [--quick] [--models mamba2-130m,...] [--budget-s 560] [--out benchmarks/results]
+    python benchmarks/bench_gpu.py [--quick] [--models mamba2-130m,...] [--sections sweep,workload] [--budget-s 560]
+                                   [--out benchmarks/results]
     python benchmarks/bench_gpu.py --tiny        # a CPU dry run on tiny models
 """
 
@@ -46,12 +47,6 @@ NEW_TOKENS = 8
 REPLAY_REQUESTS, OUTPUT_SCALE = 32, 0.1
 
 
-
-
-
-
-
-
 def replay_workload(n: int, concurrency: int) -> Workload:
     """The first n requests of the Azure conversation trace (CC BY 4.0, Patel et al., Splitwise, ISCA 2024):
     prompt lengths as recorded, output lengths x OUTPUT_SCALE (at least 1), closed loop."""
@@ -78,7 +73,7 @@ def measure(bench, args, deadline: float, notes: list) -> tuple[list, list]:
     rest); a section that would start after its share is skipped and noted."""
     sweeps, runs = [], []
     t0 = time.time()
-    for i, batch in enumerate(BATCHES):
+    for i, batch in enumerate(BATCHES if "sweep" in args.sections else ()):
         share = t0 + (deadline - t0) * 0.35 * (i + 1)
         if time.time() > share:
             notes.append(f"{bench.name}: batch {batch} sweep skipped (time budget)")
@@ -90,7 +85,7 @@ def measure(bench, args, deadline: float, notes: list) -> tuple[list, list]:
         log(f"{bench.name}: batch {batch}: ok to {s.max_ok_length}, OOM at {s.oom_length}")
         sweeps.append(s)
         free(bench.device)
-    for c in args.concurrency:
+    for c in args.concurrency if "workload" in args.sections else ():
         if time.time() > deadline:
             notes.append(f"{bench.name}: workload at concurrency {c} skipped (time budget)")
             continue
@@ -258,8 +253,13 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="CPU dry run on tiny presets, 64..256 tokens")
     p.add_argument("--no-transformers", action="store_true", help="ssmkit only")
     p.add_argument("--budget-s", type=float, default=560.0, help="stop starting new sections after this long")
+    p.add_argument("--sections", default="sweep,workload",
+                   help="comma-separated: sweep (length sweeps at batch 1 and 16), workload (concurrency 1/8/32)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
+    args.sections = set(args.sections.split(","))
+    if not args.sections or not args.sections <= {"sweep", "workload"}:
+        p.error(f"--sections: expected sweep and/or workload, got {','.join(sorted(args.sections))}")
     args.device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     args.dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     args.dtype_name = "bf16" if args.device == "cuda" else "fp32"
@@ -274,9 +274,9 @@ def main() -> int:
     started = time.time()
     out = {"sweeps": [], "runs": [], "validation": {}, "quality": {}, "notes": []}
     with tempfile.TemporaryDirectory(prefix="ssmkit-bench-gpu-") as tmp:
-        for i, (label, preset) in enumerate(models.items()):
+        for i, (label, preset) in enumerate(args.models.items()):
             remaining = started + args.budget_s - time.time()
-            deadline = time.time() + remaining / (len(models) - i)
+            deadline = time.time() + remaining / (len(args.models) - i)
             log(f"{label} ({preset}): {remaining:.0f} s left")
             run_model(label, preset, args, deadline, Path(tmp), out)
             stem = write_results(out, args, started)  # after every model, so a cut-off run keeps what it has

@@ -369,14 +369,14 @@ def main() -> int:
         free(args.device)
     out = {"points": [], "validation": {}, "notes": set(), "warmed": set()}
     with tempfile.TemporaryDirectory(prefix="ssmkit-generate-gpu-") as tmp:
-        for i, (label, preset) in enumerate(models.items()):
+        for i, (label, preset) in enumerate(args.models.items()):
             remaining = started + args.budget_s - time.time()
             if remaining < 5:
                 out["notes"].add(f"{', '.join(list(models)[i:])}: not run (time budget)")
                 break
             log(f"{label} ({preset}): {remaining:.0f} s left")
             try:
-                run_model(label, preset, args, time.time() + remaining / (len(models) - i), Path(tmp), out,
+                run_model(label, preset, args, time.time() + remaining / (len(args.models) - i), Path(tmp), out,
                           args.bandwidth)
             except Exception as e:  # a model that fails outside a point (build, twin) is noted, the rest go on
                 out["notes"].add(f"{label}: stopped, {type(e).__name__}: {str(e).splitlines()[0][:160]}")
