@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ssmkit.bench.scripts import free, log, random_model, select_models
+from ssmkit.ops.ssd.triton.plan import tuning_stats
 from ssmkit.bench.environment import describe_environment, markdown_header
 from ssmkit.bench.hf_runner import TransformersBenchmarker, load_transformers_twin, transformers_family
 from ssmkit.bench.report import write_report
@@ -279,6 +280,7 @@ def main() -> int:
             deadline = time.time() + remaining / (len(args.models) - i)
             log(f"{label} ({preset}): {remaining:.0f} s left")
             run_model(label, preset, args, deadline, Path(tmp), out)
+            log(f"Triton tuning so far: {tuning_stats()}")
             stem = write_results(out, args, started)  # after every model, so a cut-off run keeps what it has
     print(summary_table(out))
     print(f"wrote {stem}.md, .json, .html")

@@ -1,4 +1,5 @@
-"""The SSD tuner's key: prompts of different lengths in one power-of-two bucket share one tuning."""
+"""The SSD tuner: its key (prompts of different lengths in one power-of-two bucket share one tuning) and when it
+times configs at all."""
 
 import torch
 
@@ -26,3 +27,31 @@ def test_key_fields_are_the_powers_of_two_above_the_plan_sizes():
     q, nseq, maxlen, nseg = tuning_shape(plan)
     assert (q, nseq, maxlen) == (plan.Q, 4, 1024)
     assert nseg >= plan.nseg and nseg & (nseg - 1) == 0 and nseg < 2 * plan.nseg
+
+
+def test_small_calls_take_the_first_config_untimed_and_large_ones_the_fastest(monkeypatch):
+    """pick's decision on a CUDA device, with triton's do_bench replaced by fixed times (no GPU needed)."""
+    import triton.testing
+
+    from ssmkit.ops.ssd.triton import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "_TUNED", {})
+    monkeypatch.setattr(plan_module, "_STATS", {"tuned": 0, "seconds": 0.0})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    fake_ms = {"a": 3.0, "b": 1.0, "c": 2.0}
+    timed = []
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, warmup, rep: timed.append(fn()) or fake_ms[timed[-1]])
+    candidates = [{"name": n} for n in "abc"]
+    cuda = torch.device("cuda")
+
+    def run(config):
+        return config["name"]
+
+    small = plan_module.pick("t", ("k",), candidates, run, cuda, work=plan_module.TUNE_MIN_WORK - 1)
+    assert small is candidates[0] and timed == [] and plan_module.tuning_stats()["tuned"] == 0
+    large = plan_module.pick("t", ("k",), candidates, run, cuda, work=plan_module.TUNE_MIN_WORK)
+    assert large["name"] == "b" and timed == ["a", "b", "c"]
+    again = plan_module.pick("t", ("k",), candidates, run, cuda, work=plan_module.TUNE_MIN_WORK)
+    assert again is large and len(timed) == 3 and plan_module.tuning_stats()["tuned"] == 1
+    # once tuned, a small call of the same key takes the tuned config
+    assert plan_module.pick("t", ("k",), candidates, run, cuda, work=1) is large

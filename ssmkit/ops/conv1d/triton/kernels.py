@@ -23,7 +23,9 @@ BLOCK_L = 32
 BLOCK_D = 64
 
 
-@triton.jit
+# Length arguments are not specialized: Triton would compile a variant of every config for each class of a
+# length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
+@triton.jit(do_not_specialize=("seqlen",))
 def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, cu_ptr, out_ptr, seqlen, dim, sx_b, sx_l,
                      WIDTH: tl.constexpr, SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     """x (batch, seqlen, dim) with unit channel stride; out (batch, seqlen, dim) contiguous."""
@@ -42,7 +44,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, cu_ptr, out_ptr,
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("seqlen",))
 def _conv_final_state_kernel(x_ptr, init_ptr, cu_ptr, final_ptr, seqlen, dim, sx_b, sx_l,
                              WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
     """final (nseq, dim, WIDTH) contiguous: the last WIDTH entries of each sequence's extended input."""
@@ -65,7 +67,7 @@ def _conv_final_state_kernel(x_ptr, init_ptr, cu_ptr, final_ptr, seqlen, dim, sx
     tl.store(final_ptr + offs, v.to(final_ptr.dtype.element_ty), mask=jmask[:, None] & dmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("seqlen",))
 def _conv_bwd_kernel(dout_ptr, dfinal_ptr, x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, cu_ptr, dx_ptr, dw_ptr,
                      db_ptr, seqlen, dim, sx_b, sx_l, WIDTH: tl.constexpr, SILU: tl.constexpr,
                      BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -92,7 +94,7 @@ def _conv_bwd_kernel(dout_ptr, dfinal_ptr, x_ptr, w_ptr, bias_ptr, init_ptr, seq
         tl.store(db_ptr + part * dim + ds, tl.sum(dpre, 0), mask=dmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("seqlen",))
 def _conv_dinit_kernel(dout_ptr, dfinal_ptr, x_ptr, w_ptr, bias_ptr, init_ptr, cu_ptr, dinit_ptr, seqlen, dim,
                        sx_b, sx_l, WIDTH: tl.constexpr, SILU: tl.constexpr, BLOCK_W: tl.constexpr,
                        BLOCK_D: tl.constexpr):

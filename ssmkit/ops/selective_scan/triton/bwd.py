@@ -36,7 +36,9 @@ def _tile_states_in(x_ptr, dt_ptr, A, B_ptr, h, bias, b, g, rows, rmask, ds, dma
     return pa * h + pu
 
 
-@triton.jit
+# Length arguments are not specialized: Triton would compile a variant of every config for each class of a
+# length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
+@triton.jit(do_not_specialize=("seqlen", "nblk", "ck_tiles", "nck"))
 def _scan_bwd_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr,
                      scratch_ptr, dx_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
                      seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles, nck,
@@ -179,8 +181,8 @@ def selective_scan_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
             BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=bn, num_warps=cfg["num_warps"])
 
     if config is None:
-        key = (x.dtype, batch, triton.next_power_of_2(seqlen), dim, dstate, ngroups, D is not None, z is not None)
-        config = pick("selective_scan_bwd", key, configs("bwd", dstate, dpg), run, dev)
+        key = (x.dtype, triton.next_power_of_2(batch), triton.next_power_of_2(seqlen), dim, dstate, ngroups, D is not None, z is not None)
+        config = pick("selective_scan_bwd", key, configs("bwd", dstate, dpg), run, dev, work=x.numel())
     run(config)
 
     def per_group(p):  # (batch, seqlen, ngroups * nblk, dstate) -> (batch, seqlen, ngroups, dstate)

@@ -30,7 +30,9 @@ from .plan import CHECKPOINT_ROWS, block_n, configs
 from .tiles import channel_tile, combine, last_row, load_rows, step_size
 
 
-@triton.jit
+# Length arguments are not specialized: Triton would compile a variant of every config for each class of a
+# length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
+@triton.jit(do_not_specialize=("seqlen", "nblk", "ck_tiles", "nck"))
 def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, y_ptr, final_ptr,
                      ckpt_ptr, seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles, nck,
                      sx_b, sx_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
@@ -136,8 +138,9 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
     if batch == 0:
         return y, final, ckpt
     if config is None:
-        key = (x.dtype, batch, triton.next_power_of_2(seqlen), dim, dstate, ngroups, D is not None, z is not None,
+        key = (x.dtype, triton.next_power_of_2(batch), triton.next_power_of_2(seqlen), dim, dstate, ngroups, D is not None, z is not None,
                checkpoint)
-        config = pick("selective_scan_fwd", key, configs("fwd", dstate, dpg, loop=True), run, x.device)
+        config = pick("selective_scan_fwd", key, configs("fwd", dstate, dpg, loop=True), run, x.device,
+                      work=x.numel())
     run(config)
     return y, final, ckpt

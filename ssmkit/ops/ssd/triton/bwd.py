@@ -37,7 +37,9 @@ def _gated_dy(dout, zt):
     return dout * zt * tl.sigmoid(zt)
 
 
-@triton.jit
+# Length arguments are not specialized: Triton would compile a variant of every config for each class of a
+# length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
+@triton.jit(do_not_specialize=("seqlen", "nseg", "seg_chunks"))
 def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_ptr, segadj_ptr,
                             seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi,
                             SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -82,7 +84,7 @@ def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_
         tl.store(segadj_ptr + idx * headdim * dstate + offs, G, mask=nmask[:, None] & pmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("seqlen", "nseg", "seg_chunks", "ntok"))
 def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, cu_ptr, segst_ptr,
                    seglog_ptr, dout_ptr, dfinal_ptr, dC_ptr, parts_ptr, cfinal_ptr, dz_ptr,
                    seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
@@ -172,7 +174,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                 tl.store(cfinal_ptr + (seq.to(tl.int64) * npb + pb) * nheads + h, tl.sum(tl.sum(dfin * S, 1), 0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("seqlen", "nseg", "seg_chunks", "ntok"))
 def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, cu_ptr, segadj_ptr, seglog_ptr,
                    dfinal_ptr, dout_ptr, dx_ptr, dB_ptr, parts_ptr, dD_ptr, dinit_ptr,
                    seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
@@ -309,7 +311,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
 
     if config is None:
         key = (x.dtype, tuning_shape(plan), headdim, dstate, ngroups, nheads, D is not None, z is not None)
-        config = pick("bwd", key, configs(headdim, dstate, "bwd"), run, x.device)
+        config = pick("bwd", key, configs(headdim, dstate, "bwd"), run, x.device, work=x.numel())
     run(config)
 
     # <dfinal, h_T> enters every token's decay gradient, so it takes the backward's split-product h_T, not

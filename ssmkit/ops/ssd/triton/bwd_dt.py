@@ -19,7 +19,9 @@ import triton.language as tl
 
 from .tiles import seq_bounds, softplus
 
-@triton.jit
+# Length arguments are not specialized: Triton would compile a variant of every config for each class of a
+# length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
+@triton.jit(do_not_specialize=("seqlen", "ntok", "npb"))
 def _bwd_dt_kernel(dt_ptr, bias_ptr, A_ptr, cu_ptr, parts_ptr, cfinal_ptr, ddt_ptr, dA_ptr, dbias_ptr,
                    seqlen, nheads, ntok, npb, dt_lo, dt_hi,
                    SOFTPLUS: tl.constexpr, Q: tl.constexpr, NCH: tl.constexpr):

@@ -24,7 +24,9 @@ from .plan import block_n, configs, make_plan, pick, tuning_shape
 from .tiles import dot_split, effective_dt, incoming_state, load_tile, seq_bounds, state_tile_offsets
 
 
-@triton.jit
+# Length arguments are not specialized: Triton would compile a variant of every config for each class of a
+# length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
+@triton.jit(do_not_specialize=("seqlen", "nseg", "seg_chunks"))
 def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, cu_ptr, segst_ptr, seglog_ptr,
                           seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi,
                           SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -69,7 +71,7 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, cu_ptr, segst_p
             tl.store(seglog_ptr + idx, logdecay)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("seqlen", "nseg", "seg_chunks"))
 def _ssd_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, cu_ptr,
                     segst_ptr, seglog_ptr, y_ptr, final_ptr,
                     seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi,
@@ -189,6 +191,6 @@ def ssd_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_
 
     if config is None:
         key = (x.dtype, tuning_shape(plan), headdim, dstate, ngroups, nheads, D is not None, z is not None)
-        config = pick("fwd", key, configs(headdim, dstate, "fwd"), run, x.device)
+        config = pick("fwd", key, configs(headdim, dstate, "fwd"), run, x.device, work=x.numel())
     run(config)
     return y, final, plan, segst, seglog
