@@ -50,10 +50,11 @@ REPLAY_REQUESTS, OUTPUT_SCALE = 32, 0.1
 
 def replay_workload(n: int, concurrency: int) -> Workload:
     """The first n requests of the Azure conversation trace (CC BY 4.0, Patel et al., Splitwise, ISCA 2024):
-    prompt lengths as recorded, output lengths x OUTPUT_SCALE (at least 1), closed loop."""
+    prompt lengths as recorded, output lengths x OUTPUT_SCALE (at least 1), closed loop; its first C requests,
+    sent together, are the warm-up."""
     reqs = [dataclasses.replace(r, output_tokens=max(1, round(r.output_tokens * OUTPUT_SCALE)))
             for r in load_azure_trace("conv", n)]
-    return Workload(f"azure-conv-{n}", reqs, mode="closed", concurrency=concurrency, warmup=1,
+    return Workload(f"azure-conv-{n}", reqs, mode="closed", concurrency=concurrency, warmup=concurrency,
                     description=f"Azure conv trace, first {n} requests, outputs x{OUTPUT_SCALE}")
 
 

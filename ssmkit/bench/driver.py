@@ -124,14 +124,18 @@ def run_open_loop(requests: list[Request], serve: ServeFn, max_in_flight: int = 
 def run_workload(workload: Workload, serve: ServeFn, *, model: str, dtype: str = "", device: str = "cpu",
                  quality_score: float | None = None, memory_interval_s: float = 0.01,
                  progress: Callable[[int, int], None] | None = None, environment: dict | None = None) -> RunResult:
-    """Warm-up (the first `workload.warmup` requests, one at a time, not recorded), then `workload.repeats` timed
-    passes in `workload.mode`, under a MemoryMonitor on `device`. Returns the RunResult of all passes.
+    """Warm-up (the first `workload.warmup` requests, not recorded; a closed loop sends them from its C clients at
+    once, so batched shapes compile and tune before the clock starts), then `workload.repeats` timed passes in
+    `workload.mode`, under a MemoryMonitor on `device`. Returns the RunResult of all passes. A warm-up request
+    that fails raises.
 
     progress(done, total) is called from worker threads after each timed request. environment: the
     describe_environment() dict to record (computed when None; pass one to reuse it across models).
     """
-    for req in workload.requests[:workload.warmup]:
-        serve(req)
+    clients = workload.concurrency if workload.mode == "closed" else 1
+    for call in run_closed_loop(workload.requests[:workload.warmup], serve, max(1, clients), repeat=-1):
+        if call.error is not None:
+            raise RuntimeError(f"warm-up request {call.request.request_id} failed: {call.error}")
     total = len(workload.requests) * workload.repeats
     done = [0]
     lock = threading.Lock()

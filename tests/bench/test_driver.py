@@ -118,6 +118,28 @@ def test_warmup_requests_are_served_but_not_recorded():
     assert calls[:2] == [0, 1] and len(calls) == 2 + 15 and len(run.requests) == 15
 
 
+def test_closed_loop_warmup_sends_its_requests_from_every_client_at_once_and_a_failure_raises():
+    """A barrier of 4 parties passes only if the 4 warm-up requests are in flight together (batched shapes warm)."""
+    barrier = threading.Barrier(4, timeout=5)
+    served = []
+
+    def serve(request):
+        if request.request_id < 4 and not served.count(request.request_id):
+            barrier.wait()
+        served.append(request.request_id)
+        return ServeTiming(0.0, request.output_tokens)
+
+    reqs = [Request(i, output_tokens=2, prompt_tokens=5) for i in range(6)]
+    run = run_workload(Workload("w", reqs, concurrency=4, warmup=4), serve, model="fake", environment=ENV)
+    assert sorted(served[:4]) == [0, 1, 2, 3] and len(served) == 4 + 6 and len(run.requests) == 6
+
+    def failing(request):
+        raise MemoryError("out of memory")
+
+    with pytest.raises(RuntimeError, match="warm-up request 0 failed: MemoryError: out of memory"):
+        run_workload(Workload("w", reqs[:1], warmup=1), failing, model="fake", environment=ENV)
+
+
 def test_a_failing_request_is_recorded_with_its_error_and_the_run_continues():
     def serve(request):
         if request.request_id == 1:
