@@ -19,9 +19,13 @@ import torch
 from ssmkit.ops.attention.kv_cache import KVCache
 from ssmkit.ops.dispatch import warn_once
 
-from .cache import allocate_cache
+from .cache import allocate_cache, cache_nbytes
 
 MAX_GRAPHS_PER_MODEL = 4  # each holds a full decode state (KV caches included); the least recently used goes
+# Idle decoders (kept for a later generation) of one model may hold at most this share of the device's memory;
+# the least recently used go first. Without it a sweep to 128K kept the 32K-128K caches of batch 1 (45 GB for a
+# 1.3B Transformer) while batch 16 ran out of memory on an H100.
+IDLE_MEMORY_FRACTION = 1 / 8
 WARMUP_STEPS = 3  # eager steps on a side stream before capture: Triton compiles and cuBLAS picks its kernels
 
 
@@ -135,6 +139,7 @@ class GraphedDecoder:
         self.state = allocate_cache(model, self.batch, max_len if self.has_attention else 1,
                                     kv_dtype=self.kv_dtype)
         self._kvs = [s.kv for s in self.state if isinstance(getattr(s, "kv", None), KVCache)]
+        self.nbytes = sum(cache_nbytes(self.state).values())
         self._graph, self._logits = None, None
         if self.capture and self.fallback_reason is None:
             self._capture()
@@ -251,7 +256,9 @@ def graphed_decoder(model, batch: int, max_len: int, *, kv_dtype: torch.dtype | 
 
     max_len is rounded up by graph_cache_len unless `exact`; models without attention layers share one decoder
     per batch whatever the length. A decoder is dropped when the model's parameters were replaced (e.g. by
-    .to()) since its capture, and past MAX_GRAPHS_PER_MODEL the least recently used one goes.
+    .to()) since its capture; past MAX_GRAPHS_PER_MODEL decoders, or past idle_budget() bytes of idle ones, the
+    least recently used idle ones go. A new decoder that runs out of memory drops every idle one and tries once
+    more; the second out-of-memory error propagates.
     """
     has_attention = "attention" in model.config.mixers
     capacity = (max_len if exact else graph_cache_len(max_len)) if has_attention else 1
@@ -269,9 +276,13 @@ def graphed_decoder(model, batch: int, max_len: int, *, kv_dtype: torch.dtype | 
         if decoder is not None and id(decoder) in entry["busy"]:
             return None
         if decoder is None:
-            while len(decoders) >= MAX_GRAPHS_PER_MODEL:
-                decoders.popitem(last=False)
-            decoder = GraphedDecoder(model, batch, capacity, kv_dtype=kv_dtype)
+            _evict(entry, MAX_GRAPHS_PER_MODEL - 1, idle_budget(model))
+            try:
+                decoder = GraphedDecoder(model, batch, capacity, kv_dtype=kv_dtype)
+            except torch.OutOfMemoryError:
+                _evict(entry, 0, 0)
+                _empty_cache(model)
+                decoder = GraphedDecoder(model, batch, capacity, kv_dtype=kv_dtype)
             if decoder.fallback_reason is not None:
                 entry["failed"] = decoder.fallback_reason
                 return None
@@ -282,11 +293,37 @@ def graphed_decoder(model, batch: int, max_len: int, *, kv_dtype: torch.dtype | 
 
 
 def release_decoder(model, decoder: GraphedDecoder) -> None:
-    """Marks a decoder from graphed_decoder free for the next generation."""
+    """Marks a decoder from graphed_decoder free for the next generation (idle decoders past the budget go)."""
     with _REGISTRY.lock:
         entry = _REGISTRY.by_model.get(model)
         if entry is not None:
             entry["busy"].discard(id(decoder))
+            _evict(entry, MAX_GRAPHS_PER_MODEL, idle_budget(model))
+
+
+def idle_budget(model) -> int:
+    """Bytes the idle decoders of `model` may hold: IDLE_MEMORY_FRACTION of its CUDA device (1 GiB elsewhere)."""
+    device = model.embeddings.weight.device
+    if device.type != "cuda":
+        return 1 << 30
+    return int(torch.cuda.get_device_properties(device).total_memory * IDLE_MEMORY_FRACTION)
+
+
+def _evict(entry: dict, max_count: int, max_idle_bytes: int) -> None:
+    """Drops the least recently used idle decoders until at most max_count decoders are kept and the idle ones
+    hold at most max_idle_bytes (busy decoders stay: a generation is using them)."""
+    decoders, busy = entry["decoders"], entry["busy"]
+    idle = [k for k, d in decoders.items() if id(d) not in busy]  # least recently used first
+    idle_bytes = sum(decoders[k].nbytes for k in idle)
+    for k in idle:
+        if len(decoders) <= max_count and idle_bytes <= max_idle_bytes:
+            break
+        idle_bytes -= decoders.pop(k).nbytes
+
+
+def _empty_cache(model) -> None:
+    if model.embeddings.weight.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def graph_keys(model) -> list[tuple]:

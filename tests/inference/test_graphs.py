@@ -149,6 +149,68 @@ def test_registry_gives_one_decoder_per_key_none_while_busy_and_a_new_one_after_
     clear_graphs(model)
 
 
+def test_idle_decoders_past_the_byte_budget_go_least_recently_used_first(monkeypatch):
+    """Decoders of batch x capacity = 256 positions (equal bytes) under a budget of two of them: releasing a
+    third drops the oldest idle one; a busy one is never dropped; one bigger than the budget is not kept idle."""
+    graphs_module = importlib.import_module("ssmkit.inference.graphs")
+    model = family_model("llama")
+
+    def decoder(batch, capacity):
+        return graphed_decoder(model, batch, capacity, exact=True)
+
+    def kept():
+        return [k[:2] for k in graph_keys(model)]
+
+    a = decoder(1, 256)
+    per_decoder = a.nbytes
+    monkeypatch.setattr(graphs_module, "idle_budget", lambda m: 2 * per_decoder)
+    b, c = decoder(2, 128), decoder(4, 64)
+    assert b.nbytes == c.nbytes == per_decoder > 0
+    for d in (a, b, c):
+        release_decoder(model, d)
+    assert kept() == [(2, 128), (4, 64)]  # a, the least recently used, went
+    d = decoder(8, 32)  # busy: the idle ones stay within the budget without it
+    assert kept() == [(2, 128), (4, 64), (8, 32)]
+    release_decoder(model, d)  # three idle: b goes
+    assert kept() == [(4, 64), (8, 32)]
+    big = decoder(3, 128)  # 1.5x: within the budget alone
+    release_decoder(model, big)
+    assert kept() == [(3, 128)]
+    monkeypatch.setattr(graphs_module, "idle_budget", lambda m: per_decoder // 2)
+    huge = decoder(1, 256)
+    assert kept() == [(1, 256)]  # busy: kept whatever its size
+    release_decoder(model, huge)
+    assert kept() == []
+    clear_graphs(model)
+
+
+def test_a_decoder_that_runs_out_of_memory_drops_the_idle_ones_and_tries_once_more(monkeypatch):
+    graphs_module = importlib.import_module("ssmkit.inference.graphs")
+    model = family_model("llama")
+    idle = graphed_decoder(model, 1, 256)
+    release_decoder(model, idle)
+    original, calls = GraphedDecoder.__init__, []
+
+    def out_of_memory_once(self, *args, **kwargs):
+        kept = graphs_module._REGISTRY.by_model[model]["decoders"]  # graph_keys would wait on the held lock
+        calls.append(len(kept))  # decoders kept when this allocation starts
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GraphedDecoder, "__init__", out_of_memory_once)
+    fresh = graphed_decoder(model, 2, 256)
+    assert calls == [1, 0] and fresh is not None and [k[:2] for k in graph_keys(model)] == [(2, 256)]
+    release_decoder(model, fresh)
+    calls.clear()
+    monkeypatch.setattr(GraphedDecoder, "__init__", lambda self, *a, **k: calls.append(1) or (_ for _ in ()).throw(
+        torch.OutOfMemoryError("simulated: still out of memory")))
+    with pytest.raises(torch.OutOfMemoryError, match="still out of memory"):
+        graphed_decoder(model, 3, 256)
+    assert len(calls) == 2 and graph_keys(model) == []
+    clear_graphs(model)
+
+
 def test_a_model_that_cannot_be_captured_decodes_eagerly_and_is_not_tried_again(static_on_cpu, monkeypatch):
     """Capture failure is simulated by a decoder that reports a fallback reason, as _capture sets it on a GPU."""
     built = []
