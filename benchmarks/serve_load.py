@@ -90,7 +90,7 @@ class ServerProcess:
     """`serve_command` in a child process (its own interpreter: no GIL shared with the load generator)."""
 
     def __init__(self, checkpoints: dict, max_concurrency: int, max_queue: int, max_context: int, device: str,
-                 threads: int | None):
+                 threads: int | None, warmup: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         models = [f"{n}={p}" for n, p in checkpoints.items()]
@@ -98,10 +98,10 @@ class ServerProcess:
         code = (f"import sys, torch; {threads_code}from ssmkit.serve.command import serve_command; "
                 f"sys.exit(serve_command({models!r}, port={self.port}, max_concurrency={max_concurrency}, "
                 f"max_queue={max_queue}, max_context={max_context}, timeout=600.0, device={device!r}, "
-                f"log_level='warning'))")
+                f"log_level='warning', warmup={warmup!r}))")
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-c", code], stderr=self.log)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + (600 if warmup else 120)  # warming up compiles every GPU kernel first
         while True:
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
@@ -247,6 +247,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="runs per mode; the best is reported")
     ap.add_argument("--device", default="cpu", help="where the server runs the models (cpu, cuda)")
     ap.add_argument("--threads", type=int, help="torch threads of the server process (default: torch's)")
+    ap.add_argument("--warmup", action="store_true", help="servers start with `ssmkit serve --warmup`")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     env = describe_environment()
@@ -263,7 +264,7 @@ def main() -> int:
             # Both servers run side by side (an idle one costs nothing) and the runs alternate between them, so
             # load from other processes falls on both modes alike; each row keeps the best of --repeats runs.
             servers = {mode: ServerProcess(checkpoints, max_concurrency=cap, max_queue=c, max_context=max_context,
-                                           device=args.device, threads=args.threads)
+                                           device=args.device, threads=args.threads, warmup=args.warmup)
                        for mode, cap in (("continuous batching", c), ("one at a time", 1))}
             try:
                 for model in checkpoints:

@@ -342,6 +342,9 @@ def add_serve(sub):
     p.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--device")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--warmup", action="store_true",
+                   help="run every batch size and prompt-length class once before serving (compiles and tunes the "
+                        "GPU kernels up front)")
 
     def handler(args):
         from ssmkit.serve.command import serve_command
@@ -350,7 +353,7 @@ def add_serve(sub):
                              max_concurrency=args.max_concurrency, max_queue=args.max_queue, timeout=args.timeout,
                              max_context=args.max_context, grace=args.grace, router_db=args.router_db,
                              router_config=args.router_config, dtype=args.dtype, device=args.device,
-                             log_level=args.log_level)
+                             log_level=args.log_level, warmup=args.warmup)
 
     p.set_defaults(handler=handler)
 

@@ -68,7 +68,7 @@ class LocalBackend:
     kind = "local"
 
     def __init__(self, name: str, path, *, max_concurrency: int = 8, max_queue: int = 16, max_context: int = 2048,
-                 dtype=None, device=None):
+                 dtype=None, device=None, warmup: bool = False):
         from ssmkit.io import ByteTokenizer, load_pretrained, load_tokenizer
 
         self.name, self.path = name, Path(path)
@@ -85,7 +85,7 @@ class LocalBackend:
         self.eos = () if eos is None else (eos,)
         self.max_context = max_context
         self.engine = Engine(self.model, max_concurrency=max_concurrency, max_queue=max_queue, max_len=max_context,
-                             name=name)
+                             name=name, warmup=warmup)
         self._relay: EventRelay | None = None
 
     def encode(self, text: str) -> list[int]:

@@ -29,9 +29,10 @@ def parse_pairs(flag: str, values: list[str]) -> dict[str, str]:
 def build_service(models: list[str], backends: list[str] | None = None, policy: str | None = None, *,
                   max_concurrency: int = 8, max_queue: int = 16, timeout: float = 60.0, max_context: int = 2048,
                   router_db: str = ":memory:", router_config: str | None = None, dtype: str | None = None,
-                  device: str | None = None) -> Service:
+                  device: str | None = None, warmup: bool = False) -> Service:
     """The Service `ssmkit serve` runs. models: NAME=CHECKPOINT_FOLDER; backends: NAME=URL or NAME=URL#MODEL
-    (MODEL is sent as the request's model, default NAME). Raises ValueError / FileNotFoundError for bad input."""
+    (MODEL is sent as the request's model, default NAME); warmup: each local engine runs Engine.warm_up() first.
+    Raises ValueError / FileNotFoundError for bad input."""
     import torch
 
     from ssmkit.route import Router, load_config, load_policy
@@ -67,7 +68,7 @@ def build_service(models: list[str], backends: list[str] | None = None, policy: 
     try:
         for name, path in local_specs.items():
             local[name] = LocalBackend(name, path, max_concurrency=max_concurrency, max_queue=max_queue,
-                                       max_context=max_context, dtype=torch_dtype, device=device)
+                                       max_context=max_context, dtype=torch_dtype, device=device, warmup=warmup)
         return Service(local, remote, router, timeout_s=timeout)
     except BaseException:
         for b in local.values():
@@ -81,7 +82,7 @@ def serve_command(models: list[str], backends: list[str] | None = None, policy: 
                   host: str = "127.0.0.1", port: int = 8000, max_concurrency: int = 8, max_queue: int = 16,
                   timeout: float = 60.0, max_context: int = 2048, grace: float = 10.0, router_db: str = ":memory:",
                   router_config: str | None = None, dtype: str | None = None, device: str | None = None,
-                  log_level: str = "info", err=None) -> int:
+                  log_level: str = "info", warmup: bool = False, err=None) -> int:
     """Serves until interrupted; returns the exit code (0 after a clean shutdown, 2 for bad arguments)."""
     from .server import ServeServer, bind_socket
 
@@ -92,7 +93,7 @@ def serve_command(models: list[str], backends: list[str] | None = None, policy: 
     try:
         service = build_service(models, backends, policy, max_concurrency=max_concurrency, max_queue=max_queue,
                                 timeout=timeout, max_context=max_context, router_db=router_db,
-                                router_config=router_config, dtype=dtype, device=device)
+                                router_config=router_config, dtype=dtype, device=device, warmup=warmup)
     except (ValueError, FileNotFoundError) as e:
         err.write(f"ssmkit serve: {e}\n")
         return 2
@@ -104,6 +105,10 @@ def serve_command(models: list[str], backends: list[str] | None = None, policy: 
             sizes = b.describe()["state_bytes"]
             err.write(f"ssmkit serve: {name}: decode state for {max_concurrency} slots x {max_context} positions: "
                       f"SSM {sizes['ssm'] / 2**20:.1f} MiB, KV {sizes['kv'] / 2**20:.1f} MiB\n")
+            stats = b.engine.warmup_stats
+            if stats is not None:
+                err.write(f"ssmkit serve: {name}: warmed up in {stats['seconds']:.1f} s ({stats['prefills']} "
+                          f"prefills, {stats['steps']} decode steps)\n")
     try:
         sock = bind_socket(host, port)
     except OSError as e:

@@ -107,11 +107,13 @@ class Engine:
     max_len: positions per slot (prompt plus new tokens); requests must fit (checked by the caller).
     max_prefill_tokens: the most tokens (padding included) one prefill forward takes; the requests admitted at one
     token boundary are prefilled in as few forwards as this and prefill_groups allow.
+    warmup: run warm_up() before serving (on CUDA the first call of each shape class compiles and tunes Triton
+    kernels for seconds; warmed, the first requests do not wait for it).
     Thread-safe: submit / cancel / drain from any thread; generation runs on the engine's own thread.
     """
 
     def __init__(self, model, *, max_concurrency: int = 8, max_queue: int = 16, max_len: int = 2048,
-                 name: str = "model", max_prefill_tokens: int = 8192):
+                 name: str = "model", max_prefill_tokens: int = 8192, warmup: bool = False):
         if max_concurrency < 1 or max_queue < 0 or max_len < 2 or max_prefill_tokens < 1:
             raise ValueError(f"max_concurrency >= 1, max_queue >= 0, max_len >= 2, max_prefill_tokens >= 1 "
                              f"expected, got {max_concurrency}, {max_queue}, {max_len}, {max_prefill_tokens}")
@@ -132,8 +134,39 @@ class Engine:
         self.steps = 0  # decode steps run (batched), for tests and metrics
         self.prefills = 0  # prefill forwards run (each over one or more requests)
         self.prefilled = 0  # requests prefilled
+        self.warmup_stats: dict | None = None  # what warm_up() ran, when it ran
+        if warmup:
+            self.warm_up()
         self._thread = threading.Thread(target=self._run, name=f"ssmkit-engine-{name}", daemon=True)
         self._thread.start()
+
+    @torch.no_grad()
+    def warm_up(self) -> dict:
+        """Runs the shapes that traffic meets, before any request: for each batch size n in 1, 2, 4, ..., and
+        max_concurrency, prefills of n prompts of 16, 32, 64, ... tokens (up to max_len // 2 and
+        max_prefill_tokens // n) and one decode step over n rows; then frees every slot. Called by __init__ (the
+        engine thread has not started); returns and keeps {"prefills", "steps", "seconds"}."""
+        started = time.perf_counter()
+        vocab = self.model.config.vocab_size
+        sizes = sorted({min(1 << i, self.max_concurrency) for i in range(self.max_concurrency.bit_length())}
+                       | {self.max_concurrency})
+        prefills = steps = 0
+        for n in sizes:
+            length = 16
+            while length <= min(self.max_len // 2, self.max_prefill_tokens // n):
+                self.pool.prefill([[t % vocab for t in range(length)]] * n, list(range(n)))
+                prefills += 1
+                length *= 2
+            if prefills:
+                self.model.step(torch.zeros(n, dtype=torch.int64, device=self.device), self.pool.prefix(n))
+                self.pool.advance(n, [])
+                steps += 1
+        for slot in range(self.max_concurrency):
+            self.pool.release(slot)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.warmup_stats = {"prefills": prefills, "steps": steps, "seconds": time.perf_counter() - started}
+        return self.warmup_stats
 
     # ---- called from other threads -------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> None:

@@ -97,6 +97,35 @@ def test_requests_of_different_lengths_arriving_together_share_one_prefill(prese
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+def test_a_warmed_up_engine_ran_every_shape_class_and_serves_the_same_tokens(preset):
+    """Warm-up: batch sizes 1, 2, 4 and 6 (max_concurrency), prompts of 16 and 32 tokens (max_len 64 // 2), one
+    decode step per batch size; the slots it used must leave no trace in the requests served after it."""
+    model = tiny_model(preset)
+    engine = Engine(model, max_concurrency=6, max_queue=0, max_len=64, warmup=True)
+    try:
+        stats = engine.warmup_stats
+        assert (stats["prefills"], stats["steps"]) == (4 * 2, 4) and stats["seconds"] > 0
+        assert engine.pool.lengths.tolist() == [0] * 6 and engine.pool.padded == [False] * 6
+        lengths = (1, 4, 7, 9, 15, 12)
+        requests = [_request(_prompt(n, seed=10 + n), 6 + n % 5, seed=7 if n == 9 else None) for n in lengths]
+        _run_together(engine, requests)
+        _assert_equal_generate_alone(model, requests, f"{preset} after warm-up")
+        assert (engine.prefills, engine.prefilled) == (1, len(lengths))  # warm-up forwards are not counted
+    finally:
+        engine.stop()
+
+
+def test_warm_up_keeps_each_prefill_within_max_prefill_tokens_and_half_of_max_len():
+    model = tiny_model("tiny-llama")
+    engine = Engine(model, max_concurrency=3, max_queue=0, max_len=100, max_prefill_tokens=70, warmup=True)
+    try:
+        # batch 1: 16, 32 (<= min(50, 70)); batch 2: 16, 32 (<= 35); batch 3: 16 (<= 23)
+        assert (engine.warmup_stats["prefills"], engine.warmup_stats["steps"]) == (5, 3)
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_one_long_prompt_is_prefilled_apart_from_the_short_ones(preset):
     model = tiny_model(preset)
     engine = Engine(model, max_concurrency=5, max_queue=0, max_len=128)

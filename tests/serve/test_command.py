@@ -46,11 +46,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_foreground_server_serves_and_exits_0_on_sigint(checkpoints, policy_file):
+def test_foreground_server_warms_up_serves_and_exits_0_on_sigint(checkpoints, policy_file):
     port = _free_port()
     code = ("import sys; from ssmkit.serve.command import serve_command; "
             f"sys.exit(serve_command(['llama={checkpoints['llama']}', 'mamba2={checkpoints['mamba2']}'], "
-            f"policy={str(policy_file)!r}, port={port}, max_context=256, grace=5.0, log_level='warning'))")
+            f"policy={str(policy_file)!r}, port={port}, max_context=256, grace=5.0, log_level='warning', "
+            f"warmup=True))")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -67,7 +68,11 @@ def test_foreground_server_serves_and_exits_0_on_sigint(checkpoints, policy_file
         assert r.status_code == 200 and r.json()["routing"]["backend"] == "llama"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-        assert "llama (local), mamba2 (local)" in proc.stderr.read()
+        log = proc.stderr.read()
+        assert "llama (local), mamba2 (local)" in log
+        # --warmup: batch sizes 1, 2, 4, 8 (max_concurrency) x prompts of 16..128 tokens (max_context 256 // 2)
+        for name in ("llama", "mamba2"):
+            assert f"{name}: warmed up in " in log and "(16 prefills, 4 decode steps)" in log
     finally:
         if proc.poll() is None:
             proc.kill()
