@@ -1,7 +1,7 @@
 """Profiler overhead: decode tokens/s of the same generation with and without ssmkit.profile.Profiler.
 
 Validates first (the profiled generation returns the same tokens and records layers x model calls events), then
-times unprofiled and profiled runs interleaved (A B A B ...) after a warm-up, so machine drift hits both alike,
+times unprofiled and profiled runs interleaved (A B B A ...) after a warm-up, so machine drift hits both alike,
 and reports the median decode tokens/s of each and the overhead. Writes a markdown table with `--out`.
 
     python benchmarks/profile_overhead.py --presets tiny-hybrid-moe --threads 1
@@ -69,12 +69,20 @@ def measure(preset: str, args, db_dir: Path) -> dict:
         n_events = store.query("SELECT count(*) FROM events WHERE run_id = ?", [prof.run_id])[1][0][0]
     assert n_events == units * args.new_tokens, (n_events, units, args.new_tokens)
 
-    # 2. time, interleaved
+    # 2. time, interleaved A B B A A B ...: which arm runs first alternates, so a drift within a pair (clocks,
+    # caches, the previous arm's leftovers) does not always favour the same arm
     plain, profiled = [], []
-    for _ in range(args.repeats):
+
+    def run_plain():
         plain.append(decode(model, ids, args.new_tokens)[1])
+
+    def run_profiled():
         with Profiler(model, db):
             profiled.append(decode(model, ids, args.new_tokens)[1])
+
+    for i in range(args.repeats):
+        for run in (run_plain, run_profiled) if i % 2 == 0 else (run_profiled, run_plain):
+            run()
     steps = (args.new_tokens - 1) * args.batch
     tps_plain, tps_prof = steps / statistics.median(plain), steps / statistics.median(profiled)
     # The noise floor: how far the medians of two halves of the plain runs differ (an A/A comparison).
@@ -117,7 +125,8 @@ def main(argv=None) -> int:
         f"- command: `{command}`", "",
         f"Random-weight presets, {args.dtype}, batch {args.batch}, prompt {args.prompt_len} tokens, "
         f"{args.new_tokens} new tokens (greedy, model.step). Validated first: the profiled run returns the same "
-        f"tokens and records one event per layer unit and model call. Median of {args.repeats} interleaved runs "
+        f"tokens and records one event per layer unit and model call. Median of {args.repeats} interleaved runs (A B B A: "
+        f"the arm that runs first alternates) "
         f"each; the profiler writes to a DuckDB file through its background writer. 'per call' is the extra "
         f"time per recorded layer call; 'A/A noise' is how far the medians of the odd and even plain runs differ, the "
         f"resolution of this measurement on this machine.", "",
