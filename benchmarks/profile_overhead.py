@@ -126,7 +126,8 @@ def main(argv=None) -> int:
         f"Random-weight presets, {args.dtype}, batch {args.batch}, prompt {args.prompt_len} tokens, "
         f"{args.new_tokens} new tokens (greedy, model.step). Validated first: the profiled run returns the same "
         f"tokens and records one event per layer unit and model call. Median of {args.repeats} interleaved runs "
-        f"each (A B B A: the arm that runs first alternates); the profiler writes to a DuckDB file through its background writer. 'per call' is the extra "
+        f"each (A B B A: the arm that runs first alternates); the profiler writes to a DuckDB file through its "
+        f"background writer. 'per call' is the extra "
         f"time per recorded layer call; 'A/A noise' is how far the medians of the odd and even plain runs differ, the "
         f"resolution of this measurement on this machine.", "",
         "| preset | params (M) | hooked units | tokens/s plain | tokens/s profiled | overhead | A/A noise | "

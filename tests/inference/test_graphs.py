@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ssmkit.inference import generate, generate_steps, left_pad
-from ssmkit.inference.graphs import (GraphedDecoder, clear_graphs, eager_only, eager_reason, graph_keys, graphed_decoder,
-                                     release_decoder)
+from ssmkit.inference.graphs import (GraphedDecoder, clear_graphs, eager_only, eager_reason, graph_keys,
+                                     graphed_decoder, release_decoder)
 from ssmkit.models import LanguageModel, ModelConfig
 from tests.compare import assert_close
 from tests.inference.models import check_decoder_follows_the_dynamic_step, random_ids, tiny_model
