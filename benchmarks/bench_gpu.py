@@ -234,8 +234,10 @@ def write_results(out: dict, args, started: float) -> Path:
 
 WHY = """- Decode replays one CUDA graph per (batch, cache capacity); the first call at a new capacity captures it, and
   that capture may fall inside a timed first token.
-- Triton kernels are compiled and tuned on the first call of each shape bucket (powers of two of batch and
-  length); warm-up covers one prompt, so a sweep's first point of a new bucket includes tuning.
+- Triton kernels compile each block config on first use in a process, and calls of 2M input elements or more
+  time every config once per shape bucket (powers of two of batch and length). The sweep runs each length once
+  untimed first; the workload's warm-up sends its first C requests together, so the batched shapes it meets
+  first are warm, but a later request of a new bucket still waits for its tuning (about 0.2 s per kernel).
 - Static batching: a request waits for the running batch, and short outputs ride along with the longest one."""
 
 
