@@ -27,8 +27,8 @@ import triton.language as tl
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
-from .tiles import (dot_split, effective_dt, incoming_state, load_tile, outgoing_adjoint, seq_bounds,
-                    state_tile_offsets)
+from .tiles import (chunk_decay, dot_split, head_tiles, incoming_state, load_skip, load_tile, outgoing_adjoint,
+                    program_segment, seq_bounds, state_tile_offsets)
 
 
 @triton.jit
@@ -45,22 +45,11 @@ def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_
                             SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                             BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     """Each segment's adjoint of its entering state from its own outputs: sum_t exp(cum_t) C_t ⊗ dy_t."""
-    pid = tl.program_id(0)
-    npb = tl.cdiv(headdim, BLOCK_P)
-    h = pid % nheads
-    pb = (pid // nheads) % npb
-    ss = pid // (nheads * npb)
-    seq = ss // nseg
-    seg = ss % nseg
+    h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
     if (seg > 0) & (seg < tl.cdiv(nchunks, seg_chunks)):
-        g = h // (nheads // ngroups)
-        ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-        ns = tl.arange(0, BLOCK_N)
-        pmask = ps < headdim
-        nmask = ns < dstate
-        qs = tl.arange(0, Q)
+        g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = dout_ptr.dtype.element_ty
         G = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
@@ -69,16 +58,14 @@ def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_
         for c in range(seg * seg_chunks, c1):
             rows = start + c * Q + qs
             rmask = rows < end
-            dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
-            a = dtv * A
-            cum = tl.cumsum(a, 0)
+            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
             Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
             dy = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
             if z_ptr is not None:
                 dy = _gated_dy(dy, load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps,
                                              pmask).to(tl.float32))
             G += dot_split(tl.trans(Ct), dy * tl.exp(offset + cum)[:, None], dtype, SPLIT, PREC)
-            offset += tl.sum(a, 0)
+            offset += total
         idx = (seq.to(tl.int64) * nseg + seg) * nheads + h
         offs = state_tile_offsets(ps, ns, headdim, dstate)
         tl.store(segadj_ptr + idx * headdim * dstate + offs, G, mask=nmask[:, None] & pmask[None, :])
@@ -92,41 +79,24 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1,
     and this block's share of <dfinal, h_T> from the recomputed final state (cfinal, (nseq, npb, nheads))."""
-    pid = tl.program_id(0)
-    npb = tl.cdiv(headdim, BLOCK_P)
-    h = pid % nheads
-    pb = (pid // nheads) % npb
-    ss = pid // (nheads * npb)
-    seq = ss // nseg
-    seg = ss % nseg
+    h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
     nseg_seq = tl.maximum(tl.cdiv(nchunks, seg_chunks), 1)  # an empty sequence still has its h_T = h0
     if seg < nseg_seq:
-        g = h // (nheads // ngroups)
-        ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-        ns = tl.arange(0, BLOCK_N)
-        pmask = ps < headdim
-        nmask = ns < dstate
-        qs = tl.arange(0, Q)
+        g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
         causal = qs[:, None] >= qs[None, :]
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = x_ptr.dtype.element_ty
         S = incoming_state(init_ptr, segst_ptr, seglog_ptr, seq, seg, nseg, h, nheads, ps, ns, pmask, nmask,
                            headdim, dstate, BLOCK_N, BLOCK_P)
         if D_ptr is not None:
-            if D_PER_P:
-                Dv = tl.load(D_ptr + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
-            else:
-                Dv = tl.load(D_ptr + h).to(tl.float32)
+            Dv = load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P)
         c1 = tl.minimum(seg * seg_chunks + seg_chunks, nchunks)
         for c in range(seg * seg_chunks, c1):
             rows = start + c * Q + qs
             rmask = rows < end
-            dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
-            a = dtv * A
-            cum = tl.cumsum(a, 0)
-            total = tl.sum(a, 0)
+            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
             x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
             Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
             Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
@@ -171,7 +141,8 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                 offs = state_tile_offsets(ps, ns, headdim, dstate)
                 base = (seq.to(tl.int64) * nheads + h) * headdim * dstate
                 dfin = tl.load(dfinal_ptr + base + offs, mask=nmask[:, None] & pmask[None, :], other=0.0)
-                tl.store(cfinal_ptr + (seq.to(tl.int64) * npb + pb) * nheads + h, tl.sum(tl.sum(dfin * S, 1), 0))
+                slot = (seq.to(tl.int64) * tl.cdiv(headdim, BLOCK_P) + pb) * nheads + h  # (nseq, npb, nheads)
+                tl.store(cfinal_ptr + slot, tl.sum(tl.sum(dfin * S, 1), 0))
 
 
 @triton.jit(do_not_specialize=("seqlen", "nseg", "seg_chunks", "ntok"))
@@ -181,33 +152,19 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2-4."""
-    pid = tl.program_id(0)
-    npb = tl.cdiv(headdim, BLOCK_P)
-    h = pid % nheads
-    pb = (pid // nheads) % npb
-    ss = pid // (nheads * npb)
-    seq = ss // nseg
-    seg = ss % nseg
+    h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
     nseg_seq = tl.maximum(tl.cdiv(nchunks, seg_chunks), 1)
     if seg < nseg_seq:
-        g = h // (nheads // ngroups)
-        ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-        ns = tl.arange(0, BLOCK_N)
-        pmask = ps < headdim
-        nmask = ns < dstate
-        qs = tl.arange(0, Q)
+        g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
         anticausal = qs[:, None] <= qs[None, :]
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = x_ptr.dtype.element_ty
         G = outgoing_adjoint(dfinal_ptr, segadj_ptr, seglog_ptr, seq, seg, nseg_seq, nseg, h, nheads, ps, ns,
                              pmask, nmask, headdim, dstate, BLOCK_N, BLOCK_P)
         if D_ptr is not None:
-            if D_PER_P:
-                Dv = tl.load(D_ptr + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
-            else:
-                Dv = tl.load(D_ptr + h).to(tl.float32)
+            Dv = load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P)
             dD = tl.zeros((BLOCK_P,), dtype=tl.float32)
         c0 = seg * seg_chunks
         c1 = tl.minimum(c0 + seg_chunks, nchunks)
@@ -215,10 +172,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             c = c1 - 1 - i
             rows = start + c * Q + qs
             rmask = rows < end
-            dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
-            a = dtv * A
-            cum = tl.cumsum(a, 0)
-            total = tl.sum(a, 0)
+            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
             x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
             Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
             Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
@@ -255,7 +209,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             tl.store(dB_ptr + n_offs, dB, mask=rmask[:, None] & nmask[None, :])
             G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * tl.exp(cum)[:, None], dtype, SPLIT, PREC)
         if D_ptr is not None:
-            tl.store(dD_ptr + (ss.to(tl.int64) * nheads + h) * headdim + ps, dD, mask=pmask)
+            tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, dD, mask=pmask)
         if dinit_ptr is not None:
             if seg == 0:
                 offs = state_tile_offsets(ps, ns, headdim, dstate)

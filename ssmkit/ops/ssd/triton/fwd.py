@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 
 from .plan import block_n, configs, make_plan, pick, tuning_shape
-from .tiles import dot_split, effective_dt, incoming_state, load_tile, seq_bounds, state_tile_offsets
+from .tiles import (chunk_decay, dot_split, head_tiles, incoming_state, load_skip, load_tile, program_segment,
+                    seq_bounds, state_tile_offsets)
 
 
 # Length arguments are not specialized: Triton would compile a variant of every config for each class of a
@@ -32,22 +33,11 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, cu_ptr, segst_p
                           SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                           BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     """Each segment's own end state from a zero start, and its total log-decay (all but the last segment)."""
-    pid = tl.program_id(0)
-    npb = tl.cdiv(headdim, BLOCK_P)
-    h = pid % nheads
-    pb = (pid // nheads) % npb
-    ss = pid // (nheads * npb)
-    seq = ss // nseg
-    seg = ss % nseg
+    h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
     if seg < tl.cdiv(nchunks, seg_chunks) - 1:
-        g = h // (nheads // ngroups)
-        ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-        ns = tl.arange(0, BLOCK_N)
-        pmask = ps < headdim
-        nmask = ns < dstate
-        qs = tl.arange(0, Q)
+        g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = x_ptr.dtype.element_ty
         S = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
@@ -55,10 +45,7 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, cu_ptr, segst_p
         for c in range(seg * seg_chunks, seg * seg_chunks + seg_chunks):
             rows = start + c * Q + qs
             rmask = rows < end
-            dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
-            a = dtv * A
-            cum = tl.cumsum(a, 0)
-            total = tl.sum(a, 0)
+            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
             x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
             Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
             w = tl.exp(total - cum) * dtv
@@ -78,42 +65,25 @@ def _ssd_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                     BLOCK_N: tl.constexpr, PREC: tl.constexpr):
     """y for one (segment, head-dim block, head); the last segment of each sequence also writes its final state."""
-    pid = tl.program_id(0)
-    npb = tl.cdiv(headdim, BLOCK_P)
-    h = pid % nheads
-    pb = (pid // nheads) % npb
-    ss = pid // (nheads * npb)
-    seq = ss // nseg
-    seg = ss % nseg
+    h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
     last_seg = tl.maximum(tl.cdiv(nchunks, seg_chunks), 1) - 1
     if seg <= last_seg:
-        g = h // (nheads // ngroups)
-        ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-        ns = tl.arange(0, BLOCK_N)
-        pmask = ps < headdim
-        nmask = ns < dstate
-        qs = tl.arange(0, Q)
+        g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
         causal = qs[:, None] >= qs[None, :]
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = x_ptr.dtype.element_ty
         S = incoming_state(init_ptr, segst_ptr, seglog_ptr, seq, seg, nseg, h, nheads, ps, ns, pmask, nmask,
                            headdim, dstate, BLOCK_N, BLOCK_P)
         if D_ptr is not None:
-            if D_PER_P:
-                Dv = tl.load(D_ptr + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
-            else:
-                Dv = tl.load(D_ptr + h).to(tl.float32)
+            Dv = load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P)
         logdecay = 0.0
         c1 = tl.minimum(seg * seg_chunks + seg_chunks, nchunks)
         for c in range(seg * seg_chunks, c1):
             rows = start + c * Q + qs
             rmask = rows < end
-            dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
-            a = dtv * A
-            cum = tl.cumsum(a, 0)
-            total = tl.sum(a, 0)
+            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
             logdecay += total
             x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
             Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)

@@ -6,6 +6,8 @@ Version history
   same bytes the same way (the forward and backward must agree bit for bit on dt and the decay).
 - v2: dot_split, a hi/lo two-product dot for the state updates the backward depends on (bf16 dA was 5e-2..3e-1
   off on an H100 with single-rounded states; see bwd.py).
+- v3: program_segment, head_tiles, chunk_decay and load_skip: the prologue and the per-chunk decay every kernel
+  opened with (five kernels, the same 15-25 lines each).
 """
 
 import triton
@@ -22,6 +24,44 @@ def seq_bounds(cu_ptr, seq, seqlen):
         start = tl.load(cu_ptr + seq).to(tl.int64)
         end = tl.load(cu_ptr + seq + 1).to(tl.int64)
     return start, end
+
+
+@triton.jit
+def program_segment(nheads, headdim, nseg, BLOCK_P: tl.constexpr):
+    """This program's (head, head-dim block, sequence, segment): the grid is sequences x segments x head-dim
+    blocks x heads, heads fastest."""
+    pid = tl.program_id(0)
+    npb = tl.cdiv(headdim, BLOCK_P)
+    ss = pid // (nheads * npb)
+    return pid % nheads, (pid // nheads) % npb, ss // nseg, ss % nseg
+
+
+@triton.jit
+def head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+               Q: tl.constexpr):
+    """Head h's group g; block pb's head-dim columns ps and the state columns ns with their masks; the row offsets
+    qs of a chunk."""
+    ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    ns = tl.arange(0, BLOCK_N)
+    return h // (nheads // ngroups), ps, ns, ps < headdim, ns < dstate, tl.arange(0, Q)
+
+
+@triton.jit
+def chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS: tl.constexpr):
+    """A chunk's effective dt, its log-decays a = dt A, their running sum within the chunk and the chunk's total."""
+    dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
+    a = dtv * A
+    return dtv, a, tl.cumsum(a, 0), tl.sum(a, 0)
+
+
+@triton.jit
+def load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P: tl.constexpr):
+    """The skip weight D of head h in float32: one per head-dim column (D_PER_P) or one for the head."""
+    if D_PER_P:
+        Dv = tl.load(D_ptr + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.load(D_ptr + h).to(tl.float32)
+    return Dv
 
 
 @triton.jit
