@@ -26,7 +26,7 @@ AUTO_DEFAULT = ("parallel",)
 
 def selective_scan(
     x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None,
-    return_final_state=False, cu_seqlens=None, impl="auto",
+    return_final_state=False, cu_seqlens=None, impl="auto", check_values=True,
 ):
     """Mamba-1 selective scan.
 
@@ -42,9 +42,11 @@ def selective_scan(
     and an empty sequence's final state is its initial state (zeros without one).
     Returns y (batch, seqlen, dim) in x.dtype, or (y, final_state) with return_final_state; final_state is in
     the compute dtype (float32 for bf16/fp16 inputs, else x.dtype).
+    check_values: also check that A < 0 (a read-back to the host: a synchronization on CUDA); the Mamba layer
+    passes False (its A is -exp(A_log)); shapes and devices are always checked.
     """
     check_impl(impl, IMPLS)
-    _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens)
+    _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, check_values)
     fn = _resolve(impl, x.device.type, packed=cu_seqlens is not None)
     packed = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
     return fn(
@@ -112,7 +114,7 @@ def _takes_cu_seqlens(fn) -> bool:
     return any(p.name == "cu_seqlens" or p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens) -> None:
+def _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, check_values=True) -> None:
     check_tensor("x", x, ndim=3)
     batch, seqlen, dim = x.shape
     if not x.is_floating_point():
@@ -140,4 +142,5 @@ def _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens) -> N
             check_tensor(name, t, shape=shape)
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
                       cu_seqlens=cu_seqlens)
-    check_negative("A", A.detach())
+    if check_values:
+        check_negative("A", A.detach())
