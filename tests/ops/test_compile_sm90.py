@@ -1,0 +1,135 @@
+"""Every Triton kernel of ssmkit compiles for an H100 (sm_90) on this CPU-only machine: Triton's front end, its
+GPU passes and NVIDIA's ptxas (shipped in the triton wheel), for each block config the tuners may pick.
+
+The interpreter tests check what the kernels compute; this checks what the interpreter cannot: that the code
+lowers to a cubin (tl.dot shapes, layouts, register tiles), and that each kernel's shared memory fits the H100's
+227 KiB per block, past which a launch fails with "out of resources". Kernels are compiled as a bf16 model
+launches them: activations bf16, states, parameters read in float32 and gradient partials float32.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+triton = pytest.importorskip("triton")
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+H100 = GPUTarget("cuda", 90, 32)
+H100_MAX_SHARED = 227 * 1024  # bytes of shared memory one block may use (opt-in maximum)
+
+# Pointers a bf16 model passes in float32; every other pointer is bf16, `cu_ptr` (packed sequences) int32.
+FLOAT32_POINTERS = {
+    "A_ptr", "D_ptr", "bias_ptr", "init_ptr", "segst_ptr", "seglog_ptr", "final_ptr", "segadj_ptr", "dfinal_ptr",
+    "parts_ptr", "cfinal_ptr", "dD_ptr", "dinit_ptr", "dA_ptr", "dbias_ptr", "dC_ptr", "dB_ptr", "ckpt_ptr",
+    "scratch_ptr", "dh0_ptr", "rstd_ptr", "dw_ptr", "db_ptr", "state_ptr", "ddt_ptr",
+}
+INT_POINTERS = {"cu_ptr", "seq_ptr", "idx_ptr"}
+FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
+# Kernels whose state tensor is the model's dtype (the conv state), not float32.
+BF16_OVERRIDES = {("_conv_step_kernel", "state_ptr"), ("_conv_final_state_kernel", "final_ptr"),
+                  ("_conv_fwd_kernel", "init_ptr"), ("_conv_bwd_kernel", "init_ptr"),
+                  ("_conv_dinit_kernel", "init_ptr"), ("_conv_dinit_kernel", "dinit_ptr"),
+                  ("_conv_final_state_kernel", "init_ptr"), ("_conv_fwd_kernel", "bias_ptr"),
+                  ("_conv_bwd_kernel", "bias_ptr"), ("_conv_dinit_kernel", "bias_ptr"),
+                  ("_conv_step_kernel", "bias_ptr"), ("_scan_fwd_kernel", "ddt_ptr"), ("_scan_bwd_kernel", "ddt_ptr")}
+
+
+def signature(kernel, constexprs: dict) -> tuple[dict, dict]:
+    sig, const = {}, {}
+    for p in kernel.params:
+        name = p.name
+        if p.is_constexpr:
+            sig[name] = "constexpr"
+            const[name] = constexprs[name]
+        elif name in constexprs:  # a pointer passed as None: compiled away, as at a launch without it
+            sig[name] = "constexpr"
+            const[name] = constexprs[name]
+        elif name.endswith("_ptr"):
+            if name in INT_POINTERS:
+                sig[name] = "*i32"
+            elif name in FLOAT32_POINTERS and (kernel.fn.__name__, name) not in BF16_OVERRIDES:
+                sig[name] = "*fp32"
+            else:
+                sig[name] = "*bf16"
+        else:
+            sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    return sig, const
+
+
+def compile_for_h100(kernel, constexprs: dict, num_warps: int, num_stages: int = 2):
+    sig, const = signature(kernel, constexprs)
+    return triton.compile(ASTSource(kernel, sig, const), target=H100,
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def _kernel(module: str, name: str):
+    kernel = getattr(importlib.import_module(module), name)
+    if type(kernel).__name__ != "JITFunction":
+        pytest.fail(f"{name} is a {type(kernel).__name__}: unset TRITON_INTERPRET to compile it")
+    return kernel
+
+
+def _cases() -> list:
+    from ssmkit.ops.selective_scan.triton import plan as scan_plan
+    from ssmkit.ops.ssd.triton import plan as ssd_plan
+
+    cases = []
+    ssd = "ssmkit.ops.ssd.triton."
+    # SSD at headdim 64, dstate 128 (the Mamba-2 130M..2.7B shape), every config of each kernel kind.
+    bn = ssd_plan.block_n(128)
+    base = dict(SOFTPLUS=True, Q=64, BLOCK_N=bn, PREC="tf32", cu_ptr=None)
+    for kind, kernels in (("fwd", (("fwd", "_segment_state_kernel", dict(SPLIT=True)),
+                                   ("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False)))),
+                          ("bwd", (("bwd", "_segment_adjoint_kernel", dict(SPLIT=True)),
+                                   ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True)),
+                                   ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True))))):
+        for cfg in ssd_plan.configs(64, 128, kind):
+            for module, name, extra in kernels:
+                consts = dict(base, BLOCK_P=cfg["BLOCK_P"], **extra)
+                cases.append((ssd + module, name, consts, cfg["num_warps"], cfg["num_stages"],
+                              f"{name}-p{cfg['BLOCK_P']}-w{cfg['num_warps']}-s{cfg['num_stages']}"))
+    cases.append((ssd + "bwd_dt", "_bwd_dt_kernel", dict(SOFTPLUS=True, Q=64, NCH=16, cu_ptr=None), 4, 2,
+                  "_bwd_dt_kernel"))
+    cases.append((ssd + "step", "_ssd_step_kernel", dict(SOFTPLUS=True, D_PER_P=False, BLOCK_P=64, BLOCK_N=bn,
+                                                         idx_ptr=None), 4, 2, "_ssd_step_kernel"))
+    # Selective scan at dim 2048, dstate 16: every forward config (LOOP ones included) and backward config.
+    scan = "ssmkit.ops.selective_scan.triton."
+    sbn = scan_plan.block_n(16)
+    for kind, name in (("fwd", "_scan_fwd_kernel"), ("bwd", "_scan_bwd_kernel")):
+        for cfg in scan_plan.configs(kind, 16, 2048, loop=True):
+            consts = dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn)
+            if kind == "fwd":
+                consts["LOOP"] = cfg.get("LOOP", False)
+            loop = "-loop" if cfg.get("LOOP") else ""
+            label = f"{name}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}{loop}"
+            cases.append((scan + kind, name, consts, cfg["num_warps"], 2, label))
+    cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, BLOCK_D=64, BLOCK_N=sbn), 4, 2,
+                  "_scan_step_kernel"))
+    # Causal conv1d (width 4, SiLU) and the gated RMSNorm, at the block sizes their wrappers launch.
+    conv = "ssmkit.ops.conv1d.triton."
+    for name, consts in (("_conv_fwd_kernel", dict(WIDTH=4, SILU=True, BLOCK_L=64, BLOCK_D=64)),
+                         ("_conv_bwd_kernel", dict(WIDTH=4, SILU=True, BLOCK_L=64, BLOCK_D=64)),
+                         ("_conv_final_state_kernel", dict(WIDTH=4, BLOCK_W=4, BLOCK_D=64)),
+                         ("_conv_dinit_kernel", dict(WIDTH=4, SILU=True, BLOCK_W=4, BLOCK_D=64))):
+        cases.append((conv + "kernels", name, consts, 4, 2, name))
+    cases.append((conv + "step", "_conv_step_kernel", dict(WIDTH=4, SILU=True, BLOCK_W=4, BLOCK_D=64), 4, 2,
+                  "_conv_step_kernel"))
+    norm = "ssmkit.ops.norm.triton.kernels"
+    for name in ("_gated_rms_norm_fwd_kernel", "_gated_rms_norm_bwd_kernel"):
+        cases.append((norm, name, dict(NORM_BEFORE_GATE=False, BLOCK_M=4, BLOCK_G=256), 4, 2, name))
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("module, name, constexprs, num_warps, num_stages",
+                         [pytest.param(*c[:5], id=c[5]) for c in CASES])
+def test_kernel_compiles_to_an_h100_cubin_within_its_shared_memory(module, name, constexprs, num_warps,
+                                                                   num_stages):
+    compiled = compile_for_h100(_kernel(module, name), constexprs, num_warps, num_stages)
+    assert len(compiled.asm["cubin"]) > 0
+    assert compiled.metadata.shared <= H100_MAX_SHARED, (name, compiled.metadata.shared)
