@@ -78,19 +78,22 @@ def _cases() -> list:
 
     cases = []
     ssd = "ssmkit.ops.ssd.triton."
-    # SSD at headdim 64, dstate 128 (the Mamba-2 130M..2.7B shape), every config of each kernel kind.
+    # SSD at headdim 64: every config of each kernel kind at dstate 128 (the Mamba-2 130M..2.7B shape), and the
+    # forward's at dstate 256 (the largest state tile).
+    for dstate, kinds in ((128, ("fwd", "bwd")), (256, ("fwd",))):
+        base = dict(SOFTPLUS=True, Q=64, BLOCK_N=ssd_plan.block_n(dstate), PREC="tf32", cu_ptr=None)
+        for kind in kinds:
+            kernels = ((("fwd", "_segment_state_kernel", dict(SPLIT=True)),
+                        ("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False))) if kind == "fwd" else
+                       (("bwd", "_segment_adjoint_kernel", dict(SPLIT=True)),
+                        ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True)),
+                        ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True))))
+            for cfg in ssd_plan.configs(64, dstate, kind):
+                for module, name, extra in kernels:
+                    consts = dict(base, BLOCK_P=cfg["BLOCK_P"], **extra)
+                    cases.append((ssd + module, name, consts, cfg["num_warps"], cfg["num_stages"],
+                                  f"{name}-n{dstate}-p{cfg['BLOCK_P']}-w{cfg['num_warps']}-s{cfg['num_stages']}"))
     bn = ssd_plan.block_n(128)
-    base = dict(SOFTPLUS=True, Q=64, BLOCK_N=bn, PREC="tf32", cu_ptr=None)
-    for kind, kernels in (("fwd", (("fwd", "_segment_state_kernel", dict(SPLIT=True)),
-                                   ("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False)))),
-                          ("bwd", (("bwd", "_segment_adjoint_kernel", dict(SPLIT=True)),
-                                   ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True)),
-                                   ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True))))):
-        for cfg in ssd_plan.configs(64, 128, kind):
-            for module, name, extra in kernels:
-                consts = dict(base, BLOCK_P=cfg["BLOCK_P"], **extra)
-                cases.append((ssd + module, name, consts, cfg["num_warps"], cfg["num_stages"],
-                              f"{name}-p{cfg['BLOCK_P']}-w{cfg['num_warps']}-s{cfg['num_stages']}"))
     cases.append((ssd + "bwd_dt", "_bwd_dt_kernel", dict(SOFTPLUS=True, Q=64, NCH=16, cu_ptr=None), 4, 2,
                   "_bwd_dt_kernel"))
     cases.append((ssd + "step", "_ssd_step_kernel", dict(SOFTPLUS=True, D_PER_P=False, BLOCK_P=64, BLOCK_N=bn,
