@@ -142,7 +142,12 @@ class Profiler:
         # A CUDA-graph replay calls no module (nothing would be recorded) and a capture would put marks in the graph.
         self._eager = eager_only(self.model, "a Profiler records this model's layer calls")
         self._eager.__enter__()
-        self._install()
+        try:
+            self._install()
+        except BaseException:
+            self._uninstall()
+            self._eager.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
