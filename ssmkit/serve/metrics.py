@@ -1,7 +1,7 @@
 """Prometheus metrics of one server, in a registry of its own (two servers in one process do not collide).
 
 Counters and histograms are updated as requests run; queue depth, running sequences and breaker states are read
-at scrape time from the engines and the router.
+at scrape time from the engines and the router, the Triton tuner's totals from ssmkit.ops.
 """
 
 from __future__ import annotations
@@ -54,6 +54,24 @@ class _LiveCollector:
         for snap in self.breakers():
             breaker.add_metric([snap["backend"]], BREAKER_CODES.get(snap["state"], -1))
         yield from (queue, running, breaker)
+        stats = _kernel_tuning()
+        if stats is not None:
+            tuned = GaugeMetricFamily("ssmkit_kernel_tunings", "Triton kernel shape buckets tuned in this process "
+                                      "(each times every block config once)")
+            tuned.add_metric([], stats["tuned"])
+            seconds = GaugeMetricFamily("ssmkit_kernel_tuning_seconds", "Seconds spent compiling and timing "
+                                        "Triton block configs in this process (requests wait meanwhile)")
+            seconds.add_metric([], stats["seconds"])
+            yield from (tuned, seconds)
 
     def describe(self):
         return []
+
+
+def _kernel_tuning() -> dict | None:
+    """ssmkit.ops' Triton tuner statistics, or None where triton is not installed."""
+    try:
+        from ssmkit.ops.ssd.triton.plan import tuning_stats
+    except ImportError:
+        return None
+    return tuning_stats()

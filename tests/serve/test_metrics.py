@@ -23,7 +23,10 @@ def _value(samples: dict, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_scraped_metrics_count_what_was_served(checkpoints, policy_file):
+def test_scraped_metrics_count_what_was_served(checkpoints, policy_file, monkeypatch):
+    from ssmkit.ops.ssd.triton import plan
+
+    monkeypatch.setattr(plan, "_STATS", {"tuned": 3, "seconds": 1.5})  # a CPU server tunes nothing: stand-in totals
     models = {"llama": checkpoints["llama"], "mamba2": checkpoints["mamba2"]}
     with serving(models, policy=policy_file) as (url, _):
         with httpx.Client(base_url=url, timeout=30) as c:
@@ -58,3 +61,4 @@ def test_scraped_metrics_count_what_was_served(checkpoints, policy_file):
         assert _value(s, "ssmkit_running_sequences", backend=backend) == 0
         assert ("ssmkit_breaker_state", (("backend", backend),)) in s
         assert _value(s, "ssmkit_breaker_state", backend=backend) == 0  # closed
+    assert _value(s, "ssmkit_kernel_tunings") == 3 and _value(s, "ssmkit_kernel_tuning_seconds") == 1.5
