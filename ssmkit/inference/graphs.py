@@ -257,8 +257,9 @@ def graphed_decoder(model, batch: int, max_len: int, *, kv_dtype: torch.dtype | 
     max_len is rounded up by graph_cache_len unless `exact`; models without attention layers share one decoder
     per batch whatever the length. A decoder is dropped when the model's parameters were replaced (e.g. by
     .to()) since its capture; past MAX_GRAPHS_PER_MODEL decoders, or past idle_budget() bytes of idle ones, the
-    least recently used idle ones go. A new decoder that runs out of memory drops every idle one and tries once
-    more; the second out-of-memory error propagates.
+    least recently used idle ones go. A new decoder that runs out of memory (state or capture) drops every idle
+    one and is made once more; a second out-of-memory state allocation propagates, a second out-of-memory capture
+    returns None (eager this time, tried again next time).
     """
     has_attention = "attention" in model.config.mixers
     capacity = (max_len if exact else graph_cache_len(max_len)) if has_attention else 1
@@ -277,14 +278,10 @@ def graphed_decoder(model, batch: int, max_len: int, *, kv_dtype: torch.dtype | 
             return None
         if decoder is None:
             _evict(entry, MAX_GRAPHS_PER_MODEL - 1, idle_budget(model))
-            try:
-                decoder = GraphedDecoder(model, batch, capacity, kv_dtype=kv_dtype)
-            except torch.OutOfMemoryError:
-                _evict(entry, 0, 0)
-                _empty_cache(model)
-                decoder = GraphedDecoder(model, batch, capacity, kv_dtype=kv_dtype)
+            decoder = _new_decoder(entry, model, batch, capacity, kv_dtype)
             if decoder.fallback_reason is not None:
-                entry["failed"] = decoder.fallback_reason
+                if not _out_of_memory(decoder):  # a step that cannot be captured: never try this model again
+                    entry["failed"] = decoder.fallback_reason
                 return None
             decoders[key] = decoder
         decoders.move_to_end(key)
@@ -319,6 +316,25 @@ def _evict(entry: dict, max_count: int, max_idle_bytes: int) -> None:
         if len(decoders) <= max_count and idle_bytes <= max_idle_bytes:
             break
         idle_bytes -= decoders.pop(k).nbytes
+
+
+def _new_decoder(entry: dict, model, batch: int, capacity: int, kv_dtype) -> GraphedDecoder:
+    """A new decoder; when its state or its capture runs out of memory, every idle decoder is dropped and it is
+    made once more (an out-of-memory error of the second state allocation propagates)."""
+    try:
+        decoder = GraphedDecoder(model, batch, capacity, kv_dtype=kv_dtype)
+        if not _out_of_memory(decoder):
+            return decoder
+    except torch.OutOfMemoryError:
+        pass
+    _evict(entry, 0, 0)
+    _empty_cache(model)
+    return GraphedDecoder(model, batch, capacity, kv_dtype=kv_dtype)
+
+
+def _out_of_memory(decoder: GraphedDecoder) -> bool:
+    """Whether the capture fell back because memory ran out (worth another try later, unlike a host read)."""
+    return (decoder.fallback_reason or "").startswith("OutOfMemoryError")
 
 
 def _empty_cache(model) -> None:

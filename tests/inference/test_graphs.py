@@ -211,6 +211,34 @@ def test_a_decoder_that_runs_out_of_memory_drops_the_idle_ones_and_tries_once_mo
     clear_graphs(model)
 
 
+def test_a_capture_that_runs_out_of_memory_is_retried_and_never_marks_the_model_uncapturable(monkeypatch):
+    """Capture out of memory is simulated as _capture reports it (fallback_reason "OutOfMemoryError: ...")."""
+    graphs_module = importlib.import_module("ssmkit.inference.graphs")
+    model = family_model("llama")
+    idle = graphed_decoder(model, 1, 256)
+    release_decoder(model, idle)
+    original, made = GraphedDecoder.__init__, []
+
+    def capture_out_of_memory(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(len(graphs_module._REGISTRY.by_model[model]["decoders"]))
+        if len(made) <= failures:
+            self.fallback_reason = "OutOfMemoryError: simulated: CUDA out of memory"
+
+    monkeypatch.setattr(GraphedDecoder, "__init__", capture_out_of_memory)
+    failures = 1  # the first capture fails: idle decoders go, the second succeeds
+    fresh = graphed_decoder(model, 2, 256)
+    assert made == [1, 0] and fresh is not None and fresh.fallback_reason is None
+    release_decoder(model, fresh)
+    made.clear()
+    failures = 2  # both fail: this generation decodes eagerly, and the next one tries again
+    assert graphed_decoder(model, 3, 256) is None and len(made) == 2
+    assert graphs_module._REGISTRY.by_model[model]["failed"] is None
+    failures = 0
+    assert graphed_decoder(model, 3, 256) is not None
+    clear_graphs(model)
+
+
 def test_a_model_that_cannot_be_captured_decodes_eagerly_and_is_not_tried_again(static_on_cpu, monkeypatch):
     """Capture failure is simulated by a decoder that reports a fallback reason, as _capture sets it on a GPU."""
     built = []
