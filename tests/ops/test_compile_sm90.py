@@ -93,7 +93,17 @@ def _cases() -> list:
                     consts = dict(base, BLOCK_P=cfg["BLOCK_P"], **extra)
                     cases.append((ssd + module, name, consts, cfg["num_warps"], cfg["num_stages"],
                                   f"{name}-n{dstate}-p{cfg['BLOCK_P']}-w{cfg['num_warps']}-s{cfg['num_stages']}"))
+    # The common launches leave pointers out (None): one segment (no segment states), no initial state, no D, z
+    # or dfinal; each None compiles its branch away, a different kernel.
     bn = ssd_plan.block_n(128)
+    lean = dict(base, BLOCK_N=bn, BLOCK_P=64, segst_ptr=None, seglog_ptr=None, init_ptr=None, D_ptr=None,
+                z_ptr=None, bias_ptr=None)
+    cases.append((ssd + "fwd", "_ssd_fwd_kernel", dict(lean, D_PER_P=False), 4, 2, "_ssd_fwd_kernel-lean"))
+    cases.append((ssd + "bwd", "_bwd_dc_kernel", dict(lean, D_PER_P=False, SPLIT=True, dfinal_ptr=None,
+                                                      cfinal_ptr=None), 4, 2, "_bwd_dc_kernel-lean"))
+    cases.append((ssd + "bwd", "_bwd_dx_kernel", dict(lean, D_PER_P=False, SPLIT=True, dfinal_ptr=None,
+                                                      segadj_ptr=None, dD_ptr=None, dinit_ptr=None), 4, 2,
+                  "_bwd_dx_kernel-lean"))
     cases.append((ssd + "bwd_dt", "_bwd_dt_kernel", dict(SOFTPLUS=True, Q=64, NCH=16, cu_ptr=None), 4, 2,
                   "_bwd_dt_kernel"))
     cases.append((ssd + "step", "_ssd_step_kernel", dict(SOFTPLUS=True, D_PER_P=False, BLOCK_P=64, BLOCK_N=bn,
@@ -109,6 +119,11 @@ def _cases() -> list:
             loop = "-loop" if cfg.get("LOOP") else ""
             label = f"{name}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}{loop}"
             cases.append((scan + kind, name, consts, cfg["num_warps"], 2, label))
+    lean = dict(SOFTPLUS=False, BLOCK_T=16, BLOCK_D=32, BLOCK_N=sbn, LOOP=False, init_ptr=None, D_ptr=None,
+                z_ptr=None, bias_ptr=None, ckpt_ptr=None)  # inference: no checkpoints for a backward
+    cases.append((scan + "fwd", "_scan_fwd_kernel", lean, 4, 2, "_scan_fwd_kernel-lean"))
+    cases.append((scan + "fwd", "_scan_fwd_kernel", dict(lean, LOOP=True, BLOCK_T=8, BLOCK_D=8), 1, 2,
+                  "_scan_fwd_kernel-lean-loop"))
     cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, BLOCK_D=64, BLOCK_N=sbn), 4, 2,
                   "_scan_step_kernel"))
     # Causal conv1d (width 4, SiLU) and the gated RMSNorm, at the block sizes their wrappers launch.
@@ -120,9 +135,14 @@ def _cases() -> list:
         cases.append((conv + "kernels", name, consts, 4, 2, name))
     cases.append((conv + "step", "_conv_step_kernel", dict(WIDTH=4, SILU=True, BLOCK_W=4, BLOCK_D=64), 4, 2,
                   "_conv_step_kernel"))
+    cases.append((conv + "kernels", "_conv_fwd_kernel", dict(WIDTH=4, SILU=True, BLOCK_L=64, BLOCK_D=64,
+                                                            bias_ptr=None, init_ptr=None, seq_ptr=None), 4, 2,
+                  "_conv_fwd_kernel-lean"))
     norm = "ssmkit.ops.norm.triton.kernels"
     for name in ("_gated_rms_norm_fwd_kernel", "_gated_rms_norm_bwd_kernel"):
         cases.append((norm, name, dict(NORM_BEFORE_GATE=False, BLOCK_M=4, BLOCK_G=256), 4, 2, name))
+        cases.append((norm, name, dict(NORM_BEFORE_GATE=False, BLOCK_M=4, BLOCK_G=256, z_ptr=None), 4, 2,
+                      f"{name}-no-gate"))
     return cases
 
 
