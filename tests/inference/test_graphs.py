@@ -184,16 +184,21 @@ def test_idle_decoders_past_the_byte_budget_go_least_recently_used_first(monkeyp
     clear_graphs(model)
 
 
-def test_a_decoder_that_runs_out_of_memory_drops_the_idle_ones_and_tries_once_more(monkeypatch):
+def _model_with_an_idle_decoder():
+    """A tiny Llama with one released decoder, and a reader of how many decoders the registry keeps (for use
+    inside GraphedDecoder.__init__, where graph_keys would wait on the lock graphed_decoder holds)."""
     graphs_module = importlib.import_module("ssmkit.inference.graphs")
     model = family_model("llama")
-    idle = graphed_decoder(model, 1, 256)
-    release_decoder(model, idle)
+    release_decoder(model, graphed_decoder(model, 1, 256))
+    return model, lambda: len(graphs_module._REGISTRY.by_model[model]["decoders"])
+
+
+def test_a_decoder_that_runs_out_of_memory_drops_the_idle_ones_and_tries_once_more(monkeypatch):
+    model, kept = _model_with_an_idle_decoder()
     original, calls = GraphedDecoder.__init__, []
 
     def out_of_memory_once(self, *args, **kwargs):
-        kept = graphs_module._REGISTRY.by_model[model]["decoders"]  # graph_keys would wait on the held lock
-        calls.append(len(kept))  # decoders kept when this allocation starts
+        calls.append(kept())  # decoders kept when this allocation starts
         if len(calls) == 1:
             raise torch.OutOfMemoryError("simulated: CUDA out of memory")
         original(self, *args, **kwargs)
@@ -203,8 +208,12 @@ def test_a_decoder_that_runs_out_of_memory_drops_the_idle_ones_and_tries_once_mo
     assert calls == [1, 0] and fresh is not None and [k[:2] for k in graph_keys(model)] == [(2, 256)]
     release_decoder(model, fresh)
     calls.clear()
-    monkeypatch.setattr(GraphedDecoder, "__init__", lambda self, *a, **k: calls.append(1) or (_ for _ in ()).throw(
-        torch.OutOfMemoryError("simulated: still out of memory")))
+
+    def always_out_of_memory(self, *args, **kwargs):
+        calls.append(1)
+        raise torch.OutOfMemoryError("simulated: still out of memory")
+
+    monkeypatch.setattr(GraphedDecoder, "__init__", always_out_of_memory)
     with pytest.raises(torch.OutOfMemoryError, match="still out of memory"):
         graphed_decoder(model, 3, 256)
     assert len(calls) == 2 and graph_keys(model) == []
@@ -214,14 +223,12 @@ def test_a_decoder_that_runs_out_of_memory_drops_the_idle_ones_and_tries_once_mo
 def test_a_capture_that_runs_out_of_memory_is_retried_and_never_marks_the_model_uncapturable(monkeypatch):
     """Capture out of memory is simulated as _capture reports it (fallback_reason "OutOfMemoryError: ...")."""
     graphs_module = importlib.import_module("ssmkit.inference.graphs")
-    model = family_model("llama")
-    idle = graphed_decoder(model, 1, 256)
-    release_decoder(model, idle)
+    model, kept = _model_with_an_idle_decoder()
     original, made = GraphedDecoder.__init__, []
 
     def capture_out_of_memory(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        made.append(len(graphs_module._REGISTRY.by_model[model]["decoders"]))
+        made.append(kept())
         if len(made) <= failures:
             self.fallback_reason = "OutOfMemoryError: simulated: CUDA out of memory"
 

@@ -11,7 +11,8 @@ Version history
   prompts of different lengths tunes once per bucket.
 - v3: small calls (under TUNE_MIN_WORK elements) take the first config untimed; tuning_stats() counts the keys
   tuned and their seconds. The kernels no longer specialize on lengths (one compile per config, not per length
-  class): on an H100, Mamba-2 under served traffic had TTFT p95 of 5-9 s against p50 of 50-1500 ms.
+  class): on an H100, served Mamba-2 had p99 latencies of 34-43 s (benchmarks/results/serve-load-h100-*), and
+  the replayed workload TTFT p95 of 3-9 s against p50 of 50-1450 ms (bench-gpu-workload-h100-*).
 """
 
 from __future__ import annotations
