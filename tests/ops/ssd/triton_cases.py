@@ -275,6 +275,9 @@ def main(names):
     import ssmkit.ops.ssd.triton as mod
 
     for name in names:
+        # The cases draw dout and dfinal from torch's global generator: seeded, so no result depends on the draw
+        # (unseeded, about one run in tens drew a dout whose dA nearly cancels, 1.6e-4 relative vs the 5e-5 bound).
+        torch.manual_seed(0)
         try:
             globals()[f"case_{name}"](mod)
             result = dict(name=name, ok=True, message="")
