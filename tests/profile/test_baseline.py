@@ -82,14 +82,16 @@ def test_real_model_check_is_quiet_on_a_rerun_and_fires_when_moe_layers_stall(tm
     assert "baseline 'main' saved" in capsys.readouterr().out
     with Profiler(model, db):
         generate(model, ids, max_new_tokens=60)
-    assert trace_check_command(db, "main") == 0
+    # A 1 ms absolute margin (default 50 us) in both checks: the 3 ms stall below clears it many times over, while a
+    # loaded 2-core CI machine once pushed an attention layer's p95 past 50 us.
+    assert trace_check_command(db, "main", abs_us=1000.0) == 0
     assert json.loads(capsys.readouterr().out) == {"baseline": "main", "run_id": 3, "alerts": []}
     handles = [sleep_on_calls(model.layers[i].ff, 0.003, set(range(1000))) for i in (1, 3)]
     with Profiler(model, db):
         generate(model, ids, max_new_tokens=60)
     for h in handles:
         h.remove()
-    assert trace_check_command(db, "main") == 1
+    assert trace_check_command(db, "main", abs_us=1000.0) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["run_id"] == 4
     assert {(a["phase"], a["layer_type"], a["metric"]) for a in report["alerts"]} >= {("decode", "moe", "p50")}
