@@ -237,7 +237,8 @@ WHY = """- Decode replays one CUDA graph per (batch, cache capacity); the first 
 - Triton kernels compile each block config on first use in a process, and calls of 2M input elements or more
   time every config once per shape bucket (powers of two of batch and length). The sweep runs each length once
   untimed first; the workload's warm-up sends its first C requests together, so the batched shapes it meets
-  first are warm, but a later request of a new bucket still waits for its tuning (about 0.2 s per kernel).
+  first are tuned; the timed passes run with tuning frozen, so a later request of a new bucket runs the default
+  block config untimed (tuning_stats' "untuned" counts them) instead of waiting seconds for the tuner.
 - Static batching: a request waits for the running batch, and short outputs ride along with the longest one."""
 
 

@@ -7,6 +7,8 @@ while a worker is free) to a thread pool of `concurrency` workers (0: one per re
 
 from __future__ import annotations
 
+import contextlib
+
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -123,7 +125,8 @@ def run_open_loop(requests: list[Request], serve: ServeFn, max_in_flight: int = 
 
 def run_workload(workload: Workload, serve: ServeFn, *, model: str, dtype: str = "", device: str = "cpu",
                  quality_score: float | None = None, memory_interval_s: float = 0.01,
-                 progress: Callable[[int, int], None] | None = None, environment: dict | None = None) -> RunResult:
+                 progress: Callable[[int, int], None] | None = None, environment: dict | None = None,
+                 freeze_tuning: bool = True) -> RunResult:
     """Warm-up (the first `workload.warmup` requests, not recorded; a closed loop sends them from its C clients at
     once, so batched shapes compile and tune before the clock starts), then `workload.repeats` timed passes in
     `workload.mode`, under a MemoryMonitor on `device`. Returns the RunResult of all passes. A warm-up request
@@ -131,6 +134,9 @@ def run_workload(workload: Workload, serve: ServeFn, *, model: str, dtype: str =
 
     progress(done, total) is called from worker threads after each timed request. environment: the
     describe_environment() dict to record (computed when None; pass one to reuse it across models).
+    freeze_tuning: the timed passes run with Triton kernel tuning frozen (ssmkit.ops.ssd.triton.plan): a
+    request of a shape bucket the warm-up did not meet takes the default block config instead of waiting seconds
+    for every config to be compiled and timed, as a server does after Engine.warm_up.
     """
     clients = workload.concurrency if workload.mode == "closed" else 1
     for call in run_closed_loop(workload.requests[:workload.warmup], serve, max(1, clients), repeat=-1):
@@ -148,7 +154,7 @@ def run_workload(workload: Workload, serve: ServeFn, *, model: str, dtype: str =
             progress(n, total)
 
     calls: list[_Call] = []
-    with MemoryMonitor(device, memory_interval_s) as monitor:
+    with _frozen_tuning(freeze_tuning), MemoryMonitor(device, memory_interval_s) as monitor:
         for repeat in range(workload.repeats):
             if workload.mode == "closed":
                 calls += run_closed_loop(workload.requests, serve, workload.concurrency, repeat, on_done)
@@ -186,3 +192,15 @@ def _to_result(c: _Call, model: str, monitor: MemoryMonitor, origin: float) -> B
         first_token_s=(c.start + t.ttft_ms / 1e3 if ok else c.end) - origin, end_s=c.end - origin,
         batch=t.batch if t is not None else 1, peak_memory_bytes=peak, avg_memory_bytes=avg,
         quality_score=t.quality_score if ok else None, repeat=c.repeat, error=error)
+
+
+def _frozen_tuning(freeze: bool):
+    """tuning_frozen() of the Triton tuner, or nothing (freeze False, or no triton installed)."""
+    if freeze:
+        try:
+            from ssmkit.ops.ssd.triton.plan import tuning_frozen
+        except ImportError:
+            pass
+        else:
+            return tuning_frozen()
+    return contextlib.nullcontext()

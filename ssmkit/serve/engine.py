@@ -165,6 +165,7 @@ class Engine:
             self.pool.release(slot)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+            _freeze_kernel_tuning()
         self.warmup_stats = {"prefills": prefills, "steps": steps, "seconds": time.perf_counter() - started}
         return self.warmup_stats
 
@@ -347,3 +348,13 @@ class Engine:
         self._active.clear()
         for r in rest:
             r.on_event(EngineEvent("finish", reason=reason, message=message, at=time.monotonic()))
+
+
+def _freeze_kernel_tuning() -> None:
+    """After warm-up no Triton kernel tunes a new shape bucket (seconds of stall for the request that meets it);
+    such a call takes the default config (counted in /metrics as ssmkit_kernel_untuned_calls)."""
+    try:
+        from ssmkit.ops.ssd.triton.plan import freeze_tuning
+    except ImportError:  # no triton: nothing tunes
+        return
+    freeze_tuning()

@@ -62,7 +62,10 @@ class _LiveCollector:
             seconds = GaugeMetricFamily("ssmkit_kernel_tuning_seconds", "Seconds spent compiling and timing "
                                         "Triton block configs in this process (requests wait meanwhile)")
             seconds.add_metric([], stats["seconds"])
-            yield from (tuned, seconds)
+            untuned = GaugeMetricFamily("ssmkit_kernel_untuned_calls", "Triton kernel calls of a shape bucket not "
+                                        "tuned while tuning was frozen (after warm-up): they ran the default config")
+            untuned.add_metric([], stats["untuned"])
+            yield from (tuned, seconds, untuned)
 
     def describe(self):
         return []

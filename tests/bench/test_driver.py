@@ -168,3 +168,23 @@ def test_progress_reports_every_timed_request():
     run_workload(Workload("w", reqs, concurrency=2, warmup=0), fast_serve, model="fake", environment=ENV,
                  progress=lambda done, total: seen.append((done, total)))
     assert sorted(seen) == [(k, 6) for k in range(1, 7)]
+
+
+def test_kernel_tuning_is_frozen_in_the_timed_passes_only():
+    """Warm-up requests may tune Triton kernels; timed ones never stall on tuning (and it is restored after)."""
+    from ssmkit.ops.ssd.triton.plan import tuning_is_frozen
+
+    reqs = load_azure_trace("conv", 6)
+    seen = []
+
+    def serve(request):
+        seen.append(tuning_is_frozen())
+        return fast_serve(request)
+
+    run_workload(Workload("conv", reqs, mode="closed", concurrency=1, warmup=2), serve, model="fake",
+                 environment=ENV)
+    assert seen == [False] * 2 + [True] * 6 and not tuning_is_frozen()
+    seen.clear()
+    run_workload(Workload("conv", reqs, mode="closed", concurrency=1, warmup=0), serve, model="fake",
+                 environment=ENV, freeze_tuning=False)
+    assert seen == [False] * 6

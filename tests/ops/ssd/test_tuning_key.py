@@ -55,3 +55,34 @@ def test_small_calls_take_the_first_config_untimed_and_large_ones_the_fastest(mo
     assert again is large and len(timed) == 3 and plan_module.tuning_stats()["tuned"] == 1
     # once tuned, a small call of the same key takes the tuned config
     assert plan_module.pick("t", ("k",), candidates, run, cuda, work=1) is large
+
+
+def test_frozen_tuning_times_nothing_new_and_keeps_what_was_tuned(monkeypatch):
+    import triton.testing
+
+    from ssmkit.ops.ssd.triton import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "_TUNED", {})
+    monkeypatch.setattr(plan_module, "_STATS", {"tuned": 0, "seconds": 0.0, "untuned": 0})
+    monkeypatch.setattr(plan_module, "_FROZEN", [False])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    fake_ms = {"a": 3.0, "b": 1.0}
+    timed = []
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, warmup, rep: timed.append(fn()) or fake_ms[timed[-1]])
+    candidates = [{"name": "a"}, {"name": "b"}]
+    cuda, work = torch.device("cuda"), plan_module.TUNE_MIN_WORK
+
+    def run(config):
+        return config["name"]
+
+    tuned = plan_module.pick("t", ("warm",), candidates, run, cuda, work=work)
+    assert tuned["name"] == "b" and len(timed) == 2
+    with plan_module.tuning_frozen():
+        assert plan_module.tuning_is_frozen()
+        assert plan_module.pick("t", ("new",), candidates, run, cuda, work=work) is candidates[0]
+        assert plan_module.pick("t", ("warm",), candidates, run, cuda, work=work) is tuned
+    assert not plan_module.tuning_is_frozen() and len(timed) == 2
+    assert plan_module.tuning_stats() == {"tuned": 1, "seconds": plan_module.tuning_stats()["seconds"],
+                                          "untuned": 1}
+    # unfrozen, the new key is tuned on its next call
+    assert plan_module.pick("t", ("new",), candidates, run, cuda, work=work)["name"] == "b" and len(timed) == 4

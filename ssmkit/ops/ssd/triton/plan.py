@@ -13,11 +13,15 @@ Version history
   tuned and their seconds. The kernels no longer specialize on lengths (one compile per config, not per length
   class): on an H100, served Mamba-2 had p99 latencies of 34-43 s (benchmarks/results/serve-load-h100-*), and
   the replayed workload TTFT p95 of 3-9 s against p50 of 50-1450 ms (bench-gpu-workload-h100-*).
+- v4: tuning can be frozen (tuning_frozen(), freeze_tuning()): a key not tuned yet then takes its first config
+  untimed. Tuning a key cost about 4 s on an H100 (16 keys, 62.8 s in one replayed workload), so a server or a
+  benchmark tunes during its warm-up and freezes after it rather than stalling a request on a new shape bucket.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -114,18 +118,22 @@ _TUNED: dict = {}
 # microseconds, so no config can win back the seconds that compiling and timing the others cost (a server
 # prefilling short prompts would stall on every new shape bucket).
 TUNE_MIN_WORK = 1 << 21
-_STATS = {"tuned": 0, "seconds": 0.0}
+_STATS = {"tuned": 0, "seconds": 0.0, "untuned": 0}
+_FROZEN = [False]
 
 
 def pick(name: str, key: tuple, candidates: list[dict], run, device: torch.device, work: int | None = None) -> dict:
     """The fastest of `candidates` for this key, timing `run(config)` once per key on CUDA.
 
-    Falls back to the first candidate in the interpreter, on CPU, during CUDA graph capture and when `work`
-    (elements of the call's input) is under TUNE_MIN_WORK.
+    Falls back to the first candidate in the interpreter, on CPU, during CUDA graph capture, when `work`
+    (elements of the call's input) is under TUNE_MIN_WORK and while tuning is frozen (counted as "untuned").
     """
     if (len(candidates) == 1 or interpreting() or device.type != "cuda" or torch.cuda.is_current_stream_capturing()
             or (work is not None and work < TUNE_MIN_WORK)):
         return _TUNED.get((name, key), candidates[0])
+    if (name, key) not in _TUNED and _FROZEN[0]:
+        _STATS["untuned"] += 1
+        return candidates[0]
     if (name, key) not in _TUNED:
         from triton.testing import do_bench
 
@@ -138,5 +146,27 @@ def pick(name: str, key: tuple, candidates: list[dict], run, device: torch.devic
 
 
 def tuning_stats() -> dict:
-    """Keys tuned so far in this process and the seconds spent compiling and timing their configs."""
+    """Keys tuned so far in this process ("tuned"), the seconds spent compiling and timing their configs
+    ("seconds") and the calls that took a first config untimed because tuning was frozen ("untuned")."""
     return dict(_STATS)
+
+
+def freeze_tuning(frozen: bool = True) -> None:
+    """Process-wide: while frozen, no key is tuned; keys tuned earlier keep their configs."""
+    _FROZEN[0] = bool(frozen)
+
+
+def tuning_is_frozen() -> bool:
+    return _FROZEN[0]
+
+
+@contextmanager
+def tuning_frozen():
+    """Freezes tuning inside the block (e.g. the timed part of a benchmark, after its warm-up), then restores
+    the previous setting."""
+    before = _FROZEN[0]
+    _FROZEN[0] = True
+    try:
+        yield
+    finally:
+        _FROZEN[0] = before
