@@ -71,10 +71,15 @@ class Mamba(nn.Module):
 
     def _dt_B_C(self, x: torch.Tensor):
         """x (..., d_inner) -> dt (..., d_inner) before bias and softplus, B and C (..., d_state)."""
+        dt_low, B, C = self._dt_low_B_C(x)
+        return F.linear(dt_low, self.dt_proj.weight), B, C
+
+    def _dt_low_B_C(self, x: torch.Tensor):
+        """x (..., d_inner) -> dt's low-rank input (..., dt_rank) (dt_proj not applied), B, C (..., d_state)."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms:
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
-        return F.linear(dt, self.dt_proj.weight), B, C
+        return dt, B, C
 
     def forward(self, hidden: torch.Tensor, state: MambaState | None = None,
                 key_padding_mask: torch.Tensor | None = None, *,
@@ -106,8 +111,9 @@ class Mamba(nn.Module):
         """One token: hidden (batch, d_model) -> (batch, d_model); updates `state` in place."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = causal_conv1d_step(state.conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
-        dt, B, C = self._dt_B_C(x)
-        A = decay_rate(self.A_log)
-        y = selective_scan_step(state.ssm_state, x, dt, A, B[:, None], C[:, None], D=self.D, z=z,
-                                dt_bias=self.dt_proj.bias, dt_softplus=True)
+        dt_low, B, C = self._dt_low_B_C(x)
+        # A = -exp(A_log) and dt = dt_proj(dt_low) happen inside the step kernel (launches per token saved)
+        y = selective_scan_step(state.ssm_state, x, dt_low, self.A_log, B[:, None], C[:, None], D=self.D, z=z,
+                                dt_bias=self.dt_proj.bias, dt_softplus=True, A_is_log=True,
+                                dt_proj_weight=self.dt_proj.weight)
         return self.out_proj(y)

@@ -41,10 +41,13 @@ H100_MAX_SHARED = 227 * 1024  # bytes of shared memory one block may use (opt-in
 FLOAT32_POINTERS = {
     "A_ptr", "D_ptr", "bias_ptr", "init_ptr", "segst_ptr", "seglog_ptr", "final_ptr", "segadj_ptr", "dfinal_ptr",
     "parts_ptr", "cfinal_ptr", "dD_ptr", "dinit_ptr", "dA_ptr", "dbias_ptr", "dC_ptr", "dB_ptr", "ckpt_ptr",
-    "scratch_ptr", "dh0_ptr", "rstd_ptr", "dw_ptr", "db_ptr", "state_ptr", "ddt_ptr",
+    "scratch_ptr", "dh0_ptr", "rstd_ptr", "dw_ptr", "db_ptr", "state_ptr", "ddt_ptr", "part_max_ptr",
+    "part_sum_ptr", "part_acc_ptr",
 }
 INT_POINTERS = {"cu_ptr", "seq_ptr", "idx_ptr"}
-FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps"}
+INT64_POINTERS = {"pos_ptr"}  # decode positions, int64 as the KV cache keeps them
+BYTE_POINTERS = {"key_mask_ptr"}  # bool masks, passed as their uint8 view
+FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps", "qk_scale"}
 # Kernels whose state tensor is the model's dtype (the conv state), not float32.
 BF16_OVERRIDES = {("_conv_step_kernel", "state_ptr"), ("_conv_final_state_kernel", "final_ptr"),
                   ("_conv_fwd_kernel", "init_ptr"), ("_conv_bwd_kernel", "init_ptr"),
@@ -67,6 +70,10 @@ def signature(kernel, constexprs: dict) -> tuple[dict, dict]:
         elif name.endswith("_ptr"):
             if name in INT_POINTERS:
                 sig[name] = "*i32"
+            elif name in INT64_POINTERS:
+                sig[name] = "*i64"
+            elif name in BYTE_POINTERS:
+                sig[name] = "*u8"
             elif name in FLOAT32_POINTERS and (kernel.fn.__name__, name) not in BF16_OVERRIDES:
                 sig[name] = "*fp32"
             else:
@@ -123,8 +130,10 @@ def _cases() -> list:
                   "_bwd_dx_kernel-lean"))
     cases.append((ssd + "bwd_dt", "_bwd_dt_kernel", dict(SOFTPLUS=True, Q=64, NCH=16, cu_ptr=None), 4, 2,
                   "_bwd_dt_kernel"))
-    cases.append((ssd + "step", "_ssd_step_kernel", dict(SOFTPLUS=True, D_PER_P=False, BLOCK_P=64, BLOCK_N=bn,
-                                                         idx_ptr=None), 4, 2, "_ssd_step_kernel"))
+    for a_log in (False, True):
+        cases.append((ssd + "step", "_ssd_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=a_log, D_PER_P=False,
+                                                             BLOCK_P=64, BLOCK_N=bn, idx_ptr=None), 4, 2,
+                      f"_ssd_step_kernel-alog{int(a_log)}"))
     # Selective scan at dim 2048, dstate 16: every forward config (LOOP ones included) and backward config.
     scan = "ssmkit.ops.selective_scan.triton."
     sbn = scan_plan.block_n(16)
@@ -141,8 +150,10 @@ def _cases() -> list:
     cases.append((scan + "fwd", "_scan_fwd_kernel", lean, 4, 2, "_scan_fwd_kernel-lean"))
     cases.append((scan + "fwd", "_scan_fwd_kernel", dict(lean, LOOP=True, BLOCK_T=8, BLOCK_D=8), 1, 2,
                   "_scan_fwd_kernel-lean-loop"))
-    cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, BLOCK_D=64, BLOCK_N=sbn), 4, 2,
-                  "_scan_step_kernel"))
+    cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=False, BLOCK_D=64, BLOCK_N=sbn,
+                                                           BLOCK_R=16, w_ptr=None), 4, 2, "_scan_step_kernel"))
+    cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=True, BLOCK_D=64, BLOCK_N=sbn,
+                                                           BLOCK_R=128), 4, 2, "_scan_step_kernel-fused-dt-proj"))
     # Causal conv1d (width 4, SiLU) and the gated RMSNorm, at the block sizes their wrappers launch.
     conv = "ssmkit.ops.conv1d.triton."
     for name, consts in (("_conv_fwd_kernel", dict(WIDTH=4, SILU=True, BLOCK_L=64, BLOCK_D=64)),
@@ -160,6 +171,21 @@ def _cases() -> list:
         cases.append((norm, name, dict(NORM_BEFORE_GATE=False, BLOCK_M=4, BLOCK_G=256), 4, 2, name))
         cases.append((norm, name, dict(NORM_BEFORE_GATE=False, BLOCK_M=4, BLOCK_G=256, z_ptr=None), 4, 2,
                       f"{name}-no-gate"))
+    # Decode attention over a bf16 KV cache at the configs its launcher uses: GQA groups of 1 (MHA) and 4,
+    # headdims 64 and 128, with a key mask (left padding) and without.
+    decode = "ssmkit.ops.attention.triton.decode"
+    from ssmkit.ops.attention.triton import decode as decode_plan
+
+    for group, headdim, masked in ((1, 64, True), (1, 64, False), (4, 128, True), (4, 128, False), (1, 256, True)):
+        consts = dict(GROUP=group, BLOCK_G=max(decode_plan.MIN_GROUP_ROWS, group), HEADDIM=headdim,
+                      BLOCK_N=decode_plan.BLOCK_N, DOT_PRECISION="tf32")
+        if not masked:
+            consts["key_mask_ptr"] = None
+        cases.append((decode, "_decode_split_kernel", consts, decode_plan.NUM_WARPS, decode_plan.NUM_STAGES,
+                      f"_decode_split_kernel-g{group}-d{headdim}{'-masked' if masked else ''}"))
+    for headdim in (64, 128):
+        cases.append((decode, "_decode_combine_kernel", dict(HEADDIM=headdim, BLOCK_S=decode_plan.BLOCK_S),
+                      decode_plan.NUM_WARPS, 2, f"_decode_combine_kernel-d{headdim}"))
     return cases
 
 

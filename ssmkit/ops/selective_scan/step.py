@@ -51,23 +51,31 @@ def recurrence_step(h, x, dt, A, B, C) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def selective_scan_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-                        impl: str = "auto") -> torch.Tensor:
+                        A_is_log: bool = False, dt_proj_weight=None, impl: str = "auto") -> torch.Tensor:
     """Decodes one token: updates `state` in place and returns y.
 
     state (batch, dim, dstate), any float dtype (kept); x, dt, z (batch, dim); A (dim, dstate); B, C
     (batch, ngroups, dstate); D, dt_bias (dim,). Returns y (batch, dim) in x.dtype.
+    Mamba-1's parameterization, fused into the kernel instead of separate launches per token:
+    A_is_log: A holds A_log and the step uses A = -exp(A_log) in the compute dtype.
+    dt_proj_weight (dim, dt_rank): dt is the low-rank (batch, dt_rank) input and the step uses
+    dt = F.linear(dt, dt_proj_weight), rounded to dt's dtype as the linear layer's output would be.
     impl: "reference" (torch), "triton" (one kernel launch), "auto" (the kernel on CUDA once the Triton module
     declares AUTO_SELECTABLE, else the reference).
     Only shapes and devices are checked (no value checks such as A < 0), so the call never synchronizes
     with the device and can be captured in a CUDA graph.
     """
-    _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
-    kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, A_is_log=A_is_log, dt_proj_weight=dt_proj_weight)
     if impl != "reference":
         fn = pick_impl("ssmkit.ops.selective_scan", "selective_scan_step", impl, x.device, None)
         if fn is not None:
             return fn(state, x, dt, A, B, C, **kw)
     cdt = compute_dtype(x.dtype)
+    if dt_proj_weight is not None:
+        dt = F.linear(dt, dt_proj_weight)
+    if A_is_log:
+        A = -torch.exp(A.to(cdt))
     h, y = recurrence_step(
         state.to(cdt), x.to(cdt), effective_dt(dt.to(cdt), _opt(dt_bias, cdt), dt_softplus), A.to(cdt),
         B.to(cdt), C.to(cdt),
@@ -80,14 +88,19 @@ def _opt(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
 
 
-def _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
+def _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_proj_weight) -> None:
     check_tensor("x", x, ndim=2)
     batch, dim = x.shape
     check_tensor("A", A, ndim=2)
     if A.shape[0] != dim:
         raise ValueError(f"A: expected shape ({dim}, dstate) to match x's dim {dim}, got {tuple(A.shape)}")
     dstate = A.shape[1]
-    check_tensor("dt", dt, shape=(batch, dim))
+    if dt_proj_weight is None:
+        check_tensor("dt", dt, shape=(batch, dim))
+    else:
+        check_tensor("dt_proj_weight", dt_proj_weight, ndim=2)
+        check_tensor("dt_proj_weight", dt_proj_weight, shape=(dim, None))
+        check_tensor("dt", dt, shape=(batch, dt_proj_weight.shape[1]))
     check_tensor("B", B, shape=(batch, None, dstate))
     check_tensor("C", C, shape=tuple(B.shape))
     if dim % B.shape[1] != 0:
@@ -96,4 +109,5 @@ def _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
     for name, t, shape in (("D", D, (dim,)), ("z", z, (batch, dim)), ("dt_bias", dt_bias, (dim,))):
         if t is not None:
             check_tensor(name, t, shape=shape)
-    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                      dt_proj_weight=dt_proj_weight)

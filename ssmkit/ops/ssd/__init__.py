@@ -70,20 +70,23 @@ def ssd(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_l
 
 
 def ssd_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
-             state_indices=None, impl="auto"):
+             state_indices=None, A_is_log=False, impl="auto"):
     """Advances `state` by one token IN PLACE and returns y: h <- exp(dt A) h + dt x Bᵀ, y = (h C + D x) silu(z).
 
     state: (nslots, nheads, headdim, dstate), float32 or bfloat16 for the kernel (any float dtype for the
     reference); x, z: (batch, nheads, headdim); dt: (batch, nheads); A, dt_bias: (nheads,);
     B, C: (batch, ngroups, dstate); D: (nheads,) or (nheads, headdim); state_indices: (batch,) int slot of each
     row (distinct slots; continuous batching), without it nslots == batch and row i uses slot i.
+    A_is_log: A holds A_log and the step uses A = -exp(A_log) in float32 (Mamba-2's parameterization), computed
+    inside the kernel rather than by separate launches per token.
     impl: "reference" (torch, `step.py`), "triton" (one kernel launch), "auto" (triton on CUDA when available,
     else reference). Inputs the kernel cannot take (float64) fall back to the reference with a one-time warning.
     Only shapes and devices are checked (no value checks): they would synchronise the host and break CUDA
     graph capture. Returns y (batch, nheads, headdim) in x.dtype.
     """
     _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, state_indices, impl)
-    kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, state_indices=state_indices)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, state_indices=state_indices,
+              A_is_log=A_is_log)
     if _resolve_step(impl, state, x) == "triton":
         from .triton import ssd_step_triton, step_unsupported_reason
 

@@ -23,20 +23,21 @@ def ssd_update(h, x, dt, A, B, C):
 
 
 def ssd_step_reference(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
-                       state_indices=None):
+                       state_indices=None, A_is_log=False):
     """Advances `state` by one token IN PLACE and returns y (what `ssd_step(impl="reference")` runs).
 
     state: (nslots, nheads, headdim, dstate), any float dtype (the update is computed in float32 or float64).
     x, z: (batch, nheads, headdim); dt: (batch, nheads); A, dt_bias: (nheads,); B, C: (batch, ngroups, dstate);
     D: (nheads,) or (nheads, headdim). state_indices (batch,) int picks the slot of each row (continuous batching);
-    without it, nslots == batch and row i uses slot i.
+    without it, nslots == batch and row i uses slot i. A_is_log: A holds A_log, A = -exp(A_log).
     Returns y (batch, nheads, headdim) in x.dtype.
     """
     nheads = x.shape[1]
     ct = compute_dtype(x.dtype) if state.dtype != torch.float64 else torch.float64
     h = state if state_indices is None else state[state_indices]
     dt_eff = effective_dt(dt, dt_bias, dt_softplus, dt_limit).to(ct)
-    h_new, y = ssd_update(h.to(ct), x.to(ct), dt_eff, A.to(ct),
+    A = -torch.exp(A.to(ct)) if A_is_log else A.to(ct)
+    h_new, y = ssd_update(h.to(ct), x.to(ct), dt_eff, A,
                           heads_from_groups(B, nheads).to(ct), heads_from_groups(C, nheads).to(ct))
     if state_indices is None:
         state.copy_(h_new)

@@ -97,3 +97,22 @@ def test_step_impl_is_checked_and_triton_needs_cuda_or_the_interpreter(monkeypat
         with pytest.raises(ValueError, match="needs CUDA tensors"):
             selective_scan_step(state, *args, impl="triton")
     assert torch.equal(state, torch.zeros(1, 4, 3))  # a refused call leaves the state untouched
+
+
+def test_step_given_A_log_and_the_low_rank_dt_steps_like_A_and_dt():
+    """A_is_log=True with A_log, and dt_proj_weight with the (batch, rank) dt input, equal the step given
+    A = -exp(A_log) and dt = dt_low @ W^T (float64)."""
+    args, kwargs = make_inputs(2, 1, 8, 4, 2, seed=3)
+    x, _, A, B, C = args
+    g = torch.Generator().manual_seed(0)
+    low, w = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64)
+    kw = dict(D=kwargs["D"], z=kwargs["z"][:, 0], dt_bias=kwargs["dt_bias"], dt_softplus=True)
+    state = kwargs["initial_state"].clone()
+    expected = state.clone()
+    y = selective_scan_step(state, x[:, 0], low, torch.log(-A), B[:, 0], C[:, 0], A_is_log=True,
+                            dt_proj_weight=w, **kw)
+    y_ref = selective_scan_step(expected, x[:, 0], low @ w.T, A, B[:, 0], C[:, 0], **kw)
+    assert_close(y, y_ref, name="y")
+    assert_close(state, expected, name="state")
+    with pytest.raises(ValueError, match="dt"):
+        selective_scan_step(state, x[:, 0], low @ w.T, A, B[:, 0], C[:, 0], dt_proj_weight=w, **kw)

@@ -296,6 +296,33 @@ def check_step(device="cpu", state_dtype=torch.float32, steps=5):
 def case_step():
     check_step()
     check_step(state_dtype=torch.bfloat16, steps=2)
+    check_step_fused_parameterization()
+
+
+def check_step_fused_parameterization(device="cpu"):
+    """A given as A_log and dt as the low-rank input of dt_proj (its weight passed): the kernel computes
+    A = -exp(A_log) and dt = F.linear(dt_low, W) itself and steps like the torch step given A and dt, in float32
+    and in bfloat16 (where dt is rounded to bf16 as the linear layer's output is)."""
+    import torch.nn.functional as F
+
+    from ssmkit.ops.selective_scan import selective_scan_step
+    from ssmkit.ops.selective_scan.triton import selective_scan_step_triton
+
+    for dtype, rank in ((torch.float32, 5), (torch.bfloat16, 48)):
+        inp = scan_inputs(3, 1, 12, 8, 2, device=device, seed=11)
+        g = torch.Generator().manual_seed(12)
+        low = torch.randn(3, rank, generator=g).to(device=device, dtype=dtype)
+        w = (torch.randn(12, rank, generator=g) / rank ** 0.5).to(device=device, dtype=dtype)
+        tok = {k: inp[k][:, 0].to(dtype) for k in ("x", "B", "C", "z")}
+        kw = dict(D=inp["D"], dt_bias=inp["dt_bias"], dt_softplus=True, z=tok["z"])
+        state, expected = inp["initial_state"].clone(), inp["initial_state"].clone()
+        y = selective_scan_step_triton(state, tok["x"], low, torch.log(-inp["A"]), tok["B"], tok["C"],
+                                       A_is_log=True, dt_proj_weight=w, **kw)
+        y_ref = selective_scan_step(expected, tok["x"], F.linear(low, w), inp["A"], tok["B"], tok["C"], **kw,
+                                    impl="reference")
+        assert_close(y, y_ref, dtype, name=f"y fused parameterization {dtype}")
+        # bf16: dt may round to the neighbouring bf16 value where the two sums straddle a rounding boundary
+        assert_close(state, expected, dtype, name=f"state fused parameterization {dtype}")
 
 
 def case_dispatch():

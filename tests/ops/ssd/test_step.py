@@ -58,3 +58,16 @@ def test_public_step_on_cpu_runs_the_torch_step_bit_for_bit(impl):
     y = ssd_step(state, *step_args, **kw, impl=impl)
     assert torch.equal(y, ssd_step_reference(expected, *step_args, **kw))
     assert torch.equal(state, expected)
+
+
+def test_A_given_as_its_log_steps_like_A():
+    """A_is_log=True takes A_log and uses A = -exp(A_log): the float64 step equals the one given A itself."""
+    args = make_inputs(batch=2, seqlen=1)
+    step_args = [args[k][:, 0] for k in ("x", "dt")]
+    kw = dict(D=args["D"], z=args["z"][:, 0], dt_bias=args["dt_bias"], dt_softplus=True)
+    state = torch.randn(2, 4, 8, 5, dtype=torch.float64)
+    expected = state.clone()
+    y = ssd_step(state, *step_args, torch.log(-args["A"]), args["B"][:, 0], args["C"][:, 0], A_is_log=True, **kw)
+    y_ref = ssd_step(expected, *step_args, args["A"], args["B"][:, 0], args["C"][:, 0], **kw)
+    assert_close(y, y_ref, name="y")
+    assert_close(state, expected, name="state")

@@ -200,22 +200,35 @@ def step_inputs(batch, nheads, headdim, ngroups, dstate, device="cpu", seed=4):
 
 
 def check_step(step_fn, state_dtype, device="cpu"):
-    """In-place update of a strided state through slot indices; slots not named stay untouched."""
-    nheads, headdim, dstate = 4, 16, 16
-    base = torch.randn(6, nheads, dstate, headdim).to(device=device, dtype=state_dtype)
-    state = base.transpose(-1, -2)  # (slots, nheads, headdim, dstate), dstate not innermost
-    inp = step_inputs(3, nheads, headdim, 2, dstate, device)
-    idx = torch.tensor([4, 0, 2], device=device)
-    kw = dict(D=inp["D"], z=inp["z"], dt_bias=inp["dt_bias"], dt_softplus=True, dt_limit=(0.0, 1.0),
-              state_indices=idx)
-    args = [inp[k] for k in ("x", "dt", "A", "B", "C")]
-    expected_state = state.clone()
-    y_ref = ssd_step_reference(expected_state, *args, **kw)
-    before = state.clone()
-    y = step_fn(state, *args, **kw)
-    assert_close(y, y_ref, torch.float32, name="y")
-    assert_close(state.float(), expected_state.float(), state_dtype, name="state")
-    assert torch.equal(state[[1, 3, 5]], before[[1, 3, 5]]), "slots not named by state_indices changed"
+    """In-place update of a strided state through slot indices; slots not named stay untouched. Twice: with
+    contiguous inputs and A, and with A given as A_log and x, z, dt, B, C as row-strided slices of one wide
+    tensor (a layer's in_proj output), both against the torch step on contiguous inputs and A."""
+    nheads, headdim, dstate, ngroups, batch = 4, 16, 16, 2, 3
+    inp = step_inputs(batch, nheads, headdim, ngroups, dstate, device)
+    names = ("x", "z", "dt", "B", "C")
+    wide = torch.cat([inp[k].reshape(batch, -1) for k in names] + [torch.zeros(batch, 5, device=device)], dim=1)
+    sizes = [inp[k][0].numel() for k in names]
+    strided = {k: part.view(inp[k].shape) for k, part in zip(names, wide.split(sizes + [5], dim=1))}
+    assert strided["B"].stride(0) == wide.shape[1] and not strided["B"].is_contiguous()
+    for variant in ("plain", "A_log + row-strided inputs"):
+        base = torch.randn(6, nheads, dstate, headdim).to(device=device, dtype=state_dtype)
+        state = base.transpose(-1, -2)  # (slots, nheads, headdim, dstate), dstate not innermost
+        idx = torch.tensor([4, 0, 2], device=device)
+        kw = dict(D=inp["D"], z=inp["z"], dt_bias=inp["dt_bias"], dt_softplus=True, dt_limit=(0.0, 1.0),
+                  state_indices=idx)
+        args = [inp[k] for k in ("x", "dt", "A", "B", "C")]
+        expected_state = state.clone()
+        y_ref = ssd_step_reference(expected_state, *args, **kw)
+        before = state.clone()
+        if variant == "plain":
+            y = step_fn(state, *args, **kw)
+        else:
+            kw["z"] = strided["z"]
+            y = step_fn(state, strided["x"], strided["dt"], torch.log(-inp["A"]), strided["B"], strided["C"],
+                        A_is_log=True, **kw)
+        assert_close(y, y_ref, torch.float32, name=f"y ({variant})")
+        assert_close(state.float(), expected_state.float(), state_dtype, name=f"state ({variant})")
+        assert torch.equal(state[[1, 3, 5]], before[[1, 3, 5]]), "slots not named by state_indices changed"
 
 
 def case_step(mod):

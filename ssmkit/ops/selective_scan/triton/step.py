@@ -7,6 +7,9 @@ as `selective_scan_step` does.
 Version history
 - v1: one program per (batch row, group, block of channels): a (BLOCK_D, dstate) state tile read and written
   once. The step is a pure state read + write, bound by memory bandwidth.
+- v2: Mamba-1's A = -exp(A_log) and dt = dt_proj(dt_low) computed in the kernel (A_is_log, dt_proj_weight): a
+  Mamba layer's step launched a cast, an exp, a negation and a small GEMM per token for them, each a few
+  microseconds inside a CUDA graph (24-48 layers per token).
 """
 
 from __future__ import annotations
@@ -28,20 +31,32 @@ BLOCK_D = 64
 
 
 @triton.jit
-def _scan_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
-                      dim, dstate, ngroups, dpg, nblk, s_b, s_d, s_n, sx_b, sdt_b, sz_b, sB_b, sB_g, sC_b, sC_g,
-                      SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """state (batch, dim, dstate) any strides; x, dt, z (batch, dim) and B, C (batch, ngroups, dstate) with
-    unit last stride; y (batch, dim) contiguous."""
+def _scan_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, w_ptr, y_ptr,
+                      dim, dstate, ngroups, dpg, nblk, rank, s_b, s_d, s_n, sx_b, sdt_b, sz_b, sB_b, sB_g, sC_b,
+                      sC_g, SOFTPLUS: tl.constexpr, A_IS_LOG: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    """state (batch, dim, dstate) any strides; x, z (batch, dim) and B, C (batch, ngroups, dstate) with unit
+    last stride; dt (batch, dim), or (batch, rank) projected by w (dim, rank) contiguous when w_ptr is given;
+    A (dim, dstate), or A_log when A_IS_LOG; y (batch, dim) contiguous."""
     pid = tl.program_id(0)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
-    dt = tl.load(dt_ptr + b * sdt_b + ds, mask=dmask, other=0.0).to(tl.float32)
+    if w_ptr is not None:  # dt = dt_low @ w^T, rounded to dt's dtype like the linear layer's output
+        rs = tl.arange(0, BLOCK_R)
+        rmask = rs < rank
+        low = tl.load(dt_ptr + b * sdt_b + rs, mask=rmask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + ds[:, None] * rank + rs[None, :], mask=dmask[:, None] & rmask[None, :],
+                    other=0.0).to(tl.float32)
+        dt = tl.sum(w * low[None, :], 1).to(dt_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        dt = tl.load(dt_ptr + b * sdt_b + ds, mask=dmask, other=0.0).to(tl.float32)
     if bias_ptr is not None:
         dt += tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = softplus(dt)
     x = tl.load(x_ptr + b * sx_b + ds, mask=dmask, other=0.0).to(tl.float32)
     A = tl.load(A_ptr + ds[:, None] * dstate + ns[None, :], mask=smask, other=0.0).to(tl.float32)
+    if A_IS_LOG:
+        A = -tl.exp(A)
     Bv = tl.load(B_ptr + b * sB_b + g * sB_g + ns, mask=nmask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * sC_b + g * sC_g + ns, mask=nmask, other=0.0).to(tl.float32)
     sp = state_ptr + b * s_b + ds[:, None] * s_d + ns[None, :] * s_n
@@ -57,7 +72,8 @@ def _scan_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_pt
     tl.store(y_ptr + b * dim + ds, y.to(y_ptr.dtype.element_ty), mask=dmask)
 
 
-def selective_scan_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_scan_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
+                               A_is_log=False, dt_proj_weight=None):
     """Advances `state` by one token IN PLACE and returns y; the arguments of `selective_scan_step`.
 
     state (batch, dim, dstate), any float dtype and strides; x, dt, z (batch, dim); A (dim, dstate);
@@ -66,20 +82,22 @@ def selective_scan_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias
     if x.dtype not in SUPPORTED_DTYPES:
         warn_once(f"selective scan triton step takes float32/float16/bfloat16, got {x.dtype}; using the torch step")
         return selective_scan_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                                   impl="reference")
+                                   A_is_log=A_is_log, dt_proj_weight=dt_proj_weight, impl="reference")
     check_triton_device(x)
     batch, dim = x.shape
     ngroups, dstate = B.shape[1], B.shape[2]
     dpg = dim // ngroups
     x, dt, z, B, C = (None if t is None else (t if t.stride(-1) == 1 else t.contiguous()) for t in (x, dt, z, B, C))
-    A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
+    A, D, dt_bias, w = (None if t is None else t.contiguous() for t in (A, D, dt_bias, dt_proj_weight))
+    rank = 0 if w is None else w.shape[1]
     y = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
     bd = min(BLOCK_D, triton.next_power_of_2(dpg))
     nblk = triton.cdiv(dpg, bd)
     if batch * dim == 0:
         return y
     _scan_step_kernel[(batch * ngroups * nblk,)](
-        state, x, dt, A, B, C, D, z, dt_bias, y, dim, dstate, ngroups, dpg, nblk, *state.stride(), x.stride(0),
-        dt.stride(0), 0 if z is None else z.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-        SOFTPLUS=bool(dt_softplus), BLOCK_D=bd, BLOCK_N=block_n(dstate), num_warps=4)
+        state, x, dt, A, B, C, D, z, dt_bias, w, y, dim, dstate, ngroups, dpg, nblk, rank, *state.stride(),
+        x.stride(0), dt.stride(0), 0 if z is None else z.stride(0), B.stride(0), B.stride(1), C.stride(0),
+        C.stride(1), SOFTPLUS=bool(dt_softplus), A_IS_LOG=bool(A_is_log), BLOCK_D=bd, BLOCK_N=block_n(dstate),
+        BLOCK_R=max(16, triton.next_power_of_2(rank)), num_warps=4)
     return y

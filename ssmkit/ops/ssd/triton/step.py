@@ -6,6 +6,9 @@ in a CUDA graph. The state is float32 or bfloat16 (any float dtype); the update 
 Version history
 - v1: one program per (row, head, head-dim block); the block shrinks at small batch so that the grid still
   covers every multiprocessor (the step is a pure state read + write: it is bound by memory bandwidth).
+- v2: A may be given as A_log (A = -exp(A_log) computed in the kernel) and x, dt, B, C, z by any row stride:
+  a Mamba-2 layer's step launched a cast, an exp and a negation per token for A and copies of its in_proj
+  slices at batch > 1, each a few microseconds inside a CUDA graph (24-48 layers per token).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from .tiles import softplus
 
 @triton.jit
 def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, y_ptr,
-                     s_slot, s_head, s_p, s_n, nheads, headdim, ngroups, dstate, dt_lo, dt_hi,
-                     SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, BLOCK_P: tl.constexpr,
-                     BLOCK_N: tl.constexpr):
-    """state (nslots, nheads, headdim, dstate) strided; x, z, y (batch, nheads, headdim); dt (batch, nheads);
-    B, C (batch, ngroups, dstate); idx (batch,) slot of each row, or None for slot = row."""
+                     s_slot, s_head, s_p, s_n, s_xb, s_dtb, s_bb, s_cb, s_zb, nheads, headdim, ngroups, dstate,
+                     dt_lo, dt_hi, SOFTPLUS: tl.constexpr, A_IS_LOG: tl.constexpr, D_PER_P: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """state (nslots, nheads, headdim, dstate) strided; x, z (batch, nheads, headdim), dt (batch, nheads),
+    B, C (batch, ngroups, dstate), each with row stride s_*b and the rest contiguous; y (batch, nheads, headdim)
+    contiguous; A (nheads,), or A_log when A_IS_LOG; idx (batch,) slot of each row, or None for slot = row."""
     pid = tl.program_id(0)
     pb = tl.program_id(1)
     b = pid // nheads
@@ -38,16 +42,19 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
     ns = tl.arange(0, BLOCK_N)
     pmask = ps < headdim
     nmask = ns < dstate
-    dt = tl.load(dt_ptr + pid).to(tl.float32)
+    dt = tl.load(dt_ptr + b * s_dtb + h).to(tl.float32)
     if bias_ptr is not None:
         dt += tl.load(bias_ptr + h).to(tl.float32)
     if SOFTPLUS:
         dt = softplus(dt)
     dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
-    decay = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
-    x = tl.load(x_ptr + pid * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
-    Bv = tl.load(B_ptr + (b * ngroups + g) * dstate + ns, mask=nmask, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + (b * ngroups + g) * dstate + ns, mask=nmask, other=0.0).to(tl.float32)
+    a = tl.load(A_ptr + h).to(tl.float32)
+    if A_IS_LOG:
+        a = -tl.exp(a)
+    decay = tl.exp(dt * a)
+    x = tl.load(x_ptr + b * s_xb + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + b * s_bb + g * dstate + ns, mask=nmask, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + b * s_cb + g * dstate + ns, mask=nmask, other=0.0).to(tl.float32)
     sp = state_ptr + slot * s_slot + h * s_head + ps[:, None] * s_p + ns[None, :] * s_n
     smask = pmask[:, None] & nmask[None, :]
     s = tl.load(sp, mask=smask, other=0.0).to(tl.float32)
@@ -60,7 +67,7 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
         else:
             y += x * tl.load(D_ptr + h).to(tl.float32)
     if z_ptr is not None:
-        zt = tl.load(z_ptr + pid * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
+        zt = tl.load(z_ptr + b * s_zb + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
         y *= zt * tl.sigmoid(zt)
     tl.store(y_ptr + pid * headdim + ps, y.to(y_ptr.dtype.element_ty), mask=pmask)
 
@@ -75,7 +82,7 @@ def step_block_p(batch: int, nheads: int, headdim: int, dstate: int, device) -> 
 
 
 def ssd_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
-                    state_indices=None, block_p=None):
+                    state_indices=None, A_is_log=False, block_p=None):
     """Advances `state` by one token IN PLACE and returns y; same arguments as `ssmkit.ops.ssd.ssd_step`.
 
     state (nslots, nheads, headdim, dstate) float32 or bfloat16, any strides; x, z (batch, nheads, headdim);
@@ -85,16 +92,28 @@ def ssd_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_s
     batch, nheads, headdim = x.shape
     ngroups, dstate = B.shape[1], B.shape[2]
     lo, hi = dt_bounds(dt_limit)
-    x, dt, A, B, C = x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous()
-    z, D, dt_bias = (None if t is None else t.contiguous() for t in (z, D, dt_bias))
+    x, dt, B, C, z = (None if t is None else rows_contiguous(t) for t in (x, dt, B, C, z))
+    A, D, dt_bias = (None if t is None else t.contiguous() for t in (A, D, dt_bias))
     idx = None if state_indices is None else state_indices.contiguous()
-    y = torch.empty_like(x)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     bp = block_p or step_block_p(batch, nheads, headdim, dstate, x.device)
     if batch * nheads == 0:
         return y
     grid = (batch * nheads, triton.cdiv(headdim, bp))
-    _ssd_step_kernel[grid](state, x, dt, A, B, C, D, z, dt_bias, idx, y, *state.stride(), nheads, headdim,
-                           ngroups, dstate, lo, hi, SOFTPLUS=bool(dt_softplus),
+    _ssd_step_kernel[grid](state, x, dt, A, B, C, D, z, dt_bias, idx, y, *state.stride(), x.stride(0),
+                           dt.stride(0), B.stride(0), C.stride(0), 0 if z is None else z.stride(0), nheads,
+                           headdim, ngroups, dstate, lo, hi, SOFTPLUS=bool(dt_softplus), A_IS_LOG=bool(A_is_log),
                            D_PER_P=D is not None and D.ndim == 2, BLOCK_P=bp, BLOCK_N=block_n(dstate),
                            num_warps=4)
     return y
+
+
+def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """t itself when everything but its first axis is packed (any row stride: a slice of a wider projection),
+    else a contiguous copy."""
+    expected = 1
+    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
+        if size != 1 and stride != expected:
+            return t.contiguous()
+        expected *= size
+    return t
