@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers import MLP, Attention, Mamba, Mamba2, MoE, RMSNorm, S4
+from ssmkit.ops.norm import add_rms_norm
 
 MIXER_CLASSES = {"mamba": Mamba, "mamba2": Mamba2, "attention": Attention, "s4": S4}
 FEED_FORWARD_CLASSES = {"mlp": MLP, "moe": MoE}
@@ -55,13 +56,27 @@ class Block(nn.Module):
         position (1,) or (batch,) int64, or None: passed to attention mixers only (their static-shape step);
         SSM mixers' steps have fixed shapes already.
         """
+        residual, out = self.step_residual(None, x, state, position)
+        return residual + out
+
+    def step_residual(self, residual: torch.Tensor | None, delta: torch.Tensor, state,
+                      position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step` with the residual adds deferred: the stream is residual + delta (residual None: delta alone);
+        returns (residual', delta') whose sum is step's output. Each add is fused into the norm that follows it
+        (ssmkit.ops.norm.add_rms_norm), the previous block's last add into this block's first norm, which is
+        how LanguageModel.step chains blocks. Same numbers as forward's unfused add, cast and norm."""
         dtype = self.norm.weight.dtype
-        residual = x.float() if self.residual_in_fp32 else x
-        h = self.norm(x.to(dtype))
+        stream = delta.dtype if residual is None else torch.promote_types(residual.dtype, delta.dtype)
+        if self.residual_in_fp32:
+            stream = torch.promote_types(stream, torch.float32)
+        h, residual = add_rms_norm(delta, residual, self.norm.weight, self.norm.eps, residual_dtype=stream,
+                                   norm_dtype=dtype)
         if position is not None and self.mixer_kind == "attention":
-            x = residual + self.mixer.step(h, state, position)
+            out = self.mixer.step(h, state, position)
         else:
-            x = residual + self.mixer.step(h, state)
+            out = self.mixer.step(h, state)
         if self.ff_kind is not None:
-            x = x + self.ff(self.ff_norm(x.to(dtype)))
-        return x
+            h, residual = add_rms_norm(out, residual, self.ff_norm.weight, self.ff_norm.eps,
+                                       residual_dtype=residual.dtype, norm_dtype=dtype)
+            out = self.ff(h)
+        return residual, out

@@ -12,6 +12,7 @@ from torch import nn
 
 from ssmkit.layers import MoE, RMSNorm
 from ssmkit.layers.packing import check_packed
+from ssmkit.ops.norm import add_rms_norm
 
 from .block import Block
 from .config import ModelConfig
@@ -91,11 +92,14 @@ class LanguageModel(nn.Module):
         attend over all max_len positions under a mask built on the device; nothing reads a value back to the
         host and nothing advances position or kv.length (the caller does, position in place).
         """
-        x = self.embeddings(input_ids)
-        for layer, layer_state in zip(self.layers, state):
-            x = layer.step(x, layer_state, position)
+        residual, delta = None, self.embeddings(input_ids)
+        for layer, layer_state in zip(self.layers, state):  # each block adds the previous one's output
+            residual, delta = layer.step_residual(residual, delta, layer_state, position)
         self._collect_aux_loss()
-        return self.lm_head(self.norm_f(x).to(self.lm_head.weight.dtype))
+        stream = delta.dtype if residual is None else torch.promote_types(residual.dtype, delta.dtype)
+        h, _ = add_rms_norm(delta, residual, self.norm_f.weight, self.norm_f.eps, residual_dtype=stream,
+                            norm_dtype=stream)  # norm_f normalizes the stream itself, uncast
+        return self.lm_head(h.to(self.lm_head.weight.dtype))
 
     def generate(self, *args, **kwargs):
         """See ssmkit.inference.generate.generate. Imported lazily: the one reference from models/ upward to

@@ -42,7 +42,7 @@ FLOAT32_POINTERS = {
     "A_ptr", "D_ptr", "bias_ptr", "init_ptr", "segst_ptr", "seglog_ptr", "final_ptr", "segadj_ptr", "dfinal_ptr",
     "parts_ptr", "cfinal_ptr", "dD_ptr", "dinit_ptr", "dA_ptr", "dbias_ptr", "dC_ptr", "dB_ptr", "ckpt_ptr",
     "scratch_ptr", "dh0_ptr", "rstd_ptr", "dw_ptr", "db_ptr", "state_ptr", "ddt_ptr", "part_max_ptr",
-    "part_sum_ptr", "part_acc_ptr",
+    "part_sum_ptr", "part_acc_ptr", "res_ptr", "res_out_ptr",
 }
 INT_POINTERS = {"cu_ptr", "seq_ptr", "idx_ptr"}
 INT64_POINTERS = {"pos_ptr"}  # decode positions, int64 as the KV cache keeps them
@@ -171,6 +171,10 @@ def _cases() -> list:
         cases.append((norm, name, dict(NORM_BEFORE_GATE=False, BLOCK_M=4, BLOCK_G=256), 4, 2, name))
         cases.append((norm, name, dict(NORM_BEFORE_GATE=False, BLOCK_M=4, BLOCK_G=256, z_ptr=None), 4, 2,
                       f"{name}-no-gate"))
+    for rnd, res in ((1, True), (0, False)):  # a block's bf16 norm over an fp32 stream; the first block's
+        cases.append((norm, "_add_rms_norm_fwd_kernel", dict(NORM_ROUND=rnd, BLOCK_M=4, BLOCK_G=1024,
+                                                            **({} if res else {"res_ptr": None})), 2, 2,
+                      f"_add_rms_norm_fwd_kernel-round{rnd}"))
     # Decode attention over a bf16 KV cache at the configs its launcher uses: GQA groups of 1 (MHA) and 4,
     # headdims 64 and 128, with a key mask (left padding) and without.
     decode = "ssmkit.ops.attention.triton.decode"
@@ -178,7 +182,7 @@ def _cases() -> list:
 
     for group, headdim, masked in ((1, 64, True), (1, 64, False), (4, 128, True), (4, 128, False), (1, 256, True)):
         consts = dict(GROUP=group, BLOCK_G=max(decode_plan.MIN_GROUP_ROWS, group), HEADDIM=headdim,
-                      BLOCK_N=decode_plan.BLOCK_N, DOT_PRECISION="tf32")
+                      BLOCK_N=decode_plan.block_n(headdim), DOT_PRECISION="tf32")
         if not masked:
             consts["key_mask_ptr"] = None
         cases.append((decode, "_decode_split_kernel", consts, decode_plan.NUM_WARPS, decode_plan.NUM_STAGES,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.ops.norm.reference import gated_rms_norm_ref, rms_norm_ref
+from ssmkit.ops.norm.reference import add_rms_norm_ref, gated_rms_norm_ref, rms_norm_ref
 from ssmkit.ops.dispatch import pick_impl
 from ssmkit.ops.validate import check_same_device, check_tensor
 
-__all__ = ["rms_norm", "gated_rms_norm", "rms_norm_ref", "gated_rms_norm_ref"]
+__all__ = ["rms_norm", "gated_rms_norm", "add_rms_norm", "rms_norm_ref", "gated_rms_norm_ref", "add_rms_norm_ref"]
 
 IMPLS = ("auto", "reference", "triton")
 
@@ -29,6 +29,34 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, impl: 
     """
     _check_norm_args(x, None, weight, eps)
     return _pick("rms_norm", impl, x.device)(x, weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float = 1e-6, *,
+                 residual_dtype: torch.dtype | None = None, norm_dtype: torch.dtype | None = None,
+                 impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add of a pre-norm block fused with the next RMSNorm (one pass instead of an add, a cast and
+    a norm; a decode step spends a few microseconds on each launch).
+
+    Args:
+        x: (..., dim), the output to add (a mixer's or feed-forward's). residual: like x, or None (x starts the
+            stream). weight: (dim,).
+        residual_dtype: dtype of the new residual stream (default: promote(residual, x)); norm_dtype: the
+            normalized input is the new residual cast to it, as `rms_norm(r.to(norm_dtype), ...)` (default
+            weight.dtype). impl: "auto" | "reference" | "triton" (forward only: with autograd recording,
+            the reference runs).
+    Returns:
+        (normed (..., dim) in promote(norm_dtype, weight.dtype), new residual (..., dim) in residual_dtype),
+        exactly `add_rms_norm_ref` up to the order of the mean's sum.
+    """
+    _check_norm_args(x, None, weight, eps)
+    if residual is not None:
+        check_tensor("residual", residual, shape=tuple(x.shape))
+        check_same_device(x=x, residual=residual)
+    if residual_dtype is None:
+        residual_dtype = x.dtype if residual is None else torch.promote_types(residual.dtype, x.dtype)
+    norm_dtype = weight.dtype if norm_dtype is None else norm_dtype
+    fn = pick_impl("ssmkit.ops.norm", "add_rms_norm", impl, x.device, add_rms_norm_ref, IMPLS)
+    return fn(x, residual, weight, eps, residual_dtype, norm_dtype)
 
 
 def gated_rms_norm(

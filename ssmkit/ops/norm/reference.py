@@ -21,6 +21,14 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> to
     return weight * h.to(x.dtype)
 
 
+def add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                     residual_dtype: torch.dtype, norm_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pre-norm block's residual add, then its RMSNorm: r = (residual + x) in residual_dtype (x alone when
+    residual is None), returns (rms_norm_ref(r.to(norm_dtype), weight, eps), r)."""
+    r = x.to(residual_dtype) if residual is None else (residual + x).to(residual_dtype)
+    return rms_norm_ref(r.to(norm_dtype), weight, eps), r
+
+
 def gated_rms_norm_ref(
     x: torch.Tensor,
     z: torch.Tensor | None,

@@ -12,11 +12,11 @@ import warnings
 import pytest
 import torch
 
-from ssmkit.ops.norm import gated_rms_norm, gated_rms_norm_ref, rms_norm
+from ssmkit.ops.norm import add_rms_norm, add_rms_norm_ref, gated_rms_norm, gated_rms_norm_ref, rms_norm
 from tests.compare import assert_close
 from tests.ops.selective_scan.test_triton import expect, interpreted_main, run_interpreted
 
-INTERPRETER_CASES = ("rms_norm", "gated", "awkward_shapes", "output_dtype_and_rounding", "dispatch")
+INTERPRETER_CASES = ("rms_norm", "gated", "awkward_shapes", "output_dtype_and_rounding", "dispatch", "add_rms_norm")
 
 
 def make_inputs(shape, dtype, weight_dtype=torch.float32, z=True, seed=0, device="cpu"):
@@ -127,6 +127,55 @@ def case_dispatch():
     assert torch.equal(out, gated_rms_norm_ref(x.double(), z.double(), w.double()))
 
 
+ADD_NORM_CASES = [  # (rows, dim, x dtype, residual dtype or None, weight dtype, residual_dtype, norm_dtype)
+    (3, 37, torch.float16, torch.float32, torch.float16, torch.float32, torch.float16),  # a block: fp32 stream
+    (1, 64, torch.float16, None, torch.float16, torch.float32, torch.float16),  # the first block: no residual yet
+    (5, 24, torch.float16, torch.float16, torch.float16, torch.float16, torch.float16),  # 16-bit stream
+    (2, 48, torch.float16, torch.float32, torch.float16, torch.float32, torch.float32),  # the final norm
+    (4, 33, torch.float32, torch.float32, torch.float32, torch.float32, torch.float32),
+]
+
+
+def check_add_rms_norm(rows, dim, xdt, rdt, wdt, residual_dtype, norm_dtype, device="cpu", seed=0):
+    """The kernel's new residual equals the reference's bit for bit (one add, one rounding); the normed output
+    equals the same-dtype reference within one rounding of its dtype and the float64 spec within its dtype's
+    tolerance."""
+    from ssmkit.ops.norm.triton import add_rms_norm_triton
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, dim, generator=g).to(device=device, dtype=xdt)
+    res = None if rdt is None else (3 * torch.randn(rows, dim, generator=g)).to(device=device, dtype=rdt)
+    w = (1 + 0.3 * torch.randn(dim, generator=g)).to(device=device, dtype=wdt)
+    out, r = add_rms_norm_triton(x, res, w, 1e-5, residual_dtype, norm_dtype)
+    out_ref, r_ref = add_rms_norm_ref(x, res, w, 1e-5, residual_dtype, norm_dtype)
+    assert r.dtype == r_ref.dtype == residual_dtype and out.dtype == out_ref.dtype
+    assert torch.equal(r, r_ref), "new residual"
+    assert_close(out, out_ref, out.dtype, name="normed vs same-dtype reference")
+    r64 = x.double() if res is None else res.double() + x.double()
+    out64 = gated_rms_norm_ref(r64.to(residual_dtype).to(norm_dtype).double(), None, w.double(), 1e-5)
+    assert_close(out, out64, norm_dtype, name="normed vs float64")
+
+
+def case_add_rms_norm():
+    """add_rms_norm_triton: residual add + RMSNorm in one kernel, every dtype arrangement a block step meets."""
+    for i, case in enumerate(ADD_NORM_CASES):
+        try:
+            check_add_rms_norm(*case, seed=i)
+        except AssertionError as e:
+            raise AssertionError(f"case {case}: {e}") from None
+    # impl="triton" through the public op, and the reference while autograd records
+    x, _, w = make_inputs((3, 16), torch.float32, seed=8)
+    res = torch.randn(3, 16)
+    out, r = add_rms_norm(x, res, w, impl="triton")
+    out_ref, r_ref = add_rms_norm_ref(x, res, w, 1e-6, torch.float32, torch.float32)
+    assert torch.equal(r, r_ref)
+    assert_close(out, out_ref, torch.float32, name="public add_rms_norm")
+    xg = x.clone().requires_grad_()
+    out_g, _ = add_rms_norm(xg, res, w, impl="triton")
+    assert out_g.requires_grad and torch.equal(out_g.detach(), add_rms_norm_ref(x, res, w, 1e-6, torch.float32,
+                                                                                  torch.float32)[0])
+
+
 # ---------------------------------------------------------------- tests
 
 @pytest.fixture(scope="module")
@@ -152,6 +201,24 @@ def test_interpreted_norm_output_dtype_and_rounding_follow_the_reference(interpr
 
 def test_interpreted_norm_dispatch_runs_triton_and_falls_back_for_float64(interpreted):
     expect(interpreted, "dispatch")
+
+
+def test_interpreted_add_rms_norm_matches_the_reference_add_and_the_float64_norm(interpreted):
+    expect(interpreted, "add_rms_norm")
+
+
+def test_add_rms_norm_reference_is_the_unfused_block_code():
+    """The op's reference is what a block step did unfused: residual + x in the stream's dtype, then
+    rms_norm(r.to(weight.dtype)); defaults: the promoted stream dtype and the weight's dtype."""
+    x, _, w = make_inputs((4, 32), torch.bfloat16, torch.bfloat16, seed=2)
+    res = torch.randn(4, 32)
+    out, r = add_rms_norm(x, res, w, 1e-5)
+    assert torch.equal(r, res + x) and r.dtype == torch.float32
+    assert torch.equal(out, rms_norm(r.to(torch.bfloat16), w, 1e-5, impl="reference"))
+    out0, r0 = add_rms_norm(x, None, w, 1e-5, residual_dtype=torch.float32, norm_dtype=torch.float32)
+    assert torch.equal(r0, x.float()) and torch.equal(out0, rms_norm(x.float(), w, 1e-5, impl="reference"))
+    with pytest.raises(ValueError, match="residual"):
+        add_rms_norm(x, res[:, :8], w)
 
 
 def test_triton_norm_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
@@ -187,6 +254,17 @@ def test_rms_norm_matches_float64_and_the_same_dtype_reference_on_gpu(dtype, wdt
     check(x, None, w, fn=lambda x, z, w, eps, gs, nbg: rms_norm_triton(x, w, eps))
     assert_close(rms_norm_triton(x, w), rms_norm(x, w, impl="reference"), x.dtype)
     assert rms_norm(x, w, impl="auto").dtype == rms_norm(x, w, impl="reference").dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [
+    (16, 768, torch.bfloat16, torch.float32, torch.bfloat16, torch.float32, torch.bfloat16),
+    (1, 2048, torch.bfloat16, None, torch.bfloat16, torch.float32, torch.bfloat16),
+    (64, 2560, torch.bfloat16, torch.bfloat16, torch.bfloat16, torch.bfloat16, torch.bfloat16),
+    (8, 1024, torch.bfloat16, torch.float32, torch.bfloat16, torch.float32, torch.float32),
+])
+def test_add_rms_norm_matches_the_reference_on_gpu(case):
+    check_add_rms_norm(*case, device="cuda")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ one-time warning.
 Version history
 - v1: one autograd.Function over kernels.py's forward and backward; x and z are flattened to rows and made
   contiguous first (a no-op for the layers' outputs), the weight gradient is reduced on the host.
+- v2: add_rms_norm_triton, forward only (the decode step's residual add fused into the next norm).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import torch
 
 from ssmkit.ops.dispatch import check_triton_device, warn_once
 
-from ssmkit.ops.norm.reference import gated_rms_norm_ref, rms_norm_ref
+from ssmkit.ops.norm.reference import add_rms_norm_ref, gated_rms_norm_ref, rms_norm_ref
 
-from .kernels import MAX_GROUP, gated_rms_norm_bwd, gated_rms_norm_fwd
+from .kernels import MAX_GROUP, add_rms_norm_fwd, gated_rms_norm_bwd, gated_rms_norm_fwd
 
-__all__ = ["rms_norm_triton", "gated_rms_norm_triton", "unsupported_reason"]
+__all__ = ["rms_norm_triton", "gated_rms_norm_triton", "add_rms_norm_triton", "unsupported_reason"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -82,3 +83,22 @@ def rms_norm_triton(x, weight, eps=1e-6):
         warn_once(unsupported_reason(x, weight, None, x.shape[-1]))
         return rms_norm_ref(x, weight, eps)
     return gated_rms_norm_triton(x, None, weight, eps)
+
+
+def add_rms_norm_triton(x, residual, weight, eps, residual_dtype, norm_dtype):
+    """The residual add + RMSNorm of `add_rms_norm_ref` (same arguments) in one kernel, forward only: while
+    autograd records (any input requiring a gradient), or for dtypes the kernel does not take, the reference
+    runs (the dtypes with a one-time warning)."""
+    dtypes = (x.dtype, weight.dtype, residual_dtype, norm_dtype) + (() if residual is None else (residual.dtype,))
+    if any(d not in SUPPORTED_DTYPES for d in dtypes) or x.shape[-1] > MAX_GROUP:
+        warn_once(f"add_rms_norm triton kernel takes float32/float16/bfloat16 rows of <= {MAX_GROUP} channels, got "
+                  f"{[str(d) for d in dtypes]} x {x.shape[-1]}; using the reference")
+        return add_rms_norm_ref(x, residual, weight, eps, residual_dtype, norm_dtype)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, weight)):
+        return add_rms_norm_ref(x, residual, weight, eps, residual_dtype, norm_dtype)
+    check_triton_device(x)
+    dim = x.shape[-1]
+    rows = x.reshape(-1, dim).contiguous()
+    res_rows = None if residual is None else residual.reshape(-1, dim).contiguous()
+    out, res_out = add_rms_norm_fwd(rows, res_rows, weight.contiguous(), eps, residual_dtype, norm_dtype)
+    return out.reshape(x.shape), res_out.reshape(x.shape)
