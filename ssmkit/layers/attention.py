@@ -14,7 +14,7 @@ from torch import nn
 
 from ssmkit.ops.attention import attention
 from ssmkit.ops.attention.kv_cache import KVCache
-from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin
+from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin, rotary_table
 
 from .packing import positions_in_sequence
 
@@ -113,15 +113,25 @@ class Attention(nn.Module):
         v = self.v_proj(hidden).view(batch, 1, self.n_kv_heads, self.head_dim)
         pos = position.view(-1, 1)  # (1 or batch, 1)
         if self.use_rope:
-            cos, sin = rotary_cos_sin(pos, self.head_dim, self.rope_theta, dtype=q.dtype, device=hidden.device,
-                                      rotary_dim=self.rotary_dim)  # (1 or batch, 1, rotary_dim)
+            cos, sin = self._rope_at(pos, state.kv.max_len, q.dtype)  # (1 or batch, 1, rotary_dim)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k_all, v_all = state.kv.write_at(position, k, v)  # (batch, max_len, nkv_heads, headdim)
         state.key_mask.scatter_(1, pos.expand(batch, 1), True)
-        index = torch.arange(state.kv.max_len, device=hidden.device)
-        allowed = (index[None, :] <= pos) & state.key_mask  # (batch, max_len)
+        allowed = (positions_up_to(state.kv.max_len, hidden.device)[None, :] <= pos) & state.key_mask
         y = attention(q, k_all, v_all, causal=False, scale=self.head_dim ** -0.5, key_padding_mask=allowed)
         return self.o_proj(y.reshape(batch, self.n_heads * self.head_dim))
+
+    def _rope_at(self, pos: torch.Tensor, max_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (n, 1, rotary_dim) at positions pos (n, 1) < max_len: one gather from the shared table of
+        positions 0 .. max_len - 1 (rotary_table), or computed when a graph is being captured without one."""
+        capturing = pos.is_cuda and torch.cuda.is_current_stream_capturing()
+        table = rotary_table(max_len, self.head_dim, self.rope_theta, dtype=dtype, device=pos.device,
+                             rotary_dim=self.rotary_dim, build=not capturing)
+        if table is None:
+            return rotary_cos_sin(pos, self.head_dim, self.rope_theta, dtype=dtype, device=pos.device,
+                                  rotary_dim=self.rotary_dim)
+        cos_sin = table[:, pos]  # (2, n, 1, rotary_dim)
+        return cos_sin[0], cos_sin[1]
 
     def _attend(self, q, k, v, state: AttentionState | None, positions, key_padding_mask) -> torch.Tensor:
         """Attention of the new queries over the cached keys (when `state`) and the new ones, which it appends."""
@@ -152,6 +162,23 @@ class Attention(nn.Module):
             state.key_mask.scatter_(1, positions.expand(state.key_mask.shape[0], -1), True)
         return state.key_mask[:, :kv_len] if state.padded else None
 
+
+
+# (device, length) -> arange(length), for the static step's causal mask; never freed (a captured CUDA graph
+# keeps reading the one it was captured with), 8 bytes per position per distinct cache length.
+_POSITIONS: dict = {}
+
+
+def positions_up_to(length: int, device: torch.device) -> torch.Tensor:
+    """arange(length) on device, made once per (device, length) (not inside a CUDA graph capture: its values
+    would only exist at replay, so a capture without one makes a fresh one inside the graph)."""
+    key = (torch.device(device), length)
+    index = _POSITIONS.get(key)
+    if index is None:
+        index = torch.arange(length, device=device)
+        if not (index.is_cuda and torch.cuda.is_current_stream_capturing()):
+            _POSITIONS[key] = index
+    return index
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],

@@ -47,6 +47,36 @@ def rotary_cos_sin(
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+_TABLES: dict = {}  # (device, dtype, headdim, rotary_dim, base) -> (2, len, rotary_dim): cos and sin
+# Tables replaced by longer ones stay alive: a captured CUDA graph keeps reading the one it was captured with.
+_RETIRED: list = []
+
+
+def rotary_table(length: int, headdim: int, base: float = 10000.0, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None, rotary_dim: int | None = None,
+                 build: bool = True) -> torch.Tensor | None:
+    """cos and sin of positions 0 .. length - 1 stacked, (2, length, rotary_dim): `rotary_cos_sin(arange(length))`
+    computed once per (device, dtype, sizes, base) and kept (grown to the next power of two when a longer one is
+    asked; never freed, at most twice the longest table per key). A decode step indexes it at its position (one gather) instead of recomputing the angles in every
+    attention layer (about ten small kernels per layer per token).
+
+    build=False: None unless a table long enough exists (a CUDA graph being captured must not build one: its
+    values would only exist once the graph replays)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    key = (device, dtype, headdim, headdim if rotary_dim is None else rotary_dim, float(base))
+    table = _TABLES.get(key)
+    if table is None or table.shape[1] < length:
+        if not build:
+            return None
+        size = 1 << max(0, (length - 1).bit_length())
+        table = torch.stack(rotary_cos_sin(torch.arange(size, device=device), headdim, base, dtype=dtype,
+                                           device=device, rotary_dim=rotary_dim))
+        if key in _TABLES:
+            _RETIRED.append(_TABLES[key])
+        _TABLES[key] = table
+    return table[:, :length]
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """(x1, x2) -> (-x2, x1) over the two halves of the last axis: multiplication by i on each pair."""
     x1, x2 = x.chunk(2, dim=-1)

@@ -111,3 +111,20 @@ def test_awkward_shapes_equal_complex_multiplication(seqlen, half, extra, batch)
 def test_bad_input_raises_value_error_naming_the_argument(call, argument):
     with pytest.raises(ValueError, match=argument):
         call()
+
+
+def test_rotary_table_is_rotary_cos_sin_of_every_position_and_grows_without_freeing():
+    from ssmkit.ops.attention import rotary
+
+    args = dict(headdim=24, base=500.0, dtype=torch.float32, rotary_dim=16)
+    assert rotary.rotary_table(37, **args, build=False) is None  # a key no other test uses
+    table = rotary.rotary_table(37, **args)
+    cos, sin = rotary_cos_sin(torch.arange(37), 24, 500.0, rotary_dim=16)
+    assert table.shape == (2, 37, 16) and torch.equal(table[0], cos) and torch.equal(table[1], sin)
+    retired = len(rotary._RETIRED)
+    longer = rotary.rotary_table(100, **args)
+    cos, sin = rotary_cos_sin(torch.arange(100), 24, 500.0, rotary_dim=16)
+    assert torch.equal(longer[0], cos) and torch.equal(longer[1], sin)
+    assert len(rotary._RETIRED) == retired + 1  # the 64-position table stays alive for graphs that read it
+    assert rotary.rotary_table(90, **args, build=False).data_ptr() == longer.data_ptr()
+    assert rotary.rotary_table(1000, **args, build=False) is None
