@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssmkit.ops.attention import attention
+from ssmkit.ops.attention import attention, decode_attention
 from ssmkit.ops.attention.kv_cache import KVCache
 from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin, rotary_table
 
@@ -117,8 +117,8 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k_all, v_all = state.kv.write_at(position, k, v)  # (batch, max_len, nkv_heads, headdim)
         state.key_mask.scatter_(1, pos.expand(batch, 1), True)
-        allowed = (positions_up_to(state.kv.max_len, hidden.device)[None, :] <= pos) & state.key_mask
-        y = attention(q, k_all, v_all, causal=False, scale=self.head_dim ** -0.5, key_padding_mask=allowed)
+        # on CUDA the split-K Triton kernel where it tiles the inputs (not an int8 cache), else masked SDPA
+        y = decode_attention(q[:, 0], k_all, v_all, position, key_mask=state.key_mask, scale=self.head_dim ** -0.5)
         return self.o_proj(y.reshape(batch, self.n_heads * self.head_dim))
 
     def _rope_at(self, pos: torch.Tensor, max_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,23 +162,6 @@ class Attention(nn.Module):
             state.key_mask.scatter_(1, positions.expand(state.key_mask.shape[0], -1), True)
         return state.key_mask[:, :kv_len] if state.padded else None
 
-
-
-# (device, length) -> arange(length), for the static step's causal mask; never freed (a captured CUDA graph
-# keeps reading the one it was captured with), 8 bytes per position per distinct cache length.
-_POSITIONS: dict = {}
-
-
-def positions_up_to(length: int, device: torch.device) -> torch.Tensor:
-    """arange(length) on device, made once per (device, length) (not inside a CUDA graph capture: its values
-    would only exist at replay, so a capture without one makes a fresh one inside the graph)."""
-    key = (torch.device(device), length)
-    index = _POSITIONS.get(key)
-    if index is None:
-        index = torch.arange(length, device=device)
-        if not (index.is_cuda and torch.cuda.is_current_stream_capturing()):
-            _POSITIONS[key] = index
-    return index
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],

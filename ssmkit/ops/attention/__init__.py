@@ -16,6 +16,7 @@ from ssmkit.ops.validate import check_impl, check_same_device, check_tensor
 
 __all__ = [
     "attention",
+    "decode_attention",
     "attention_ref",
     "attention_sdpa",
     "attention_mask",
@@ -82,6 +83,57 @@ def attention(
     check_same_device(q=q, k=k, v=v, key_padding_mask=key_padding_mask, q_offset=offset_tensor)
     fn = IMPLS["sdpa" if impl == "auto" else impl]
     return fn(q, k, v, causal, scale, q_offset if causal else None, key_padding_mask)
+
+
+DECODE_IMPLS = ("auto", "triton", "sdpa", "reference")
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor, *,
+                     key_mask: torch.Tensor | None = None, scale: float | None = None,
+                     impl: str = "auto") -> torch.Tensor:
+    """One new query per row over a whole static KV cache, the causal limit applied on the device: row b attends
+    to the positions j <= position[b] where key_mask[b, j] (a CUDA-graph decode step's attention).
+
+    Args:
+        q: (batch, nheads, headdim). k_cache, v_cache: (batch, max_len, nkv_heads, headdim) in q's dtype.
+        position: (1,) or (batch,) int64 on q's device (never read on the host). key_mask: (batch, max_len)
+            bool or None. scale: default headdim ** -0.5.
+        impl: "auto" (the split-K Triton kernel, ssmkit.ops.attention.triton, on CUDA where it takes the
+            inputs, else "sdpa"), "triton", "sdpa" or "reference" (the last two: `attention` under the mask).
+    Returns:
+        (batch, nheads, headdim); a row with no allowed key gets zeros.
+    """
+    check_impl(impl, DECODE_IMPLS)
+    if impl in ("auto", "triton"):
+        kernel = _decode_kernel(q, k_cache, impl)
+        if kernel is not None:
+            return kernel(q, k_cache, v_cache, position, key_mask, scale)
+    check_tensor("q", q, ndim=3)
+    check_tensor("position", position, ndim=1)
+    max_len = k_cache.shape[1]
+    allowed = torch.arange(max_len, device=q.device)[None, :] <= position.view(-1, 1)
+    allowed = allowed.expand(q.shape[0], max_len) if key_mask is None else allowed & key_mask
+    out = attention(q[:, None], k_cache, v_cache, causal=False, scale=scale, key_padding_mask=allowed,
+                    impl="sdpa" if impl in ("auto", "triton") else impl)
+    return out[:, 0]
+
+
+def _decode_kernel(q: torch.Tensor, k_cache: torch.Tensor, impl: str):
+    """decode_attention_triton when impl="triton", or for "auto" on CUDA with inputs it tiles; else None."""
+    from ssmkit.ops.dispatch import triton_module_available
+
+    if impl == "auto" and not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+                               and q.ndim == 3 and q.shape[-1] in (32, 64, 128, 256)
+                               and isinstance(k_cache, torch.Tensor) and k_cache.dtype == q.dtype
+                               and k_cache.stride(-1) == 1):
+        return None
+    if not triton_module_available("ssmkit.ops.attention"):
+        if impl == "auto":
+            return None
+        raise ValueError("impl: 'triton' is not available (needs the triton package)")
+    from ssmkit.ops.attention.triton import decode_attention_triton
+
+    return decode_attention_triton
 
 
 def _check_q_offset(q_offset, batch: int, q_len: int, kv_len: int) -> None:

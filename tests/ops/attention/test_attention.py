@@ -205,3 +205,28 @@ def _call(**overrides):
 def test_bad_input_raises_value_error_naming_the_argument(overrides, argument):
     with pytest.raises(ValueError, match=argument):
         _call(**overrides)()
+
+
+@pytest.mark.parametrize("impl", ["auto", "sdpa", "reference"])
+def test_decode_attention_masks_positions_past_each_rows_and_key_mask_on_the_device(impl):
+    """decode_attention over a whole cache equals float64 softmax attention over the allowed keys only."""
+    from ssmkit.ops.attention import decode_attention
+
+    g = torch.Generator().manual_seed(3)
+    batch, max_len, nheads, nkv, hd = 3, 11, 4, 2, 8
+    q = torch.randn(batch, nheads, hd, generator=g)
+    k, v = (torch.randn(batch, max_len, nkv, hd, generator=g) for _ in range(2))
+    position = torch.tensor([0, 5, 10])
+    key_mask = torch.rand(batch, max_len, generator=g) > 0.3
+    key_mask[:, 0] = True
+    out = decode_attention(q, k, v, position, key_mask=key_mask, impl=impl)
+    for b in range(batch):
+        keep = [j for j in range(max_len) if j <= position[b] and key_mask[b, j]]
+        kk = k[b, keep].double().repeat_interleave(nheads // nkv, dim=1)  # (n, nheads, hd)
+        vv = v[b, keep].double().repeat_interleave(nheads // nkv, dim=1)
+        w = torch.softmax(torch.einsum("hd,nhd->hn", q[b].double(), kk) * hd ** -0.5, dim=-1)
+        assert_close(out[b], torch.einsum("hn,nhd->hd", w, vv), torch.float32, name=f"row {b}")
+    shared = decode_attention(q, k, v, torch.tensor([4]), impl=impl)  # (1,) position: every row, no mask
+    assert_close(shared, decode_attention(q, k, v, torch.tensor([4, 4, 4]), impl=impl), torch.float32)
+    with pytest.raises(ValueError, match="impl"):
+        decode_attention(q, k, v, position, impl="flash")

@@ -55,3 +55,23 @@ def test_cuda_per_row_decode_with_tensor_q_offset_matches_reference():
         k_all, v_all = cache.append(k[:, t : t + 1].float().cuda(), v[:, t : t + 1].float().cuda())
         outs.append(attention(q[:, t : t + 1].float().cuda(), k_all, v_all, q_offset=offset))
     assert_close(torch.cat(outs, dim=1), full[:, 3:], torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decode_attention_auto_takes_the_triton_kernel_on_cuda_and_matches_sdpa(dtype, monkeypatch):
+    from ssmkit.ops.attention import decode_attention
+    import ssmkit.ops.attention.triton as kernels
+
+    calls = []
+    kernel = kernels.decode_attention_triton
+    monkeypatch.setattr(kernels, "decode_attention_triton", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(4, 16, 64, device="cuda", dtype=dtype, generator=g)
+    k, v = (torch.randn(4, 3000, 4, 64, device="cuda", dtype=dtype, generator=g) for _ in range(2))
+    position = torch.tensor([0, 17, 1500, 2999], device="cuda")
+    key_mask = torch.rand(4, 3000, device="cuda", generator=g) > 0.1
+    out = decode_attention(q, k, v, position, key_mask=key_mask)
+    assert calls, "impl='auto' did not take the Triton kernel on CUDA"
+    ref = decode_attention(q.double(), k.double(), v.double(), position, key_mask=key_mask, impl="reference")
+    assert_close(out, ref, dtype, name="decode attention")
