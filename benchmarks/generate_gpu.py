@@ -205,18 +205,21 @@ def run_model(label: str, preset: str, args, deadline: float, tmp: Path, out: di
     device, dtype = args.device, args.dtype
     model = random_model(preset, device, dtype)
     family = transformers_family(model.config)
-    hf_share = 0.4 if family and not args.no_transformers else 0.0
+    with_hf = family and not args.no_transformers and "transformers" in args.impls
+    hf_share = 0.4 if with_hf else 0.0
     ssm_deadline = time.time() + (deadline - time.time()) * (1 - hf_share)
     v = validate(model, args)
     out["validation"][label] = {"graph_vs_eager": v.get("graph_vs_eager"), "family": family or "none"}
-    for impl in [i for i in IMPLS if i != "transformers" and (i != "graph" or device.type == "cuda")]:
-        share = ssm_deadline if impl == "eager" else time.time() + (ssm_deadline - time.time()) * 0.55
+    impls = [i for i in args.impls if i != "transformers" and (i != "graph" or device.type == "cuda")]
+    for impl in impls:
+        last = impl == impls[-1]
+        share = ssm_deadline if last else time.time() + (ssm_deadline - time.time()) * 0.55
         sweep(label, impl, model, model, args, share, out, bandwidth)
     if device.type != "cuda":
         out["notes"].add("graph: CUDA graphs need a CUDA device; the CPU dry run times the eager step only")
     if family is None:
         out["notes"].add(f"{label}: no transformers family computes this pattern; ssmkit only")
-    elif not args.no_transformers:
+    elif with_hf:
         model.to("cpu")  # the twin gets the GPU to itself
         free(device)
         hf = load_transformers_twin(model, tmp / label, device=device, dtype=dtype)
@@ -346,6 +349,7 @@ def main() -> int:
     p.add_argument("--max-prefill-tokens", type=int, default=1 << 20, help="skip points with batch x prompt above")
     p.add_argument("--budget-s", type=float, default=540.0, help="the whole run ends within about this long")
     p.add_argument("--no-transformers", action="store_true", help="ssmkit only")
+    p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, of {IMPLS}")
     p.add_argument("--no-warmup", dest="warmup", action="store_false")
     p.add_argument("--tiny", action="store_true", help="CPU dry run: tiny presets, 64/128 tokens, batch 1 and 4")
     p.add_argument("--out", default="benchmarks/results")
@@ -354,6 +358,9 @@ def main() -> int:
     args.dtype = torch.bfloat16 if args.device.type == "cuda" else torch.float32
     args.dtype_name = "bf16" if args.device.type == "cuda" else "fp32"
     models = TINY if args.tiny else MODELS
+    args.impls = args.impls.split(",")
+    if not args.impls or not set(args.impls) <= set(IMPLS):
+        p.error(f"--impls: expected some of {IMPLS}, got {args.impls}")
     args.batches = [int(b) for b in args.batches.split(",")]
     args.lengths = sorted(int(n) for n in args.lengths.split(","))
     if args.tiny:
