@@ -174,9 +174,16 @@ def slower_notes(sweeps, runs) -> list[str]:
     run_by = {(r.model, r.concurrency): r for r in runs}
     for (name, c), r in run_by.items():
         hf = run_by.get((name.replace(" ssmkit", " transformers"), c))
-        if name.endswith(" ssmkit") and hf and r.throughput_tokens_per_s < 0.9 * hf.throughput_tokens_per_s:
+        if not name.endswith(" ssmkit") or hf is None:
+            continue
+        if r.throughput_tokens_per_s < 0.9 * hf.throughput_tokens_per_s:
             lines.append(f"- {name} workload at concurrency {c}: throughput {r.throughput_tokens_per_s:.0f} vs "
                          f"{hf.throughput_tokens_per_s:.0f} tok/s")
+        for field, stat, what in (("ttft_ms", "p50", "TTFT p50"), ("ttft_ms", "p95", "TTFT p95"),
+                                  ("total_latency_ms", "p95", "latency p95")):
+            a, b = getattr(r.summary[field], stat), getattr(hf.summary[field], stat)
+            if a == a and b == b and b > 0 and a > 1.1 * b:  # both measured (not NaN)
+                lines.append(f"- {name} workload at concurrency {c}: {what} {a:.3g} vs {b:.3g} ms ({a / b:.2f}x)")
     return lines or ["- nowhere by more than 10 % in this run"]
 
 

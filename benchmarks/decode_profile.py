@@ -1,0 +1,89 @@
+"""Where a CUDA-graph decode step spends its time, per preset at batch 1 (bf16, random weights, 1K-token prompt):
+the replay's GPU time per step, the generate loop's time per step, and the kernels one replay launches (counts and
+mean durations from torch.profiler, which sees the kernels inside a graph replay).
+
+    python3 benchmarks/decode_profile.py mamba2-130m,mamba-130m,llama-125m     # needs a CUDA device
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ssmkit.bench.scripts import random_model
+from ssmkit.inference import generate_steps
+from ssmkit.inference.graphs import graphed_decoder, release_decoder
+
+PROMPT, CACHE, REPLAYS, PROFILED = 1024, 2048, 200, 5
+
+
+def replay_us(graph) -> float:
+    """GPU time of one replay (us), averaged over REPLAYS back-to-back replays between two CUDA events."""
+    for _ in range(20):
+        graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(REPLAYS):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / REPLAYS * 1e3
+
+
+def kernels_of(graph) -> dict:
+    """{kernel name: [launches per replay, total us per replay]} over PROFILED replays."""
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(PROFILED):
+            graph.replay()
+        torch.cuda.synchronize()
+    out = collections.defaultdict(lambda: [0.0, 0.0])
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            out[ev.name[:90]][0] += 1 / PROFILED
+            out[ev.name[:90]][1] += ev.device_time / PROFILED
+    return out
+
+
+def loop_us(model, ids, new: int = 64) -> float:
+    """generate_steps' time per decode step (us), the host running ahead of the device."""
+    steps = generate_steps(model, ids, max_new_tokens=new + 1, eos_token_id=[], cuda_graph=True)
+    next(steps)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in steps:
+        pass
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / new * 1e6
+
+
+def main(presets: list[str]) -> None:
+    device = torch.device("cuda")
+    print(f"device {torch.cuda.get_device_name()}; torch {torch.__version__}")
+    for preset in presets:
+        model = random_model(preset, device, torch.bfloat16)
+        ids = torch.randint(0, 1000, (1, PROMPT), device=device)
+        list(generate_steps(model, ids, max_new_tokens=8, eos_token_id=[], cuda_graph=True))  # compile, capture
+        decoder = graphed_decoder(model, 1, CACHE)
+        decoder.reset()
+        decoder.start(PROMPT)
+        gpu = replay_us(decoder._graph)
+        kernels = kernels_of(decoder._graph)
+        release_decoder(model, decoder)
+        loop = loop_us(model, ids)
+        count = sum(v[0] for v in kernels.values())
+        total = sum(v[1] for v in kernels.values())
+        print(f"\n== {preset}: {model.config.n_layers} layers; replay {gpu:.0f} us/step; generate loop {loop:.0f} "
+              f"us/step; {count:.0f} kernels per step, {total:.0f} us of kernel time")
+        for name, (n, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:22]:
+            print(f"   {n:5.0f} x {us / n:6.2f} us = {us:7.1f} us  {name}")
+        del model, decoder
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1].split(","))
