@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssmkit.ops.attention import attention, decode_attention
+from ssmkit.ops.attention import attention, decode_attention, rope_and_cache
 from ssmkit.ops.attention.kv_cache import KVCache
 from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin, rotary_table
 
@@ -108,30 +108,43 @@ class Attention(nn.Module):
         (masked keys get exactly zero weight). Neither position nor kv.length is advanced: the caller owns them.
         """
         batch = hidden.shape[0]
-        q = self.q_proj(hidden).view(batch, 1, self.n_heads, self.head_dim)
-        k = self.k_proj(hidden).view(batch, 1, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(hidden).view(batch, 1, self.n_kv_heads, self.head_dim)
-        pos = position.view(-1, 1)  # (1 or batch, 1)
-        if self.use_rope:
-            cos, sin = self._rope_at(pos, state.kv.max_len, q.dtype)  # (1 or batch, 1, rotary_dim)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        k_all, v_all = state.kv.write_at(position, k, v)  # (batch, max_len, nkv_heads, headdim)
-        state.key_mask.scatter_(1, pos.expand(batch, 1), True)
+        q = self.q_proj(hidden).view(batch, self.n_heads, self.head_dim)
+        k = self.k_proj(hidden).view(batch, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(batch, self.n_kv_heads, self.head_dim)
+        table = self._rope_table(position, state.kv.max_len, q.dtype) if self.use_rope else None
+        if state.kv.quantized or (self.use_rope and table is None):
+            q = self._rope_and_write_unfused(q, k, v, position, state, table)
+        else:  # one Triton launch on CUDA: RoPE of q and k, k and v into the caches, the key mask set
+            q = rope_and_cache(q, k, v, position, state.kv.k, state.kv.v, cos_sin=table, key_mask=state.key_mask)
+        k_all, v_all = state.kv.read_all()  # (batch, max_len, nkv_heads, headdim)
         # on CUDA the split-K Triton kernel where it tiles the inputs (not an int8 cache), else masked SDPA
-        y = decode_attention(q[:, 0], k_all, v_all, position, key_mask=state.key_mask, scale=self.head_dim ** -0.5)
+        y = decode_attention(q, k_all, v_all, position, key_mask=state.key_mask, scale=self.head_dim ** -0.5)
         return self.o_proj(y.reshape(batch, self.n_heads * self.head_dim))
 
-    def _rope_at(self, pos: torch.Tensor, max_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (n, 1, rotary_dim) at positions pos (n, 1) < max_len: one gather from the shared table of
-        positions 0 .. max_len - 1 (rotary_table), or computed when a graph is being captured without one."""
-        capturing = pos.is_cuda and torch.cuda.is_current_stream_capturing()
-        table = rotary_table(max_len, self.head_dim, self.rope_theta, dtype=dtype, device=pos.device,
-                             rotary_dim=self.rotary_dim, build=not capturing)
-        if table is None:
-            return rotary_cos_sin(pos, self.head_dim, self.rope_theta, dtype=dtype, device=pos.device,
-                                  rotary_dim=self.rotary_dim)
-        cos_sin = table[:, pos]  # (2, n, 1, rotary_dim)
-        return cos_sin[0], cos_sin[1]
+    def _rope_table(self, position: torch.Tensor, max_len: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """cos and sin of positions 0 .. max_len - 1, (2, max_len, rotary_dim), shared by every layer with this
+        RoPE (rotary_table); None while a CUDA graph is being captured and no table exists yet (its values would
+        only exist at replay; the decoder's eager warm-up steps build it before capture)."""
+        capturing = position.is_cuda and torch.cuda.is_current_stream_capturing()
+        return rotary_table(max_len, self.head_dim, self.rope_theta, dtype=dtype, device=position.device,
+                            rotary_dim=self.rotary_dim, build=not capturing)
+
+    def _rope_and_write_unfused(self, q, k, v, position, state: AttentionState, table) -> torch.Tensor:
+        """The static step's RoPE and cache write op by op: for int8 caches (quantized on write) and captures
+        without a RoPE table. q (batch, nheads, headdim), k, v (batch, nkv_heads, headdim) -> q rotated."""
+        batch = q.shape[0]
+        pos = position.view(-1, 1)  # (1 or batch, 1)
+        q, k, v = q[:, None], k[:, None], v[:, None]
+        if self.use_rope:
+            if table is None:
+                cos, sin = rotary_cos_sin(pos, self.head_dim, self.rope_theta, dtype=q.dtype, device=q.device,
+                                          rotary_dim=self.rotary_dim)  # (1 or batch, 1, rotary_dim)
+            else:
+                cos, sin = table[:, pos]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        state.kv.write_at(position, k, v)
+        state.key_mask.scatter_(1, pos.expand(batch, 1), True)
+        return q[:, 0]
 
     def _attend(self, q, k, v, state: AttentionState | None, positions, key_padding_mask) -> torch.Tensor:
         """Attention of the new queries over the cached keys (when `state`) and the new ones, which it appends."""

@@ -190,6 +190,10 @@ def _cases() -> list:
     for headdim in (64, 128):
         cases.append((decode, "_decode_combine_kernel", dict(HEADDIM=headdim, BLOCK_S=decode_plan.BLOCK_S),
                       decode_plan.NUM_WARPS, 2, f"_decode_combine_kernel-d{headdim}"))
+    rope = "ssmkit.ops.attention.triton.rope_cache"
+    for block_d, has_rope in ((64, True), (128, True), (64, False)):
+        cases.append((rope, "_rope_cache_kernel", dict(HAS_ROPE=has_rope, BLOCK_D=block_d), 1, 2,
+                      f"_rope_cache_kernel-d{block_d}{'' if has_rope else '-norope'}"))
     return cases
 
 

@@ -10,13 +10,14 @@ import torch
 
 from ssmkit.ops.attention.kv_cache import KVCache, dequantize_int8, quantize_int8
 from ssmkit.ops.attention.reference import attention_mask, attention_ref
-from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin
+from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin, rotary_table
 from ssmkit.ops.attention.sdpa import attention_sdpa
 from ssmkit.ops.validate import check_impl, check_same_device, check_tensor
 
 __all__ = [
     "attention",
     "decode_attention",
+    "rope_and_cache",
     "attention_ref",
     "attention_sdpa",
     "attention_mask",
@@ -25,6 +26,7 @@ __all__ = [
     "dequantize_int8",
     "apply_rotary",
     "rotary_cos_sin",
+    "rotary_table",
 ]
 
 IMPLS = {"reference": attention_ref, "sdpa": attention_sdpa}
@@ -134,6 +136,82 @@ def _decode_kernel(q: torch.Tensor, k_cache: torch.Tensor, impl: str):
     from ssmkit.ops.attention.triton import decode_attention_triton
 
     return decode_attention_triton
+
+
+def rope_and_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor,
+                   k_cache: torch.Tensor, v_cache: torch.Tensor, *, cos_sin: torch.Tensor | None = None,
+                   key_mask: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
+    """The new token's RoPE and KV-cache write of a static decode step: rotates q and k by the angles of their
+    position, writes k and v into the caches there and sets key_mask there; returns q rotated.
+
+    Args:
+        q: (batch, nheads, headdim); k, v: (batch, nkv_heads, headdim), the projections of the new token.
+        position: (1,) or (batch,) int64 on q's device, the cache index of each row's token (< max_len; not
+            checked, reading it would synchronize the host).
+        k_cache, v_cache: (batch, max_len, nkv_heads, headdim), written in place (not an int8 cache).
+        cos_sin: (2, >= max_len, rotary_dim) from `rotary_table`, or None (no RoPE: q and k pass unrotated).
+        key_mask: (batch, max_len) bool, set True at each row's position, or None.
+        impl: "auto" (one Triton launch on CUDA where it takes the inputs, else "reference"), "triton",
+            "reference" (apply_rotary and index_put, as the layer did).
+    Returns:
+        (batch, nheads, headdim) in q's dtype; the same numbers as the reference (16-bit: bit for bit).
+    """
+    check_impl(impl, ("auto", "triton", "reference"))
+    check_tensor("q", q, ndim=3)
+    batch, nheads, headdim = q.shape
+    check_tensor("k", k, ndim=3)
+    check_tensor("k", k, shape=(batch, None, headdim))
+    check_tensor("v", v, shape=tuple(k.shape))
+    check_tensor("k_cache", k_cache, ndim=4)
+    check_tensor("k_cache", k_cache, shape=(batch, None, k.shape[1], headdim))
+    check_tensor("v_cache", v_cache, shape=tuple(k_cache.shape))
+    if cos_sin is not None:
+        check_tensor("cos_sin", cos_sin, ndim=3)
+        if cos_sin.shape[0] != 2 or cos_sin.shape[2] > headdim or cos_sin.shape[2] % 2:
+            raise ValueError(f"cos_sin: expected (2, >= max_len, even rotary_dim <= {headdim}), got "
+                             f"{tuple(cos_sin.shape)}")
+    if key_mask is not None and (not isinstance(key_mask, torch.Tensor) or key_mask.dtype != torch.bool
+                                 or tuple(key_mask.shape) != (batch, k_cache.shape[1])):
+        got = (f"{key_mask.dtype} shape {tuple(key_mask.shape)}" if isinstance(key_mask, torch.Tensor)
+               else type(key_mask).__name__)
+        raise ValueError(f"key_mask: expected a bool tensor of shape ({batch}, {k_cache.shape[1]}), got {got}")
+    if not isinstance(position, torch.Tensor) or position.dtype != torch.int64 or position.ndim != 1 or position.shape[0] not in (1, batch):
+        raise ValueError(f"position: expected an int64 tensor of shape (1,) or ({batch},), got {position.dtype} "
+                         f"shape {tuple(position.shape)}")
+    check_same_device(q=q, k=k, v=v, position=position, k_cache=k_cache, v_cache=v_cache, cos_sin=cos_sin,
+                      key_mask=key_mask)
+    if impl == "triton" or (impl == "auto" and _rope_kernel_takes(q, k_cache, v_cache, cos_sin)):
+        from ssmkit.ops.dispatch import check_triton_device
+        from ssmkit.ops.attention.triton.rope_cache import rope_cache_write
+
+        check_triton_device(q)
+        return rope_cache_write(q, k, v, cos_sin, position, k_cache, v_cache, key_mask)
+    return rope_and_cache_ref(q, k, v, position, k_cache, v_cache, cos_sin, key_mask)
+
+
+def rope_and_cache_ref(q, k, v, position, k_cache, v_cache, cos_sin, key_mask) -> torch.Tensor:
+    """`rope_and_cache` in torch: apply_rotary on (batch, 1, heads, headdim) views, index_put into the caches."""
+    batch = q.shape[0]
+    pos = position.view(-1, 1)
+    q4, k4 = q[:, None], k[:, None]
+    if cos_sin is not None:
+        cs = cos_sin[:, pos]  # (2, 1 or batch, 1, rotary_dim)
+        q4, k4 = apply_rotary(q4, cs[0], cs[1]), apply_rotary(k4, cs[0], cs[1])
+    index = (torch.arange(batch, device=q.device), position.expand(batch))
+    k_cache[index] = k4[:, 0].to(k_cache.dtype)
+    v_cache[index] = v.to(v_cache.dtype)
+    if key_mask is not None:
+        key_mask.scatter_(1, pos.expand(batch, 1), True)
+    return q4[:, 0]
+
+
+def _rope_kernel_takes(q, k_cache, v_cache, cos_sin) -> bool:
+    """Whether impl="auto" runs the Triton kernel: CUDA, one floating dtype throughout, heads of <= 256."""
+    from ssmkit.ops.dispatch import triton_module_available
+
+    same = k_cache.dtype == v_cache.dtype == q.dtype and (cos_sin is None or cos_sin.dtype == q.dtype)
+    return (q.is_cuda and same and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and q.shape[-1] <= 256 and triton_module_available("ssmkit.ops.attention"))
 
 
 def _check_q_offset(q_offset, batch: int, q_len: int, kv_len: int) -> None:

@@ -144,6 +144,11 @@ class KVCache:
         self._write((rows, position.expand(self.batch)), k_new[:, 0], v_new[:, 0])  # index_put: no host sync
         return self._read(self.max_len)
 
+    def read_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k_all, v_all): (batch, max_len, nkv_heads, headdim) in dtype, every position, filled or not (views
+        of the storage when kv_dtype == dtype), as `write_at` returns them."""
+        return self._read(self.max_len)
+
     def truncate(self, length: int | torch.Tensor) -> None:
         """Shortens the filled part (keeps the first `length` positions): an int for all rows, or (batch,)
         per-row lengths with per_row, e.g. the true lengths after prefilling a right-padded batch."""
