@@ -9,8 +9,8 @@ random-weight models, whose logits are nearly flat.
 
 from __future__ import annotations
 
+import argparse
 import copy
-import sys
 
 import torch
 
@@ -59,7 +59,9 @@ def compare(preset: str, device: torch.device) -> str:
 
 
 if __name__ == "__main__":
-    presets = (sys.argv[1] if len(sys.argv) > 1 else "hybrid-130m,llama-125m,hybrid-1.3b").split(",")
-    for name in presets:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("presets", nargs="?", default="hybrid-130m,llama-125m,hybrid-1.3b",
+                        help="comma-separated ModelConfig presets")
+    for name in parser.parse_args().presets.split(","):
         print(compare(name, torch.device("cuda")), flush=True)
         torch.cuda.empty_cache()

@@ -7,8 +7,8 @@ mean durations from torch.profiler, which sees the kernels inside a graph replay
 
 from __future__ import annotations
 
+import argparse
 import collections
-import sys
 import time
 
 import torch
@@ -86,4 +86,6 @@ def main(presets: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].split(","))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("presets", help="comma-separated ModelConfig presets, e.g. mamba2-130m,llama-125m")
+    main(parser.parse_args().presets.split(","))
