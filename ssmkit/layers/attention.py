@@ -114,7 +114,7 @@ class Attention(nn.Module):
         table = self._rope_table(position, state.kv.max_len, q.dtype) if self.use_rope else None
         if state.kv.quantized or (self.use_rope and table is None):
             q = self._rope_and_write_unfused(q, k, v, position, state, table)
-        else:  # one Triton launch on CUDA: RoPE of q and k, k and v into the caches, the key mask set
+        else:  # RoPE of q and k, k and v into the caches, the key mask set (one Triton launch once selectable)
             q = rope_and_cache(q, k, v, position, state.kv.k, state.kv.v, cos_sin=table, key_mask=state.key_mask)
         k_all, v_all = state.kv.read_all()  # (batch, max_len, nkv_heads, headdim)
         # on CUDA the split-K Triton kernel where it tiles the inputs (not an int8 cache), else masked SDPA

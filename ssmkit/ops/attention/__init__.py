@@ -151,8 +151,8 @@ def rope_and_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: 
         k_cache, v_cache: (batch, max_len, nkv_heads, headdim), written in place (not an int8 cache).
         cos_sin: (2, >= max_len, rotary_dim) from `rotary_table`, or None (no RoPE: q and k pass unrotated).
         key_mask: (batch, max_len) bool, set True at each row's position, or None.
-        impl: "auto" (one Triton launch on CUDA where it takes the inputs, else "reference"), "triton",
-            "reference" (apply_rotary and index_put, as the layer did).
+        impl: "auto" (one Triton launch on CUDA where it takes the inputs once ROPE_KERNEL_AUTO is set, else
+            "reference"), "triton", "reference" (apply_rotary and index_put, op by op).
     Returns:
         (batch, nheads, headdim) in q's dtype; the same numbers as the reference (16-bit: bit for bit).
     """
@@ -205,12 +205,18 @@ def rope_and_cache_ref(q, k, v, position, k_cache, v_cache, cos_sin, key_mask) -
     return q4[:, 0]
 
 
+# impl="auto" takes the RoPE + KV-write kernel only once its gpu-marked tests have passed on a GPU: written and
+# checked in the interpreter (bit for bit) and compiled for sm_90 on 2026-11-25, not yet run on a GPU.
+ROPE_KERNEL_AUTO = False
+
+
 def _rope_kernel_takes(q, k_cache, v_cache, cos_sin) -> bool:
-    """Whether impl="auto" runs the Triton kernel: CUDA, one floating dtype throughout, heads of <= 256."""
+    """Whether impl="auto" runs the Triton kernel: selectable, CUDA, one floating dtype throughout, heads of
+    <= 256 channels."""
     from ssmkit.ops.dispatch import triton_module_available
 
     same = k_cache.dtype == v_cache.dtype == q.dtype and (cos_sin is None or cos_sin.dtype == q.dtype)
-    return (q.is_cuda and same and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    return (ROPE_KERNEL_AUTO and q.is_cuda and same and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
             and q.shape[-1] <= 256 and triton_module_available("ssmkit.ops.attention"))
 
 

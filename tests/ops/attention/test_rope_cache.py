@@ -138,6 +138,23 @@ def test_auto_on_cpu_is_the_reference_and_bad_inputs_are_named():
 
 
 @pytest.mark.gpu
+def test_auto_takes_the_kernel_on_cuda_only_once_it_is_declared_selectable(monkeypatch):
+    import ssmkit.ops.attention as attention_ops
+
+    inp = make_inputs(2, 4, 2, 64, 16, dtype=torch.bfloat16, device="cuda")
+    calls = []
+    import ssmkit.ops.attention.triton.rope_cache as kernel_module
+
+    launch = kernel_module.rope_cache_write
+    monkeypatch.setattr(kernel_module, "rope_cache_write", lambda *a: calls.append(1) or launch(*a))
+    run(inp, "auto")
+    assert calls == [] if not attention_ops.ROPE_KERNEL_AUTO else calls == [1]
+    monkeypatch.setattr(attention_ops, "ROPE_KERNEL_AUTO", True)
+    run(inp, "auto")
+    assert calls[-1:] == [1]
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(1, 12, 12, 64, 2048), (16, 32, 8, 128, 4096), (4, 16, 16, 64, 100)])
 def test_kernel_equals_the_reference_bit_for_bit_on_gpu(shape):
     batch, nheads, nkv, hd, max_len = shape
