@@ -69,29 +69,31 @@ def measure(preset: str, args, db_dir: Path) -> dict:
         n_events = store.query("SELECT count(*) FROM events WHERE run_id = ?", [prof.run_id])[1][0][0]
     assert n_events == units * args.new_tokens, (n_events, units, args.new_tokens)
 
-    # 2. time, interleaved A B B A A B ...: which arm runs first alternates, so a drift within a pair (clocks,
-    # caches, the previous arm's leftovers) does not always favour the same arm
-    plain, profiled = [], []
+    # 2. time blocks of three runs, plain A, profiled B and plain A', rotated (A B A', B A' A, A' A B, ...) so each
+    # arm runs first, second and third equally often: a position effect (the previous run's leftovers, clocks)
+    # then weighs on every arm alike. The overhead compares B with A and A' together; A against A' is the A/A
+    # resolution of this machine, free of the order effect that an odd/even split of alternating pairs carries.
+    times = {"A": [], "B": [], "A'": []}
 
-    def run_plain():
-        plain.append(decode(model, ids, args.new_tokens)[1])
+    def run(arm: str) -> None:
+        if arm == "B":
+            with Profiler(model, db):
+                times[arm].append(decode(model, ids, args.new_tokens)[1])
+        else:
+            times[arm].append(decode(model, ids, args.new_tokens)[1])
 
-    def run_profiled():
-        with Profiler(model, db):
-            profiled.append(decode(model, ids, args.new_tokens)[1])
-
+    arms = ["A", "B", "A'"]
     for i in range(args.repeats):
-        for run in (run_plain, run_profiled) if i % 2 == 0 else (run_profiled, run_plain):
-            run()
+        for arm in arms[i % 3:] + arms[:i % 3]:
+            run(arm)
+    plain = times["A"] + times["A'"]
     steps = (args.new_tokens - 1) * args.batch
-    tps_plain, tps_prof = steps / statistics.median(plain), steps / statistics.median(profiled)
-    # The noise floor: how far the medians of two halves of the plain runs differ (an A/A comparison).
-    noise = abs(statistics.median(plain[0::2]) - statistics.median(plain[1::2])) / statistics.median(plain)
+    med_plain, med_prof = statistics.median(plain), statistics.median(times["B"])
+    noise = abs(statistics.median(times["A"]) - statistics.median(times["A'"])) / med_plain
     return {"preset": preset, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "units": units, "tps_plain": tps_plain, "tps_profiled": tps_prof,
-            "overhead": tps_plain / tps_prof - 1, "noise": noise, "per_call_us": (statistics.median(profiled)
-                                                                  - statistics.median(plain))
-            / ((args.new_tokens - 1) * units) * 1e6}
+            "units": units, "tps_plain": steps / med_plain, "tps_profiled": steps / med_prof,
+            "overhead": med_prof / med_plain - 1, "noise": noise,
+            "per_call_us": (med_prof - med_plain) / ((args.new_tokens - 1) * units) * 1e6}
 
 
 def device_name(device: str) -> str:
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=6, help="blocks of three runs (a multiple of 3 balances positions)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     p.add_argument("--out", default=None, help="write the markdown table here")
     args = p.parse_args(argv)
@@ -125,11 +127,11 @@ def main(argv=None) -> int:
         f"- command: `{command}`", "",
         f"Random-weight presets, {args.dtype}, batch {args.batch}, prompt {args.prompt_len} tokens, "
         f"{args.new_tokens} new tokens (greedy, model.step). Validated first: the profiled run returns the same "
-        f"tokens and records one event per layer unit and model call. Median of {args.repeats} interleaved runs "
-        f"each (A B B A: the arm that runs first alternates); the profiler writes to a DuckDB file through its "
-        f"background writer. 'per call' is the extra "
-        f"time per recorded layer call; 'A/A noise' is how far the medians of the odd and even plain runs differ, the "
-        f"resolution of this measurement on this machine.", "",
+        f"tokens and records one event per layer unit and model call. {args.repeats} blocks of three runs, plain A, "
+        f"profiled B and plain A', in rotated order (each arm first, second and third equally often); the profiler "
+        f"writes to a DuckDB file through its background writer. Overhead = median of B over median of A and A'; "
+        f"'per call' is that extra time per recorded layer call; 'A/A noise' is how far the medians of A and A' "
+        f"differ, the resolution of this measurement on this machine.", "",
         "| preset | params (M) | hooked units | tokens/s plain | tokens/s profiled | overhead | A/A noise | "
         "per call (us) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
