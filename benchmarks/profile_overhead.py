@@ -1,8 +1,9 @@
 """Profiler overhead: decode tokens/s of the same generation with and without ssmkit.profile.Profiler.
 
 Validates first (the profiled generation returns the same tokens and records layers x model calls events), then
-times unprofiled and profiled runs interleaved (A B B A ...) after a warm-up, so machine drift hits both alike,
-and reports the median decode tokens/s of each and the overhead. Writes a markdown table with `--out`.
+times blocks of plain, profiled and plain runs in rotated order after a warm-up, so machine drift and position
+effects hit every arm alike, and reports the median decode tokens/s of each, the overhead and the plain-vs-plain
+(A/A) resolution. Writes a markdown table with `--out`.
 
     python benchmarks/profile_overhead.py --presets tiny-hybrid-moe --threads 1
     python benchmarks/profile_overhead.py --presets hybrid-moe-1.3b --device cuda --dtype bfloat16 --batch 16
