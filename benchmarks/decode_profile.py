@@ -1,8 +1,9 @@
 """Where a CUDA-graph decode step spends its time, per preset at batch 1 (bf16, random weights, 1K-token prompt):
 the replay's GPU time per step, the generate loop's time per step, and the kernels one replay launches (counts and
-mean durations from torch.profiler, which sees the kernels inside a graph replay).
+mean durations from torch.profiler, which sees the kernels inside a graph replay). With --prefill, the same for
+one prefill of the prompt (eager: wall time against GPU time tells launch-bound from GPU-bound).
 
-    python3 benchmarks/decode_profile.py mamba2-130m,mamba-130m,llama-125m     # needs a CUDA device
+    python3 benchmarks/decode_profile.py mamba2-130m,mamba-130m,llama-125m [--prefill]    # needs a CUDA device
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ssmkit.bench.scripts import random_model
-from ssmkit.inference import generate_steps
+from ssmkit.inference import allocate_cache, generate_steps
+from ssmkit.inference.generate import prefill
 from ssmkit.inference.graphs import graphed_decoder, release_decoder
 
 PROMPT, CACHE, REPLAYS, PROFILED = 1024, 2048, 200, 5
@@ -61,7 +63,41 @@ def loop_us(model, ids, new: int = 64) -> float:
     return (time.perf_counter() - t0) / new * 1e6
 
 
-def main(presets: list[str]) -> None:
+def kernel_table(kernels: dict, top: int = 22) -> None:
+    for name, (n, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"   {n:5.0f} x {us / n:6.2f} us = {us:7.1f} us  {name}")
+
+
+@torch.no_grad()
+def profile_prefill(model, ids) -> None:
+    """Wall time of one prefill (host launching, then a sync) against its GPU time and its kernels."""
+    state = allocate_cache(model, 1, CACHE)
+    for _ in range(3):
+        prefill(model, ids, state)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    start.record()
+    prefill(model, ids, state)
+    host = (time.perf_counter() - t0) * 1e3
+    end.record()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) * 1e3
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        prefill(model, ids, state)
+        torch.cuda.synchronize()
+    kernels = collections.defaultdict(lambda: [0.0, 0.0])
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[ev.name[:90]][0] += 1
+            kernels[ev.name[:90]][1] += ev.device_time
+    print(f"   prefill {ids.shape[1]} tokens: wall {wall:.1f} ms (host launching {host:.1f} ms), GPU "
+          f"{start.elapsed_time(end):.1f} ms, {sum(v[0] for v in kernels.values()):.0f} kernels, "
+          f"{sum(v[1] for v in kernels.values()) / 1e3:.1f} ms of kernel time")
+    kernel_table(kernels, top=12)
+
+
+def main(presets: list[str], with_prefill: bool = False) -> None:
     device = torch.device("cuda")
     print(f"device {torch.cuda.get_device_name()}; torch {torch.__version__}")
     for preset in presets:
@@ -79,8 +115,9 @@ def main(presets: list[str]) -> None:
         total = sum(v[1] for v in kernels.values())
         print(f"\n== {preset}: {model.config.n_layers} layers; replay {gpu:.0f} us/step; generate loop {loop:.0f} "
               f"us/step; {count:.0f} kernels per step, {total:.0f} us of kernel time")
-        for name, (n, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:22]:
-            print(f"   {n:5.0f} x {us / n:6.2f} us = {us:7.1f} us  {name}")
+        kernel_table(kernels)
+        if with_prefill:
+            profile_prefill(model, ids)
         del model, decoder
         torch.cuda.empty_cache()
 
@@ -88,4 +125,15 @@ def main(presets: list[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("presets", help="comma-separated ModelConfig presets, e.g. mamba2-130m,llama-125m")
-    main(parser.parse_args().presets.split(","))
+    parser.add_argument("--prefill", action="store_true", help="also profile one prefill of the prompt")
+    parser.add_argument("--pending-kernels", action="store_true",
+                        help="let impl='auto' take the kernels not yet validated on a GPU (the fused norm + "
+                             "linear, the RoPE + KV write), to time them against a run without this flag")
+    cli = parser.parse_args()
+    if cli.pending_kernels:
+        import ssmkit.ops.attention
+        import ssmkit.ops.norm
+
+        ssmkit.ops.norm.NORM_LINEAR_AUTO = True
+        ssmkit.ops.attention.ROPE_KERNEL_AUTO = True
+    main(cli.presets.split(","), cli.prefill)

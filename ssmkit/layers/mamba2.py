@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ssmkit.ops.conv1d import causal_conv1d_step
+from ssmkit.ops.norm import norm_linear
 from ssmkit.ops.ssd import ssd, ssd_step
 
 from .norm import GatedRMSNorm
@@ -111,4 +112,9 @@ class Mamba2(nn.Module):
         # A = -exp(A_log) happens inside the step kernel (launches per token saved)
         y = ssd_step(state.ssm_state, x, dt, self.A_log, B, C, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
                      dt_limit=self.dt_limit, A_is_log=True)
-        return self.out_proj(self.norm(y.reshape(hidden.shape[0], self.d_inner), z))
+        y = y.reshape(hidden.shape[0], self.d_inner)
+        if self.out_proj.bias is not None:
+            return self.out_proj(self.norm(y, z))
+        # the gated norm and out_proj as one op (one Triton launch on CUDA once selectable, see ops.norm)
+        return norm_linear(y, self.norm.weight, self.out_proj.weight, self.norm.eps, z=z,
+                           group_size=self.norm.group_size)[0]

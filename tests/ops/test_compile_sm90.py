@@ -190,6 +190,12 @@ def _cases() -> list:
     for headdim in (64, 128):
         cases.append((decode, "_decode_combine_kernel", dict(HEADDIM=headdim, BLOCK_S=decode_plan.BLOCK_S),
                       decode_plan.NUM_WARPS, 2, f"_decode_combine_kernel-d{headdim}"))
+    fused = "ssmkit.ops.norm.triton.linear"
+    base = dict(NORMED_ROUND=1, DOT_PRECISION="tf32", BLOCK_M=16, BLOCK_K=128)
+    for label, extra in (("gated", dict(NORM_ROUND=0, NG=1, BLOCK_N=16, res_ptr=None, res_out_ptr=None)),
+                         ("gated-groups8", dict(NORM_ROUND=0, NG=8, BLOCK_N=16, res_ptr=None, res_out_ptr=None)),
+                         ("residual", dict(NORM_ROUND=1, NG=1, BLOCK_N=32, z_ptr=None))):
+        cases.append((fused, "_norm_linear_kernel", dict(base, **extra), 4, 2, f"_norm_linear_kernel-{label}"))
     rope = "ssmkit.ops.attention.triton.rope_cache"
     for block_d, has_rope in ((64, True), (128, True), (64, False)):
         cases.append((rope, "_rope_cache_kernel", dict(HAS_ROPE=has_rope, BLOCK_D=block_d), 1, 2,

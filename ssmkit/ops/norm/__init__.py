@@ -9,12 +9,14 @@ from __future__ import annotations
 
 
 import torch
+import torch.nn.functional as F
 
 from ssmkit.ops.norm.reference import add_rms_norm_ref, gated_rms_norm_ref, rms_norm_ref
 from ssmkit.ops.dispatch import pick_impl
-from ssmkit.ops.validate import check_same_device, check_tensor
+from ssmkit.ops.validate import check_impl, check_same_device, check_tensor
 
-__all__ = ["rms_norm", "gated_rms_norm", "add_rms_norm", "rms_norm_ref", "gated_rms_norm_ref", "add_rms_norm_ref"]
+__all__ = ["rms_norm", "gated_rms_norm", "add_rms_norm", "norm_linear", "rms_norm_ref", "gated_rms_norm_ref",
+           "add_rms_norm_ref"]
 
 IMPLS = ("auto", "reference", "triton")
 
@@ -57,6 +59,78 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
     norm_dtype = weight.dtype if norm_dtype is None else norm_dtype
     fn = pick_impl("ssmkit.ops.norm", "add_rms_norm", impl, x.device, add_rms_norm_ref, IMPLS)
     return fn(x, residual, weight, eps, residual_dtype, norm_dtype)
+
+
+# impl="auto" takes the fused norm + linear kernel only once its gpu-marked tests have passed on a GPU (written and
+# checked in the interpreter on 2026-11-25, not yet run on a GPU); until then it composes the two ops.
+NORM_LINEAR_AUTO = False
+NORM_LINEAR_MAX_ROWS = 16
+
+
+def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
+                z: torch.Tensor | None = None, group_size: int | None = None, residual: torch.Tensor | None = None,
+                residual_dtype: torch.dtype | None = None, norm_dtype: torch.dtype | None = None,
+                impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An RMSNorm and the bias-free linear layer after it, as one op for decode: F.linear(norm(h), weight).
+
+    Args:
+        x: (..., K). norm_weight: (K,). weight: (N, K), the projection (e.g. a mixer's out_proj or in_proj).
+        z, group_size: the gated, grouped norm of Mamba-2 (h = x * silu(z), normalized per group of channels),
+            as `gated_rms_norm(..., norm_before_gate=False)`.
+        residual, residual_dtype: a block's pre-norm after its residual add, as `add_rms_norm` (residual may be
+            None with residual_dtype given: x starts the stream); norm_dtype as there (default norm_weight's).
+        impl: "auto" (one Triton launch on CUDA for at most NORM_LINEAR_MAX_ROWS rows once NORM_LINEAR_AUTO is
+            set, else the two ops with impl="auto"), "triton", "reference".
+    Returns:
+        (out (..., N) in weight.dtype, the new residual (..., K) when residual_dtype is given, else None). The
+        norm's output must have weight's dtype (the linear layer takes it as it is).
+    """
+    check_impl(impl, IMPLS)
+    _check_norm_args(x, z, norm_weight, eps)
+    dim = x.shape[-1]
+    check_tensor("weight", weight, ndim=2)
+    check_tensor("weight", weight, shape=(None, dim))
+    group_size = dim if group_size is None else group_size
+    if not isinstance(group_size, int) or group_size < 1 or dim % group_size:
+        raise ValueError(f"group_size: expected a positive divisor of dim={dim}, got {group_size!r}")
+    if residual_dtype is None and residual is not None:
+        raise ValueError("residual_dtype: expected the residual stream's dtype when residual is given")
+    if residual_dtype is not None and (z is not None or group_size != dim):
+        raise ValueError("z, group_size: the residual form is a plain RMSNorm (no gate, one group)")
+    if residual is not None:
+        check_tensor("residual", residual, shape=tuple(x.shape))
+    check_same_device(x=x, z=z, residual=residual, norm_weight=norm_weight, weight=weight)
+    norm_dtype = norm_weight.dtype if residual_dtype is not None and norm_dtype is None else norm_dtype
+    rows = x.reshape(-1, dim)
+    if impl == "triton" or (impl == "auto" and NORM_LINEAR_AUTO and x.is_cuda
+                            and rows.shape[0] <= NORM_LINEAR_MAX_ROWS):
+        from ssmkit.ops.norm.triton.linear import MAX_ROWS, norm_linear_fwd
+
+        if rows.shape[0] <= MAX_ROWS and _norm_linear_kernel_takes(x, residual, z, norm_weight, weight,
+                                                                    residual_dtype, norm_dtype):
+            flat = [None if t is None else t.reshape(-1, dim) for t in (residual, z)]
+            out, res = norm_linear_fwd(rows, flat[0], flat[1], norm_weight, eps, group_size, weight,
+                                       residual_dtype, norm_dtype or x.dtype)
+            return out.reshape(*x.shape[:-1], -1), None if res is None else res.reshape(x.shape)
+        if impl == "triton":
+            raise ValueError("impl: the fused norm + linear kernel takes at most 16 rows of float32/float16/"
+                             "bfloat16 whose norm output has the weight's dtype; use impl='auto'")
+    sub = "reference" if impl == "reference" else "auto"
+    if residual_dtype is not None:
+        normed, res = add_rms_norm(x, residual, norm_weight, eps, residual_dtype=residual_dtype,
+                                   norm_dtype=norm_dtype, impl=sub)
+    else:
+        normed, res = gated_rms_norm(x, z, norm_weight, eps, group_size=group_size, impl=sub), None
+    return F.linear(normed, weight), res
+
+
+def _norm_linear_kernel_takes(x, residual, z, norm_weight, weight, residual_dtype, norm_dtype) -> bool:
+    """The kernel's dtypes: 16/32-bit floats, the norm's output dtype equal to the projection's."""
+    ok = (torch.float32, torch.float16, torch.bfloat16)
+    dtypes = [t.dtype for t in (x, residual, z, norm_weight, weight) if t is not None]
+    dtypes += [d for d in (residual_dtype, norm_dtype) if d is not None]
+    normed = norm_dtype if residual_dtype is not None else x.dtype
+    return all(d in ok for d in dtypes) and torch.promote_types(normed, norm_weight.dtype) == weight.dtype
 
 
 def gated_rms_norm(
