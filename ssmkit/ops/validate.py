@@ -28,6 +28,25 @@ def check_tensor(name: str, t, ndim: int | None = None, shape: Sequence[int | No
         raise ValueError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
 
 
+def check_bool_mask(name: str, mask, shape: tuple[int, ...]) -> None:
+    """mask must be a bool tensor of exactly `shape` (attention's key masks)."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = getattr(mask, "dtype", type(mask).__name__)
+        raise ValueError(f"{name}: expected a bool tensor of shape {shape}, got {got}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(mask.shape)}")
+
+
+def check_position(name: str, position, batch: int) -> None:
+    """A decode position: an int64 tensor of shape (1,) (every row) or (batch,) (one per row). Its values are
+    not read: that would synchronize the host with the device (and break CUDA graph capture)."""
+    if (not isinstance(position, torch.Tensor) or position.dtype != torch.int64 or position.ndim != 1
+            or position.shape[0] not in (1, batch)):
+        got = (f"{position.dtype} shape {tuple(position.shape)}" if isinstance(position, torch.Tensor)
+               else type(position).__name__)
+        raise ValueError(f"{name}: expected an int64 tensor of shape (1,) or ({batch},), got {got}")
+
+
 def check_same_device(**tensors) -> None:
     """All non-None tensors must live on one device."""
     devices = {k: v.device for k, v in tensors.items() if isinstance(v, torch.Tensor)}

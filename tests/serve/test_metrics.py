@@ -26,7 +26,8 @@ def _value(samples: dict, name: str, **labels) -> float:
 def test_scraped_metrics_count_what_was_served(checkpoints, policy_file, monkeypatch):
     from ssmkit.ops.ssd.triton import plan
 
-    monkeypatch.setattr(plan, "_STATS", {"tuned": 3, "seconds": 1.5, "untuned": 7})  # a CPU server tunes nothing: stand-in totals
+    # a CPU server tunes nothing: stand-in totals
+    monkeypatch.setattr(plan, "_STATS", {"tuned": 3, "seconds": 1.5, "untuned": 7})
     models = {"llama": checkpoints["llama"], "mamba2": checkpoints["mamba2"]}
     with serving(models, policy=policy_file) as (url, _):
         with httpx.Client(base_url=url, timeout=30) as c:

@@ -12,7 +12,7 @@ from ssmkit.ops.attention.kv_cache import KVCache, dequantize_int8, quantize_int
 from ssmkit.ops.attention.reference import attention_mask, attention_ref
 from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin, rotary_table
 from ssmkit.ops.attention.sdpa import attention_sdpa
-from ssmkit.ops.validate import check_impl, check_same_device, check_tensor
+from ssmkit.ops.validate import check_bool_mask, check_impl, check_position, check_same_device, check_tensor
 
 __all__ = [
     "attention",
@@ -73,13 +73,7 @@ def attention(
         if t.dtype != q.dtype or not t.is_floating_point():
             raise ValueError(f"{name}: expected the floating dtype of q ({q.dtype}), got {t.dtype}")
     if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            got = getattr(key_padding_mask, "dtype", type(key_padding_mask).__name__)
-            raise ValueError(f"key_padding_mask: expected a bool tensor, got {got}")
-        if tuple(key_padding_mask.shape) != (batch, kv_len):
-            raise ValueError(
-                f"key_padding_mask: expected shape ({batch}, {kv_len}), got {tuple(key_padding_mask.shape)}"
-            )
+        check_bool_mask("key_padding_mask", key_padding_mask, (batch, kv_len))
     _check_q_offset(q_offset, batch, q_len, kv_len)
     offset_tensor = q_offset if isinstance(q_offset, torch.Tensor) else None
     check_same_device(q=q, k=k, v=v, key_padding_mask=key_padding_mask, q_offset=offset_tensor)
@@ -170,14 +164,9 @@ def rope_and_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: 
         if cos_sin.shape[0] != 2 or cos_sin.shape[2] > headdim or cos_sin.shape[2] % 2:
             raise ValueError(f"cos_sin: expected (2, >= max_len, even rotary_dim <= {headdim}), got "
                              f"{tuple(cos_sin.shape)}")
-    if key_mask is not None and (not isinstance(key_mask, torch.Tensor) or key_mask.dtype != torch.bool
-                                 or tuple(key_mask.shape) != (batch, k_cache.shape[1])):
-        got = (f"{key_mask.dtype} shape {tuple(key_mask.shape)}" if isinstance(key_mask, torch.Tensor)
-               else type(key_mask).__name__)
-        raise ValueError(f"key_mask: expected a bool tensor of shape ({batch}, {k_cache.shape[1]}), got {got}")
-    if not isinstance(position, torch.Tensor) or position.dtype != torch.int64 or position.ndim != 1 or position.shape[0] not in (1, batch):
-        raise ValueError(f"position: expected an int64 tensor of shape (1,) or ({batch},), got {position.dtype} "
-                         f"shape {tuple(position.shape)}")
+    if key_mask is not None:
+        check_bool_mask("key_mask", key_mask, (batch, k_cache.shape[1]))
+    check_position("position", position, batch)
     check_same_device(q=q, k=k, v=v, position=position, k_cache=k_cache, v_cache=v_cache, cos_sin=cos_sin,
                       key_mask=key_mask)
     if impl == "triton" or (impl == "auto" and _rope_kernel_takes(q, k_cache, v_cache, cos_sin)):

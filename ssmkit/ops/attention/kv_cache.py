@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssmkit.ops.validate import check_same_device, check_tensor
+from ssmkit.ops.validate import check_position, check_same_device, check_tensor
 
 INT8_MAX = 127
 
@@ -136,9 +136,7 @@ class KVCache:
         """
         check_tensor("k_new", k_new, shape=(self.batch, 1, self.nkv_heads, self.headdim))
         check_tensor("v_new", v_new, shape=tuple(k_new.shape))
-        if position.dtype != torch.int64 or position.ndim != 1 or position.shape[0] not in (1, self.batch):
-            raise ValueError(f"position: expected an int64 tensor of shape (1,) or ({self.batch},), got "
-                             f"{position.dtype} shape {tuple(position.shape)}")
+        check_position("position", position, self.batch)
         check_same_device(k_new=k_new, v_new=v_new, position=position, cache=self.k)
         rows = torch.arange(self.batch, device=self.k.device)
         self._write((rows, position.expand(self.batch)), k_new[:, 0], v_new[:, 0])  # index_put: no host sync

@@ -56,9 +56,10 @@ def rotary_table(length: int, headdim: int, base: float = 10000.0, *, dtype: tor
                  device: torch.device | str | None = None, rotary_dim: int | None = None,
                  build: bool = True) -> torch.Tensor | None:
     """cos and sin of positions 0 .. length - 1 stacked, (2, length, rotary_dim): `rotary_cos_sin(arange(length))`
-    computed once per (device, dtype, sizes, base) and kept (grown to the next power of two when a longer one is
-    asked; never freed, at most twice the longest table per key). A decode step indexes it at its position (one gather) instead of recomputing the angles in every
-    attention layer (about ten small kernels per layer per token).
+    computed once per (device, dtype, sizes, base) and kept, grown to the next power of two when a longer one is
+    asked (never freed: at most twice the longest table per key). A decode step indexes it at its position (one
+    gather) instead of recomputing the angles in every attention layer (about ten small kernels per layer per
+    token).
 
     build=False: None unless a table long enough exists (a CUDA graph being captured must not build one: its
     values would only exist once the graph replays)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ssmkit.ops.dispatch import check_triton_device
-from ssmkit.ops.validate import check_same_device, check_tensor
+from ssmkit.ops.validate import check_bool_mask, check_position, check_same_device, check_tensor
 
 from .decode import decode_attention_fwd
 
@@ -76,15 +76,7 @@ def _check_inputs(q, k_cache, v_cache, position, key_mask) -> None:
         if t.stride(-1) != 1:
             raise ValueError(f"{name}: expected a unit stride along headdim (read in place), got strides "
                              f"{t.stride()}")
-    if (not isinstance(position, torch.Tensor) or position.dtype != torch.int64 or position.ndim != 1
-            or position.shape[0] not in (1, batch)):
-        got = (f"{position.dtype} shape {tuple(position.shape)}" if isinstance(position, torch.Tensor)
-               else type(position).__name__)
-        raise ValueError(f"position: expected an int64 tensor of shape (1,) or ({batch},), got {got}")
+    check_position("position", position, batch)
     if key_mask is not None:
-        if not isinstance(key_mask, torch.Tensor) or key_mask.dtype != torch.bool:
-            got = getattr(key_mask, "dtype", type(key_mask).__name__)
-            raise ValueError(f"key_mask: expected a bool tensor, got {got}")
-        if tuple(key_mask.shape) != (batch, max_len):
-            raise ValueError(f"key_mask: expected shape ({batch}, {max_len}), got {tuple(key_mask.shape)}")
+        check_bool_mask("key_mask", key_mask, (batch, max_len))
     check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, position=position, key_mask=key_mask)

@@ -26,9 +26,9 @@ def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, table_ptr, pos_ptr, q_out_ptr, kc_pt
                        skc_b, skc_l, skc_h, svc_b, svc_l, svc_h, smask_b, spos,
                        HAS_ROPE: tl.constexpr, BLOCK_D: tl.constexpr):
     """q (batch, nheads, headdim), k, v (batch, nkv_heads, headdim) with unit last stride; table (2, >= max_len,
-    rotary_dim), cos then sin, strides (st_cs, st_l, 1); pos (1 or batch,) int64, read with stride spos (0 = shared); q_out
-    (batch, nheads, headdim) contiguous; caches (batch, max_len, nkv_heads, headdim) strided; key_mask (batch,
-    max_len) as uint8, or None."""
+    rotary_dim), cos then sin, strides (st_cs, st_l, 1); pos (1 or batch,) int64, read with stride spos (0 =
+    shared); q_out (batch, nheads, headdim) contiguous; caches (batch, max_len, nkv_heads, headdim) strided;
+    key_mask (batch, max_len) as uint8, or None."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     pos = tl.load(pos_ptr + b * spos)
