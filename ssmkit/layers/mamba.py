@@ -107,9 +107,12 @@ class Mamba(nn.Module):
             state.ssm_state.copy_(ssm_final)
         return self.out_proj(y)
 
-    def step(self, hidden: torch.Tensor, state: MambaState) -> torch.Tensor:
-        """One token: hidden (batch, d_model) -> (batch, d_model); updates `state` in place."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+    def step(self, hidden: torch.Tensor, state: MambaState, *, projected: bool = False) -> torch.Tensor:
+        """One token: hidden (batch, d_model) -> (batch, d_model); updates `state` in place.
+
+        projected: hidden is in_proj's output already (batch, 2 * d_inner), as a block that fuses its pre-norm
+        into in_proj passes it (ssmkit.ops.norm.norm_linear)."""
+        x, z = (hidden if projected else self.in_proj(hidden)).chunk(2, dim=-1)
         x = causal_conv1d_step(state.conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         dt_low, B, C = self._dt_low_B_C(x)
         # A = -exp(A_log) and dt = dt_proj(dt_low) happen inside the step kernel (launches per token saved)

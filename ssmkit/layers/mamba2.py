@@ -103,9 +103,13 @@ class Mamba2(nn.Module):
         y = self.norm(y.reshape(batch, seqlen, self.d_inner), z)
         return self.out_proj(y)
 
-    def step(self, hidden: torch.Tensor, state: Mamba2State) -> torch.Tensor:
-        """One token: hidden (batch, d_model) -> (batch, d_model); updates `state` in place."""
-        z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+    def step(self, hidden: torch.Tensor, state: Mamba2State, *, projected: bool = False) -> torch.Tensor:
+        """One token: hidden (batch, d_model) -> (batch, d_model); updates `state` in place.
+
+        projected: hidden is in_proj's output already (batch, in_proj.out_features), as a block that fuses its
+        pre-norm into in_proj passes it (ssmkit.ops.norm.norm_linear)."""
+        zxbcdt = hidden if projected else self.in_proj(hidden)
+        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC = causal_conv1d_step(state.conv_state, xBC, self.conv1d.weight[:, 0], self.conv1d.bias,
                                  activation="silu")
         x, B, C = self._split_xBC(xBC)

@@ -10,14 +10,21 @@ import torch
 from torch import nn
 
 from ssmkit.layers import MLP, Attention, Mamba, Mamba2, MoE, RMSNorm, S4
-from ssmkit.ops.norm import add_rms_norm
+from ssmkit.ops.norm import add_rms_norm, norm_linear
 
 MIXER_CLASSES = {"mamba": Mamba, "mamba2": Mamba2, "attention": Attention, "s4": S4}
 FEED_FORWARD_CLASSES = {"mlp": MLP, "moe": MoE}
 
 
 class Block(nn.Module):
-    """Layer `layer_idx` of a ModelConfig. Submodules: norm, mixer, and (with a feed-forward) ff_norm, ff."""
+    """Layer `layer_idx` of a ModelConfig. Submodules: norm, mixer, and (with a feed-forward) ff_norm, ff.
+
+    fuse_in_proj: the decode step of a Mamba or Mamba-2 mixer without in_proj bias runs the block's pre-norm and
+    the mixer's in_proj as one op (ssmkit.ops.norm.norm_linear). The Profiler turns it off while it records, so
+    that a mixer's recorded step still includes its input projection.
+    """
+
+    fuse_in_proj = True
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -69,12 +76,17 @@ class Block(nn.Module):
         stream = delta.dtype if residual is None else torch.promote_types(residual.dtype, delta.dtype)
         if self.residual_in_fp32:
             stream = torch.promote_types(stream, torch.float32)
-        h, residual = add_rms_norm(delta, residual, self.norm.weight, self.norm.eps, residual_dtype=stream,
-                                   norm_dtype=dtype)
-        if position is not None and self.mixer_kind == "attention":
-            out = self.mixer.step(h, state, position)
+        if self.fuse_in_proj and self.mixer_kind in ("mamba", "mamba2") and self.mixer.in_proj.bias is None:
+            projected, residual = norm_linear(delta, self.norm.weight, self.mixer.in_proj.weight, self.norm.eps,
+                                              residual=residual, residual_dtype=stream, norm_dtype=dtype)
+            out = self.mixer.step(projected, state, projected=True)
         else:
-            out = self.mixer.step(h, state)
+            h, residual = add_rms_norm(delta, residual, self.norm.weight, self.norm.eps, residual_dtype=stream,
+                                       norm_dtype=dtype)
+            if position is not None and self.mixer_kind == "attention":
+                out = self.mixer.step(h, state, position)
+            else:
+                out = self.mixer.step(h, state)
         if self.ff_kind is not None:
             h, residual = add_rms_norm(out, residual, self.ff_norm.weight, self.ff_norm.eps,
                                        residual_dtype=residual.dtype, norm_dtype=dtype)

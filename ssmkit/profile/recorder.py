@@ -180,6 +180,8 @@ class Profiler:
         already has forward hooks, whose time the call has always included) a pre/post hook pair around them."""
         global_hooks = _global_forward_hooks()
         for block in self.model.layers:
+            if hasattr(block, "fuse_in_proj"):  # the mixer's recorded step must include its input projection
+                self._wrap(block, "fuse_in_proj", lambda _: False)
             units = [("mixer", block.mixer, block.mixer_kind)]
             if getattr(block, "ff_kind", None) is not None:
                 units.append(("ff", block.ff, block.ff_kind))

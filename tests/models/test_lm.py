@@ -134,3 +134,25 @@ def test_bad_state_and_mask_are_rejected():
         model(ids, model.allocate_state(2, 8)[:1])
     with pytest.raises(ValueError, match=r"key_padding_mask: expected a bool tensor of shape \(2, 3\)"):
         model(ids, key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("preset", ["tiny-mamba", "tiny-mamba2", "tiny-hybrid-moe"])
+def test_step_with_the_pre_norm_fused_into_in_proj_equals_the_unfused_step(preset):
+    """Block.fuse_in_proj routes the SSM mixers' pre-norm + in_proj through norm_linear and hands the mixer the
+    projection (step(..., projected=True)): the same logits and states, step after step, as the unfused path."""
+    from ssmkit.inference import allocate_cache
+    from ssmkit.models.block import Block
+
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig.from_name(preset)).double().eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 5))
+    runs = []
+    for fused in (True, False):
+        for block in model.layers:
+            block.fuse_in_proj = fused
+        state = allocate_cache(model, 2, 8)
+        with torch.no_grad():
+            runs.append(torch.stack([model.step(ids[:, t], state) for t in range(5)]))
+    for block in model.layers:
+        del block.fuse_in_proj
+    assert Block.fuse_in_proj and torch.equal(runs[0], runs[1])

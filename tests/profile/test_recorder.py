@@ -43,6 +43,15 @@ def test_event_count_is_hooked_layers_times_model_calls_with_types_phases_and_sh
     assert run["status"] == "ok" and run["clock"] == "cpu" and run["wall_ns"] >= ends[-1]
 
 
+def test_blocks_hold_their_fused_pre_norm_off_while_recording_and_get_it_back():
+    """With the pre-norm fused into in_proj, the projection would run outside the mixer's recorded step."""
+    model = tiny_hybrid()
+    with Profiler(model):
+        during = [block.fuse_in_proj for block in model.layers]
+    assert during == [False] * len(model.layers)
+    assert all(block.fuse_in_proj and "fuse_in_proj" not in vars(block) for block in model.layers)
+
+
 def test_each_generate_call_is_a_new_request_and_explicit_context_overrides_ids_and_phases():
     model = tiny_hybrid()
     ids = prompt(batch=1, seqlen=7)
