@@ -71,7 +71,9 @@ class Block(nn.Module):
         """`step` with the residual adds deferred: the stream is residual + delta (residual None: delta alone);
         returns (residual', delta') whose sum is step's output. Each add is fused into the norm that follows it
         (ssmkit.ops.norm.add_rms_norm), the previous block's last add into this block's first norm, which is
-        how LanguageModel.step chains blocks. Same numbers as forward's unfused add, cast and norm."""
+        how LanguageModel.step chains blocks. Same numbers as forward's unfused add, cast and norm for 16- and
+        32-bit models; a float64 model keeps its stream in float64 where forward's residual_in_fp32 rounds it to
+        float32 (x.float())."""
         dtype = self.norm.weight.dtype
         stream = delta.dtype if residual is None else torch.promote_types(residual.dtype, delta.dtype)
         if self.residual_in_fp32:
