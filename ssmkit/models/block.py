@@ -78,7 +78,8 @@ class Block(nn.Module):
         stream = delta.dtype if residual is None else torch.promote_types(residual.dtype, delta.dtype)
         if self.residual_in_fp32:
             stream = torch.promote_types(stream, torch.float32)
-        if self.fuse_in_proj and self.mixer_kind in ("mamba", "mamba2") and self.mixer.in_proj.bias is None:
+        # isinstance, not mixer_kind: a wrapped mixer (tensor-parallel, ...) keeps its kind but not its in_proj
+        if self.fuse_in_proj and isinstance(self.mixer, (Mamba, Mamba2)) and self.mixer.in_proj.bias is None:
             projected, residual = norm_linear(delta, self.norm.weight, self.mixer.in_proj.weight, self.norm.eps,
                                               residual=residual, residual_dtype=stream, norm_dtype=dtype)
             out = self.mixer.step(projected, state, projected=True)
