@@ -163,6 +163,17 @@ def case_add_rms_norm():
             check_add_rms_norm(*case, seed=i)
         except AssertionError as e:
             raise AssertionError(f"case {case}: {e}") from None
+    # hypothesis: row counts (1 row included) and widths off the power-of-two block, every dtype arrangement
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=8, deadline=None, database=None)
+    @given(rows=st.integers(1, 40), dim=st.sampled_from([1, 7, 100, 257]),
+           arrangement=st.sampled_from(range(len(ADD_NORM_CASES))))
+    def one(rows, dim, arrangement):
+        check_add_rms_norm(rows, dim, *ADD_NORM_CASES[arrangement][2:], seed=rows + dim)
+
+    one()
     # impl="triton" through the public op, and the reference while autograd records
     x, _, w = make_inputs((3, 16), torch.float32, seed=8)
     res = torch.randn(3, 16)
