@@ -41,3 +41,12 @@ def test_selective_scan_auto_skips_an_unvalidated_triton_module():
 
     assert auto_impl("cuda") == ("triton" if AUTO_SELECTABLE else "parallel")
     assert auto_impl("cpu") == "parallel"
+
+
+def test_records_autograd_only_with_grad_mode_and_an_input_that_requires_grad():
+    from ssmkit.ops.dispatch import records_autograd
+
+    a, b = torch.ones(2), torch.ones(2, requires_grad=True)
+    assert not records_autograd(a, None, 3) and records_autograd(a, b, None)
+    with torch.no_grad():
+        assert not records_autograd(a, b)

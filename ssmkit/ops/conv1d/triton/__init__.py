@@ -18,7 +18,7 @@ AUTO_SELECTABLE = True
 
 import torch
 
-from ssmkit.ops.dispatch import check_triton_device, warn_once
+from ssmkit.ops.dispatch import check_triton_device, records_autograd, warn_once
 
 from ssmkit.ops.conv1d.reference import causal_conv1d_ref
 from ssmkit.ops.conv1d.step import causal_conv1d_step_ref
@@ -82,9 +82,13 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=No
                                           output_size=x.shape[1])
         cu_seqlens = cu_seqlens.contiguous()
     init = None if initial_state is None else initial_state.contiguous()
-    out, final = CausalConv1dFunction.apply(x, weight.contiguous(), None if bias is None else bias.contiguous(),
-                                            init, seq_idx, cu_seqlens, activation == "silu",
-                                            bool(return_final_state))
+    weight, bias = weight.contiguous(), None if bias is None else bias.contiguous()
+    if records_autograd(x, weight, bias, init):
+        out, final = CausalConv1dFunction.apply(x, weight, bias, init, seq_idx, cu_seqlens, activation == "silu",
+                                                bool(return_final_state))
+    else:  # inference: the forward alone
+        out, final = conv_fwd(x, weight, bias, init, seq_idx, cu_seqlens, activation == "silu",
+                              bool(return_final_state))
     return (out, final) if return_final_state else out
 
 

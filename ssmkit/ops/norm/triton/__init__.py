@@ -19,7 +19,7 @@ AUTO_SELECTABLE = True
 
 import torch
 
-from ssmkit.ops.dispatch import check_triton_device, warn_once
+from ssmkit.ops.dispatch import check_triton_device, records_autograd, warn_once
 
 from ssmkit.ops.norm.reference import add_rms_norm_ref, gated_rms_norm_ref, rms_norm_ref
 
@@ -72,8 +72,11 @@ def gated_rms_norm_triton(x, z, weight, eps=1e-6, group_size=None, norm_before_g
     check_triton_device(x)
     rows = x.reshape(-1, dim).contiguous()
     zrows = None if z is None else z.reshape(-1, dim).contiguous()
-    out = GatedRMSNormFunction.apply(rows, zrows, weight.contiguous(), float(eps), group_size,
-                                     bool(norm_before_gate))
+    weight = weight.contiguous()
+    if records_autograd(rows, zrows, weight):
+        out = GatedRMSNormFunction.apply(rows, zrows, weight, float(eps), group_size, bool(norm_before_gate))
+    else:  # inference: the forward alone (its per-row statistics are not kept)
+        out = gated_rms_norm_fwd(rows, zrows, weight, eps, group_size, norm_before_gate)[0]
     return out.reshape(x.shape)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ssmkit.ops.dispatch import records_autograd
+
 from .bwd import ssd_bwd
 from .fwd import ssd_fwd
 
@@ -50,7 +52,11 @@ def ssd_triton(x, dt, A, B, C, *, chunk_size=64, D=None, z=None, dt_bias=None, d
             return None
         return (t if dtype is None else t.to(dtype)).contiguous()
 
-    y, final = SSDTritonFunction.apply(prep(x), prep(dt), prep(A), prep(B, x.dtype), prep(C, x.dtype), prep(D),
-                                       prep(z, x.dtype), prep(dt_bias), prep(initial_state), prep(cu_seqlens),
-                                       chunk_size, bool(dt_softplus), dt_limit)
+    args = (prep(x), prep(dt), prep(A), prep(B, x.dtype), prep(C, x.dtype), prep(D), prep(z, x.dtype),
+            prep(dt_bias), prep(initial_state), prep(cu_seqlens))
+    if not records_autograd(*args):  # inference: the forward alone
+        x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens = args
+        return ssd_fwd(x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), dt_limit, initial_state, cu_seqlens,
+                       chunk_size)[:2]
+    y, final = SSDTritonFunction.apply(*args, chunk_size, bool(dt_softplus), dt_limit)
     return y, final
