@@ -186,7 +186,7 @@ def _plan(model, input_ids, max_new_tokens, sampling, seed, eos_token_id, pad_to
         raise ValueError(f"input_ids: expected a tensor on the model's device {device}, got {input_ids.device}")
     mask = _key_padding_mask(attention_mask, input_ids)
     real = input_ids if mask is None else input_ids[mask]
-    lo, hi = torch.stack(torch.aminmax(real)).tolist()  # one read-back, not two
+    lo, hi = torch.stack((real.min(), real.max())).tolist()  # one read-back, not two
     if lo < 0 or hi >= vocab:
         raise ValueError(f"input_ids: expected token ids in [0, {vocab}) (vocab_size), got ids in [{lo}, {hi}]")
     _check_int("max_new_tokens", max_new_tokens, 0)

@@ -122,7 +122,7 @@ class LanguageModel(nn.Module):
         if input_ids.ndim != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
             raise ValueError(f"input_ids: expected shape (batch, seqlen) with batch, seqlen >= 1 (a non-empty "
                              f"prompt), got shape {tuple(input_ids.shape)}")
-        lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one read-back, not two
+        lo, hi = torch.stack((input_ids.min(), input_ids.max())).tolist()  # one read-back, not two
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"input_ids: expected token ids in [0, {self.config.vocab_size}) (vocab_size), "
                              f"got ids in [{lo}, {hi}]")
