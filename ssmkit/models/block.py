@@ -75,7 +75,7 @@ class Block(nn.Module):
         32-bit models; a float64 model keeps its stream in float64 where forward's residual_in_fp32 rounds it to
         float32 (x.float())."""
         dtype = self.norm.weight.dtype
-        stream = delta.dtype if residual is None else torch.promote_types(residual.dtype, delta.dtype)
+        stream = stream_dtype(residual, delta)
         if self.residual_in_fp32:
             stream = torch.promote_types(stream, torch.float32)
         # isinstance, not mixer_kind: a wrapped mixer (tensor-parallel, ...) keeps its kind but not its in_proj
@@ -95,3 +95,8 @@ class Block(nn.Module):
                                        residual_dtype=residual.dtype, norm_dtype=dtype)
             out = self.ff(h)
         return residual, out
+
+
+def stream_dtype(residual: torch.Tensor | None, delta: torch.Tensor) -> torch.dtype:
+    """The dtype of residual + delta (delta's alone while no residual exists yet)."""
+    return delta.dtype if residual is None else torch.promote_types(residual.dtype, delta.dtype)

@@ -14,7 +14,7 @@ from ssmkit.layers import MoE, RMSNorm
 from ssmkit.layers.packing import check_packed
 from ssmkit.ops.norm import add_rms_norm
 
-from .block import Block
+from .block import Block, stream_dtype
 from .config import ModelConfig
 
 
@@ -96,7 +96,7 @@ class LanguageModel(nn.Module):
         for layer, layer_state in zip(self.layers, state):  # each block adds the previous one's output
             residual, delta = layer.step_residual(residual, delta, layer_state, position)
         self._collect_aux_loss()
-        stream = delta.dtype if residual is None else torch.promote_types(residual.dtype, delta.dtype)
+        stream = stream_dtype(residual, delta)
         h, _ = add_rms_norm(delta, residual, self.norm_f.weight, self.norm_f.eps, residual_dtype=stream,
                             norm_dtype=stream)  # norm_f normalizes the stream itself, uncast
         return self.lm_head(h.to(self.lm_head.weight.dtype))

@@ -118,17 +118,17 @@ def _decode_kernel(q: torch.Tensor, k_cache: torch.Tensor, impl: str):
     """decode_attention_triton when impl="triton", or for "auto" on CUDA with inputs it tiles; else None."""
     from ssmkit.ops.dispatch import triton_module_available
 
-    if impl == "auto" and not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
-                               and q.ndim == 3 and q.shape[-1] in (32, 64, 128, 256)
+    available = triton_module_available("ssmkit.ops.attention")
+    if impl == "auto" and not (q.is_cuda and available):
+        return None
+    if not available:
+        raise ValueError("impl: 'triton' is not available (needs the triton package)")
+    from ssmkit.ops.attention.triton import SUPPORTED_DTYPES, SUPPORTED_HEADDIMS, decode_attention_triton
+
+    if impl == "auto" and not (q.dtype in SUPPORTED_DTYPES and q.ndim == 3 and q.shape[-1] in SUPPORTED_HEADDIMS
                                and isinstance(k_cache, torch.Tensor) and k_cache.dtype == q.dtype
                                and k_cache.stride(-1) == 1):
         return None
-    if not triton_module_available("ssmkit.ops.attention"):
-        if impl == "auto":
-            return None
-        raise ValueError("impl: 'triton' is not available (needs the triton package)")
-    from ssmkit.ops.attention.triton import decode_attention_triton
-
     return decode_attention_triton
 
 
