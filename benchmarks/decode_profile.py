@@ -126,14 +126,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("presets", help="comma-separated ModelConfig presets, e.g. mamba2-130m,llama-125m")
     parser.add_argument("--prefill", action="store_true", help="also profile one prefill of the prompt")
-    parser.add_argument("--pending-kernels", action="store_true",
-                        help="let impl='auto' take the kernels not yet validated on a GPU (the fused norm + "
-                             "linear, the RoPE + KV write), to time them against a run without this flag")
+    parser.add_argument("--unfused", action="store_true",
+                        help="hold impl='auto' off the fused norm + linear and RoPE + KV-write kernels, to time "
+                             "them against a run without this flag")
     cli = parser.parse_args()
-    if cli.pending_kernels:
+    if cli.unfused:
         import ssmkit.ops.attention
         import ssmkit.ops.norm
 
-        ssmkit.ops.norm.NORM_LINEAR_AUTO = True
-        ssmkit.ops.attention.ROPE_KERNEL_AUTO = True
+        ssmkit.ops.norm.NORM_LINEAR_AUTO = False
+        ssmkit.ops.attention.ROPE_KERNEL_AUTO = False
     main(cli.presets.split(","), cli.prefill)

@@ -61,10 +61,10 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
     return fn(x, residual, weight, eps, residual_dtype, norm_dtype)
 
 
-# impl="auto" takes the fused norm + linear kernel only once its gpu-marked tests have passed on a GPU (written and
-# checked in the interpreter on 2026-11-25, not yet run on a GPU); until then it composes the two ops.
-NORM_LINEAR_AUTO = False
-NORM_LINEAR_MAX_ROWS = 16
+# impl="auto" takes the fused norm + linear kernel on CUDA where a sweep on an H100 found it faster than the two
+# launches (ssmkit.ops.norm.triton.linear.faster_than_unfused: one row, a weight of <= 6M elements); its gpu-marked
+# tests passed there on 2026-11-25. False: always the two ops.
+NORM_LINEAR_AUTO = True
 
 
 def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
@@ -79,8 +79,8 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
             as `gated_rms_norm(..., norm_before_gate=False)`.
         residual, residual_dtype: a block's pre-norm after its residual add, as `add_rms_norm` (residual may be
             None with residual_dtype given: x starts the stream); norm_dtype as there (default norm_weight's).
-        impl: "auto" (one Triton launch on CUDA for at most NORM_LINEAR_MAX_ROWS rows once NORM_LINEAR_AUTO is
-            set, else the two ops with impl="auto"), "triton", "reference".
+        impl: "auto" (one Triton launch on CUDA where it was measured faster, see NORM_LINEAR_AUTO, else the two
+            ops with impl="auto"), "triton", "reference".
     Returns:
         (out (..., N) in weight.dtype, the new residual (..., K) when residual_dtype is given, else None). The
         norm's output must have weight's dtype (the linear layer takes it as it is).
@@ -102,12 +102,12 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
     check_same_device(x=x, z=z, residual=residual, norm_weight=norm_weight, weight=weight)
     norm_dtype = norm_weight.dtype if residual_dtype is not None and norm_dtype is None else norm_dtype
     rows = x.reshape(-1, dim)
-    if impl == "triton" or (impl == "auto" and NORM_LINEAR_AUTO and x.is_cuda
-                            and rows.shape[0] <= NORM_LINEAR_MAX_ROWS):
-        from ssmkit.ops.norm.triton.linear import MAX_ROWS, norm_linear_fwd
+    if impl == "triton" or (impl == "auto" and NORM_LINEAR_AUTO and x.is_cuda):
+        from ssmkit.ops.norm.triton.linear import MAX_ROWS, faster_than_unfused, norm_linear_fwd
 
-        if rows.shape[0] <= MAX_ROWS and _norm_linear_kernel_takes(x, residual, z, norm_weight, weight,
-                                                                    residual_dtype, norm_dtype):
+        fused = impl == "triton" or faster_than_unfused(rows.shape[0], dim, weight.shape[0])
+        if fused and rows.shape[0] <= MAX_ROWS and _norm_linear_kernel_takes(x, residual, z, norm_weight, weight,
+                                                                             residual_dtype, norm_dtype):
             flat = [None if t is None else t.reshape(-1, dim) for t in (residual, z)]
             out, res = norm_linear_fwd(rows, flat[0], flat[1], norm_weight, eps, group_size, weight,
                                        residual_dtype, norm_dtype or x.dtype)

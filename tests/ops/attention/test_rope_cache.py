@@ -156,12 +156,30 @@ def test_auto_takes_the_kernel_on_cuda_only_once_it_is_declared_selectable(monke
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(1, 12, 12, 64, 2048), (16, 32, 8, 128, 4096), (4, 16, 16, 64, 100)])
-def test_kernel_equals_the_reference_bit_for_bit_on_gpu(shape):
+def test_kernel_matches_the_reference_on_gpu(shape):
+    """The caches' v rows and the mask bit for bit; q and k within the forward-error bound of a rounded
+    x * cos + rotate_half(x) * sin (three roundings of u = 2^-8 at most: u (|x cos| + |rot sin|) twice) of the
+    float64 rotation, as the torch path is. On an H100 the compiler contracts the products into the sum (FMA), so
+    the two differ in the last bit of about a quarter of the elements (bit for bit in the interpreter)."""
     batch, nheads, nkv, hd, max_len = shape
     for shared in (False, True):
         inp = make_inputs(batch, nheads, nkv, hd, max_len, shared=shared, dtype=torch.bfloat16, device="cuda")
         inp["cos_sin"] = rotary_table(max_len, hd, 500.0, dtype=torch.bfloat16, device="cuda")
-        check_kernel_equals_reference(inp)
+        (q, kc, vc, mask), (q_ref, kc_ref, vc_ref, mask_ref) = run(inp, "triton"), run(inp, "reference")
+        assert torch.equal(vc, vc_ref) and torch.equal(mask, mask_ref)
+        rows = torch.arange(batch, device="cuda")
+        pos = inp["position"].expand(batch)
+        other, other_ref = kc.clone(), kc_ref.clone()
+        other[rows, pos], other_ref[rows, pos] = 0, 0
+        assert torch.equal(other, other_ref), "k_cache: positions other than the new token's"
+        cs = inp["cos_sin"].double()[:, pos][:, :, None]  # (2, batch, 1, rotary_dim): the bf16 table, exactly
+        for name, got, want, x in (("q", q, q_ref, inp["q"]), ("k", kc[rows, pos], kc_ref[rows, pos], inp["k"])):
+            x = x.double()
+            half = hd // 2
+            rot = torch.cat((-x[..., half:], x[..., :half]), -1)
+            exact, bound = x * cs[0] + rot * cs[1], 2 * 2.0 ** -8 * ((x * cs[0]).abs() + (rot * cs[1]).abs())
+            for who, t in (("kernel", got), ("torch path", want)):
+                assert ((t.double() - exact).abs() <= bound).all(), f"{name}: the {who} is outside the error bound"
 
 
 if __name__ == "__main__":

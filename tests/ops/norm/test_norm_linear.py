@@ -17,7 +17,7 @@ from ssmkit.ops.norm import add_rms_norm_ref, gated_rms_norm_ref, norm_linear
 from tests.compare import assert_close
 from tests.ops.selective_scan.test_triton import expect, interpreted_main, run_interpreted
 
-INTERPRETER_CASES = ("gated", "residual_and_plain", "awkward_shapes")
+INTERPRETER_CASES = ("gated", "residual_and_plain", "awkward_shapes", "launch_shapes")
 
 
 def make(rows, dim, n, dtype, *, gated=False, groups=1, residual=None, seed=0, device="cpu"):
@@ -95,6 +95,29 @@ def case_awkward_shapes():
         check(kw)
 
     one()
+
+
+def case_launch_shapes():
+    """Every inner product and block shape the sweep may pick: GEMV for 1 and 3 rows, tensor cores with wide
+    blocks; output features off every block size. float16 and float32 only: triton 3.6's interpreter rounds
+    bfloat16 products and dots differently from a GPU (the GPU tests cover bfloat16)."""
+    import ssmkit.ops.norm.triton.linear as kernel
+
+    picked = kernel.pick_config
+    try:
+        for cfg in (kernel.Config(4, 256, False, 4, 1), kernel.Config(8, 512, False, 8, 3),
+                    kernel.Config(64, 256, True, 4, 3)):
+            kernel.pick_config = lambda m, k, n, cfg=cfg: cfg
+            for rows in ((1, 3) if not cfg.use_dot else (2,)):
+                for kw in (make(rows, 300, 70, torch.float16, gated=True, groups=3, seed=rows),
+                           make(rows, 96, 37, torch.float16, residual="tensor", seed=rows),
+                           make(rows, 64, 9, torch.float32, seed=rows)):
+                    try:
+                        check(kw)
+                    except AssertionError as e:
+                        raise AssertionError(f"{cfg}, rows {rows}, {kw['x'].dtype}: {e}") from None
+    finally:
+        kernel.pick_config = picked
 
 
 # ---------------------------------------------------------------- tests
