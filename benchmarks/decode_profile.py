@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
+import io
+import pstats
 import time
 
 import torch
@@ -95,6 +98,21 @@ def profile_prefill(model, ids) -> None:
           f"{start.elapsed_time(end):.1f} ms, {sum(v[0] for v in kernels.values()):.0f} kernels, "
           f"{sum(v[1] for v in kernels.values()) / 1e3:.1f} ms of kernel time")
     kernel_table(kernels, top=12)
+    host = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)
+    print("   host, torch.profiler: self CPU time by op (us per prefill, calls)")
+    for e in host[:12]:
+        print(f"      {e.self_cpu_time_total:9.0f} us  {e.count:5d} x  {e.key[:90]}")
+    prof_py = cProfile.Profile()
+    prof_py.enable()
+    prefill(model, ids, state)
+    torch.cuda.synchronize()
+    prof_py.disable()
+    text = io.StringIO()
+    pstats.Stats(prof_py, stream=text).sort_stats("tottime").print_stats(22)
+    print("   host, cProfile (Python functions by own time; cProfile slows the host):")
+    for line in text.getvalue().splitlines():
+        if line.strip() and (line.lstrip()[0].isdigit() or "ncalls" in line):
+            print("      " + line[:150])
 
 
 def main(presets: list[str], with_prefill: bool = False) -> None:
