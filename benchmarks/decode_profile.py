@@ -22,6 +22,7 @@ from ssmkit.bench.scripts import random_model
 from ssmkit.inference import allocate_cache, generate_steps
 from ssmkit.inference.generate import prefill
 from ssmkit.inference.graphs import graphed_decoder, release_decoder
+from ssmkit.inference.prefill_graphs import graph_prefill_reason
 
 PROMPT, CACHE, REPLAYS, PROFILED = 1024, 2048, 200, 5
 
@@ -71,30 +72,51 @@ def kernel_table(kernels: dict, top: int = 22) -> None:
         print(f"   {n:5.0f} x {us / n:6.2f} us = {us:7.1f} us  {name}")
 
 
+def prefill_wall_ms(model, ids, cuda_graph) -> float:
+    """Median wall time (ms) of 5 prefills from a fresh state, after 3 untimed ones (capture, tuning)."""
+    times = []
+    for i in range(8):
+        state = allocate_cache(model, ids.shape[0], CACHE)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        prefill(model, ids, state, cuda_graph=cuda_graph)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times[3:])[2]
+
+
 @torch.no_grad()
 def profile_prefill(model, ids) -> None:
-    """Wall time of one prefill (host launching, then a sync) against its GPU time and its kernels."""
+    """Wall time of one eager prefill (host launching, then a sync) against its GPU time and its kernels; then
+    the wall time of prefill from CUDA graphs (ssmkit.inference.prefill_graphs) where the model takes it."""
+    model.eval()
+    reason = graph_prefill_reason(model, ids, None, None)
+    print(f"   prefill {ids.shape[1]} tokens, wall (median of 5): eager {prefill_wall_ms(model, ids, False):.1f} ms, "
+          + (f"graphs {prefill_wall_ms(model, ids, None):.1f} ms" if reason is None else f"no graphs ({reason})"))
     state = allocate_cache(model, 1, CACHE)
     for _ in range(3):
-        prefill(model, ids, state)
+        state = allocate_cache(model, 1, CACHE)
+        prefill(model, ids, state, cuda_graph=False)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    state = allocate_cache(model, 1, CACHE)
     t0 = time.perf_counter()
     start.record()
-    prefill(model, ids, state)
+    prefill(model, ids, state, cuda_graph=False)
     host = (time.perf_counter() - t0) * 1e3
     end.record()
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) * 1e3
+    state = allocate_cache(model, 1, CACHE)
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        prefill(model, ids, state)
+        prefill(model, ids, state, cuda_graph=False)
         torch.cuda.synchronize()
     kernels = collections.defaultdict(lambda: [0.0, 0.0])
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
             kernels[ev.name[:90]][0] += 1
             kernels[ev.name[:90]][1] += ev.device_time
-    print(f"   prefill {ids.shape[1]} tokens: wall {wall:.1f} ms (host launching {host:.1f} ms), GPU "
+    print(f"   eager prefill: wall {wall:.1f} ms (host launching {host:.1f} ms), GPU "
           f"{start.elapsed_time(end):.1f} ms, {sum(v[0] for v in kernels.values()):.0f} kernels, "
           f"{sum(v[1] for v in kernels.values()) / 1e3:.1f} ms of kernel time")
     kernel_table(kernels, top=12)
@@ -103,8 +125,9 @@ def profile_prefill(model, ids) -> None:
     for e in host[:12]:
         print(f"      {e.self_cpu_time_total:9.0f} us  {e.count:5d} x  {e.key[:90]}")
     prof_py = cProfile.Profile()
+    state = allocate_cache(model, 1, CACHE)
     prof_py.enable()
-    prefill(model, ids, state)
+    prefill(model, ids, state, cuda_graph=False)
     torch.cuda.synchronize()
     prof_py.disable()
     text = io.StringIO()
@@ -144,6 +167,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("presets", help="comma-separated ModelConfig presets, e.g. mamba2-130m,llama-125m")
     parser.add_argument("--prefill", action="store_true", help="also profile one prefill of the prompt")
+    parser.add_argument("--prompt", type=int, default=PROMPT, help=f"prompt tokens (default {PROMPT})")
     parser.add_argument("--unfused", action="store_true",
                         help="hold impl='auto' off the fused norm + linear and RoPE + KV-write kernels, to time "
                              "them against a run without this flag")
@@ -154,4 +178,5 @@ if __name__ == "__main__":
 
         ssmkit.ops.norm.NORM_LINEAR_AUTO = False
         ssmkit.ops.attention.ROPE_KERNEL_AUTO = False
+    PROMPT, CACHE = cli.prompt, max(CACHE, cli.prompt + 1024)
     main(cli.presets.split(","), cli.prefill)

@@ -15,6 +15,7 @@ import torch
 
 from .cache import allocate_cache
 from .graphs import eager_reason, graphed_decoder, release_decoder
+from .prefill_graphs import graph_prefill_reason, graphed_prefill
 from .sampling import SamplingConfig, next_token
 
 
@@ -31,7 +32,7 @@ class GenerationStep:
 
 @torch.no_grad()
 def prefill(model, input_ids: torch.Tensor, state: list, *, key_padding_mask: torch.Tensor | None = None,
-            chunk_size: int | None = None) -> torch.Tensor:
+            chunk_size: int | None = None, cuda_graph: bool | None = None) -> torch.Tensor:
     """Runs the prompt through `model`, updating `state` in place; returns the last position's logits.
 
     Args:
@@ -40,9 +41,15 @@ def prefill(model, input_ids: torch.Tensor, state: list, *, key_padding_mask: to
         chunk_size: feed the prompt in pieces of this many tokens (None = at once). Every layer continues from
             the state the previous piece left, so the result equals one-shot prefill up to rounding, with
             activations of chunk_size tokens instead of seqlen.
+        cuda_graph: None replays the forward from CUDA graphs where it can (a CUDA model of Mamba / Mamba-2
+            layers, no padding or chunk_size, a short prompt: ssmkit.inference.prefill_graphs; the same result up
+            to rounding, without the host's launch time); False always runs it eagerly.
     Returns:
         logits (batch, vocab_size) at position seqlen - 1.
     """
+    if cuda_graph is not False and graph_prefill_reason(model, input_ids, key_padding_mask, chunk_size) is None:
+        model._check_inputs(input_ids, state, None)
+        return graphed_prefill(model, input_ids.shape[0]).run(input_ids, state)
     seqlen = input_ids.shape[1]
     step = seqlen if chunk_size is None else chunk_size
     logits = None
@@ -150,7 +157,7 @@ def _decode(model, plan: _Plan) -> Iterator[GenerationStep]:
             decoder.reset()
             state = decoder.state
         logits = prefill(model, plan.input_ids, state, key_padding_mask=plan.key_padding_mask,
-                         chunk_size=plan.prefill_chunk_size)
+                         chunk_size=plan.prefill_chunk_size, cuda_graph=None if plan.cuda_graph else False)
         if decoder is not None:
             decoder.start(prompt_len)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)

@@ -350,12 +350,16 @@ def graph_keys(model) -> list[tuple]:
 
 
 def clear_graphs(model=None) -> None:
-    """Drops the cached decoders (graphs and states) of `model`, or of every model, freeing their memory."""
+    """Drops the cached decoders (graphs and states) of `model`, or of every model, and their prefill graphs
+    (prefill_graphs.py), freeing their memory."""
+    from .prefill_graphs import drop_prefill_graphs  # a sibling that imports this module
+
     with _REGISTRY.lock:
         if model is None:
             _REGISTRY.by_model.clear()
         else:
             _REGISTRY.by_model.pop(model, None)
+    drop_prefill_graphs(model)
 
 
 @contextmanager

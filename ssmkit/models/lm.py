@@ -75,6 +75,12 @@ class LanguageModel(nn.Module):
         if cu_seqlens is not None:
             cu = check_packed(cu_seqlens, tuple(input_ids.shape), state, key_padding_mask)
             packed = {"cu_seqlens": cu.to(input_ids.device)}
+        return self._forward_unchecked(input_ids, state, key_padding_mask, logits_to_keep, **packed)
+
+    def _forward_unchecked(self, input_ids, state=None, key_padding_mask=None, logits_to_keep: int = 0,
+                           **packed) -> torch.Tensor:
+        """forward after its input checks (which read the token ids back to the host): what a CUDA graph of the
+        prefill captures (ssmkit.inference.prefill_graphs), its caller having checked the whole prompt."""
         x = self.embeddings(input_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, None if state is None else state[i], key_padding_mask, **packed)
