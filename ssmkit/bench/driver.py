@@ -123,6 +123,11 @@ def run_open_loop(requests: list[Request], serve: ServeFn, max_in_flight: int = 
     return sorted(calls, key=lambda c: c.request.request_id)
 
 
+def _out_of_memory(error: str) -> bool:
+    """An error string of a request that ran out of memory (torch.OutOfMemoryError, MemoryError)."""
+    return error.startswith(("OutOfMemoryError", "MemoryError")) or "out of memory" in error.lower()
+
+
 def run_workload(workload: Workload, serve: ServeFn, *, model: str, dtype: str = "", device: str = "cpu",
                  quality_score: float | None = None, memory_interval_s: float = 0.01,
                  progress: Callable[[int, int], None] | None = None, environment: dict | None = None,
@@ -130,7 +135,8 @@ def run_workload(workload: Workload, serve: ServeFn, *, model: str, dtype: str =
     """Warm-up (the first `workload.warmup` requests, not recorded; a closed loop sends them from its C clients at
     once, so batched shapes compile and tune before the clock starts), then `workload.repeats` timed passes in
     `workload.mode`, under a MemoryMonitor on `device`. Returns the RunResult of all passes. A warm-up request
-    that fails raises.
+    that fails raises, unless it ran out of memory: that is a result (the timed requests that also run out are
+    recorded as failed with their error), as a length sweep records its OOM point.
 
     progress(done, total) is called from worker threads after each timed request. environment: the
     describe_environment() dict to record (computed when None; pass one to reuse it across models).
@@ -140,7 +146,7 @@ def run_workload(workload: Workload, serve: ServeFn, *, model: str, dtype: str =
     """
     clients = workload.concurrency if workload.mode == "closed" else 1
     for call in run_closed_loop(workload.requests[:workload.warmup], serve, max(1, clients), repeat=-1):
-        if call.error is not None:
+        if call.error is not None and not _out_of_memory(call.error):
             raise RuntimeError(f"warm-up request {call.request.request_id} failed: {call.error}")
     total = len(workload.requests) * workload.repeats
     done = [0]

@@ -133,11 +133,17 @@ def test_closed_loop_warmup_sends_its_requests_from_every_client_at_once_and_a_f
     run = run_workload(Workload("w", reqs, concurrency=4, warmup=4), serve, model="fake", environment=ENV)
     assert sorted(served[:4]) == [0, 1, 2, 3] and len(served) == 4 + 6 and len(run.requests) == 6
 
-    def failing(request):
+    def broken(request):
+        raise ValueError("bad weights")
+
+    with pytest.raises(RuntimeError, match="warm-up request 0 failed: ValueError: bad weights"):
+        run_workload(Workload("w", reqs[:1], warmup=1), broken, model="fake", environment=ENV)
+
+    def out_of_memory(request):  # a result, not the end: the timed requests are recorded as failed
         raise MemoryError("out of memory")
 
-    with pytest.raises(RuntimeError, match="warm-up request 0 failed: MemoryError: out of memory"):
-        run_workload(Workload("w", reqs[:1], warmup=1), failing, model="fake", environment=ENV)
+    run = run_workload(Workload("w", reqs[:2], warmup=1), out_of_memory, model="fake", environment=ENV)
+    assert [r.error for r in run.requests] == ["MemoryError: out of memory"] * 2
 
 
 def test_a_failing_request_is_recorded_with_its_error_and_the_run_continues():
