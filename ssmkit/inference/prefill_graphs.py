@@ -5,8 +5,13 @@ launched 488 kernels holding 3.1 ms of GPU work in 41 ms of wall time (benchmark
 Here the prompt runs as pieces whose lengths are powers of two (the largest that fit, then the binary digits of
 the rest: 1000 tokens = 512 + 256 + 128 + 64 + 32 + 8), each piece one replay of the forward captured for that
 length, continuing from the state the previous piece left (chunked prefill: the same result up to rounding).
-Each length is captured once per (model, batch) on first use, after an eager warm-up that compiles and tunes its
-kernels. The graphs own a state of their own; the caller's state is copied in before and out after.
+The first graphed prefill of a model captures every piece length (1, 2, 4, ... MAX_PIECE_TOKENS), each after an
+eager warm-up that compiles and tunes its kernels, so that no later prompt pays a capture (in a replayed workload,
+captures on demand put 100-400 ms into the TTFT p95); this costs about two eager forwards per length, once. The
+graphs own a state of their own; the caller's state is copied in before and out after.
+
+Batch 1 only: that is where prefill is host-bound, and static batching meets many batch sizes, each of which
+would need its own set of graphs.
 
 Attention layers (whose KV writes and masks depend on the position) and MoE routing (which reads counts back to
 the host) are not captured: prefill stays eager for them, for padded batches and for long prompts (above
@@ -29,7 +34,7 @@ GRAPH_MIXERS = ("mamba", "mamba2")
 GRAPH_FEED_FORWARDS = (None, "mlp")
 MAX_PIECE_TOKENS = 4096  # batch x piece length of the largest captured piece (its activations live in its pool)
 MAX_GRAPH_TOKENS = 16384  # batch x prompt length up to which prefill replays graphs
-MAX_BATCHES = 2  # (model, batch) graph sets kept per model; the least recently used goes
+MAX_BATCHES = 1  # (model, batch) graph sets kept per model; the least recently used goes
 
 
 def graph_prefill_reason(model, input_ids: torch.Tensor, key_padding_mask, chunk_size) -> str | None:
@@ -40,6 +45,8 @@ def graph_prefill_reason(model, input_ids: torch.Tensor, key_padding_mask, chunk
         return "a layer other than Mamba / Mamba-2 with an MLP or no feed-forward"
     if key_padding_mask is not None or chunk_size is not None:
         return "a padded batch or an explicit chunk size"
+    if input_ids.shape[0] != 1:
+        return "a batch of more than one row"
     if input_ids.numel() > MAX_GRAPH_TOKENS:
         return f"more than {MAX_GRAPH_TOKENS} prompt tokens"
     if model.training:
@@ -108,6 +115,7 @@ class GraphedPrefill:
             if not self.capture or self.fallback_reason is not None:
                 return self._run_eager(input_ids, state)
             torch._foreach_copy_(self._state_tensors, targets)
+            self._capture_all()
             start, logits = 0, None
             for n in pieces(input_ids.shape[1], self.max_piece):
                 entry = self._graph(n)
@@ -133,6 +141,13 @@ class GraphedPrefill:
         if start < input_ids.shape[1]:
             return self._run_eager(input_ids[:, start:], state)
         return logits.clone()
+
+    def _capture_all(self) -> None:
+        """Captures every piece length up to max_piece (once; stops at a failed capture)."""
+        n = 1
+        while n <= self.max_piece and self.fallback_reason is None:
+            self._graph(n)
+            n *= 2
 
     def _graph(self, n: int):
         if n in self._graphs:

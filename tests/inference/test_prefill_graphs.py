@@ -72,7 +72,8 @@ def test_reasons_to_stay_eager():
     assert "Mamba" in graph_prefill_reason(llama, ids, None, None)
     assert "padded" in graph_prefill_reason(mamba2, ids, torch.ones(1, 8, dtype=torch.bool), None)
     assert "chunk" in graph_prefill_reason(mamba2, ids, None, 4)
-    assert "prompt tokens" in graph_prefill_reason(mamba2, random_ids(100, 2, 9000), None, None)
+    assert "more than one row" in graph_prefill_reason(mamba2, random_ids(100, 2, 9), None, None)
+    assert "prompt tokens" in graph_prefill_reason(mamba2, random_ids(100, 1, 17000), None, None)
     assert graph_prefill_reason(mamba2, ids, None, None) == "not on a CUDA device"
     assert graph_prefill_reason(tiny_model("mamba2"), ids, None, None) == "training mode"
 
@@ -85,13 +86,14 @@ def test_graph_prefill_equals_one_eager_forward_on_gpu(name):
     model = tiny_model(name, torch.float32).to("cuda").eval()
     prefill_graphs.drop_prefill_graphs(model)
     vocab = model.config.vocab_size
-    for batch, seqlen, seed in [(2, 37, 1), (2, 37, 2), (1, 1, 3), (1, 300, 4)]:  # (2, 37) twice: replays
+    for batch, seqlen, seed in [(1, 37, 1), (1, 37, 2), (1, 1, 3), (1, 300, 4), (2, 45, 5)]:  # 37 twice: replays
         ids = random_ids(vocab, batch, seqlen, seed=seed).cuda()
         check_matches_one_forward(model, ids, tol_dtype=torch.float32)
-    runner = graphed_prefill(model, 2)
-    assert runner.fallback_reason is None and set(runner._graphs) == {32, 4, 1}  # 37 = 32 + 4 + 1
-    check_matches_one_forward(model, random_ids(vocab, 2, 20, seed=5).cuda(), tol_dtype=torch.float32,
-                              state_before=random_ids(vocab, 2, 7, seed=6).cuda())
+    runner = graphed_prefill(model, 1)
+    assert runner.fallback_reason is None  # every power of two up to the largest piece captured on first use
+    assert sorted(runner._graphs) == [1 << i for i in range(runner.max_piece.bit_length())]
+    check_matches_one_forward(model, random_ids(vocab, 1, 20, seed=5).cuda(), tol_dtype=torch.float32,
+                              state_before=random_ids(vocab, 1, 7, seed=6).cuda())
 
 
 @pytest.mark.gpu
