@@ -18,6 +18,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ssmkit.bench.kernel_timing import replay_ms
 from ssmkit.bench.scripts import random_model
 from ssmkit.inference import allocate_cache, generate_steps
 from ssmkit.inference.generate import prefill
@@ -29,16 +30,7 @@ PROMPT, CACHE, REPLAYS, PROFILED = 1024, 2048, 200, 5
 
 def replay_us(graph) -> float:
     """GPU time of one replay (us), averaged over REPLAYS back-to-back replays between two CUDA events."""
-    for _ in range(20):
-        graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(REPLAYS):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / REPLAYS * 1e3
+    return replay_ms(graph, REPLAYS, warmup=20) * 1e3
 
 
 def kernels_of(graph) -> dict:

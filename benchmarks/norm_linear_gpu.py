@@ -16,6 +16,7 @@ import math
 import torch
 
 import ssmkit.ops.norm
+from ssmkit.bench.kernel_timing import replay_ms
 from ssmkit.ops.norm import norm_linear
 from ssmkit.ops.norm.triton.linear import Config, norm_linear_fwd, pick_config
 
@@ -59,15 +60,7 @@ def per_call_us(fn, weights) -> float:
     with torch.cuda.graph(graph):
         for i in range(CALLS):
             fn(weights[i % len(weights)])
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(REPLAYS):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (REPLAYS * CALLS)
+    return replay_ms(graph, REPLAYS) * 1e3 / CALLS
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Helpers the GPU kernel benchmarks share: the measured copy ceiling, a relative error, table cells."""
+"""Helpers the GPU kernel benchmarks share: the measured copy ceiling, a CUDA graph's replay time, a relative error,
+table cells."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ def copy_bandwidth() -> float:
     dst = torch.empty_like(src)
     ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def replay_ms(graph, replays: int, warmup: int = 1) -> float:
+    """GPU time (ms) of one replay of a CUDA graph: `warmup` untimed replays, then the mean over `replays`
+    back-to-back replays between two CUDA events."""
+    for _ in range(warmup):
+        graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / replays
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
