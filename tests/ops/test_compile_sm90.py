@@ -191,11 +191,17 @@ def _cases() -> list:
         cases.append((decode, "_decode_combine_kernel", dict(HEADDIM=headdim, BLOCK_S=decode_plan.BLOCK_S),
                       decode_plan.NUM_WARPS, 2, f"_decode_combine_kernel-d{headdim}"))
     fused = "ssmkit.ops.norm.triton.linear"
-    base = dict(NORMED_ROUND=1, DOT_PRECISION="tf32", BLOCK_M=16, BLOCK_K=128)
-    for label, extra in (("gated", dict(NORM_ROUND=0, NG=1, BLOCK_N=16, res_ptr=None, res_out_ptr=None)),
-                         ("gated-groups8", dict(NORM_ROUND=0, NG=8, BLOCK_N=16, res_ptr=None, res_out_ptr=None)),
-                         ("residual", dict(NORM_ROUND=1, NG=1, BLOCK_N=32, z_ptr=None))):
-        cases.append((fused, "_norm_linear_kernel", dict(base, **extra), 4, 2, f"_norm_linear_kernel-{label}"))
+    from ssmkit.ops.norm.triton.linear import MAX_ROWS, pick_config
+
+    for rows in (1, MAX_ROWS):  # the configs pick_config hands out: a one-row GEMV, tensor cores for more rows
+        cfg = pick_config(rows, 1024, 4096)
+        base = dict(NORMED_ROUND=1, DOT_PRECISION="tf32", USE_DOT=cfg.use_dot, BLOCK_M=MAX_ROWS if cfg.use_dot else 1,
+                    BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+        for label, extra in (("gated", dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None)),
+                             ("gated-groups8", dict(NORM_ROUND=0, NG=8, res_ptr=None, res_out_ptr=None)),
+                             ("residual", dict(NORM_ROUND=1, NG=1, z_ptr=None))):
+            cases.append((fused, "_norm_linear_kernel", dict(base, **extra), cfg.num_warps, cfg.num_stages,
+                          f"_norm_linear_kernel-{label}-rows{rows}"))
     rope = "ssmkit.ops.attention.triton.rope_cache"
     for block_d, has_rope in ((64, True), (128, True), (64, False)):
         cases.append((rope, "_rope_cache_kernel", dict(HAS_ROPE=has_rope, BLOCK_D=block_d), 1, 2,
