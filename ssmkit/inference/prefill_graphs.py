@@ -8,7 +8,9 @@ length, continuing from the state the previous piece left (chunked prefill: the 
 The first graphed prefill of a model captures every piece length (1, 2, 4, ... MAX_PIECE_TOKENS), each after an
 eager warm-up that compiles and tunes its kernels, so that no later prompt pays a capture (in a replayed workload,
 captures on demand put 100-400 ms into the TTFT p95); this costs about two eager forwards per length, once. The
-graphs own a state of their own; the caller's state is copied in before and out after.
+graphs own a state of their own; the caller's state is copied in before and out after. Each graph keeps the memory
+pool of its forward's activations while the model lives (about twice those of one MAX_PIECE_TOKENS forward over all
+lengths); ssmkit.inference.clear_graphs(model) frees them.
 
 Batch 1 only: that is where prefill is host-bound, and static batching meets many batch sizes, each of which
 would need its own set of graphs.
