@@ -85,10 +85,8 @@ def profile_prefill(model, ids) -> None:
     reason = graph_prefill_reason(model, ids, None, None)
     print(f"   prefill {ids.shape[1]} tokens, wall (median of 5): eager {prefill_wall_ms(model, ids, False):.1f} ms, "
           + (f"graphs {prefill_wall_ms(model, ids, None):.1f} ms" if reason is None else f"no graphs ({reason})"))
-    state = allocate_cache(model, 1, CACHE)
     for _ in range(3):
-        state = allocate_cache(model, 1, CACHE)
-        prefill(model, ids, state, cuda_graph=False)
+        prefill(model, ids, allocate_cache(model, 1, CACHE), cuda_graph=False)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     state = allocate_cache(model, 1, CACHE)

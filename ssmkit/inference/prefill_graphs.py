@@ -114,19 +114,17 @@ class GraphedPrefill:
                              f"got {len(targets)}")
         targets = list(targets.values())
         with self.lock:
+            if self.capture and not self._graphs and self.fallback_reason is None:
+                self._capture_all()  # before the caller's state goes in: warm-ups and captures write the state
             if not self.capture or self.fallback_reason is not None:
                 return self._run_eager(input_ids, state)
             torch._foreach_copy_(self._state_tensors, targets)
-            self._capture_all()
             start, logits = 0, None
             for n in pieces(input_ids.shape[1], self.max_piece):
-                entry = self._graph(n)
-                if entry is None:  # the capture failed: the state is untouched by it, go on eagerly
-                    return self._finish_eager(input_ids, state, start, logits)
-                graph, ids, out = entry
+                graph, ids, logits = self._graphs[n]
                 ids.copy_(input_ids[:, start:start + n])
                 graph.replay()
-                start, logits = start + n, out
+                start += n
             torch._foreach_copy_(targets, self._state_tensors)
             return logits.clone()
 
@@ -137,27 +135,18 @@ class GraphedPrefill:
             start += n
         return logits
 
-    def _finish_eager(self, input_ids, state, start, logits):
-        """After a failed capture mid-prompt: copy the pieces done so far out, run the rest eagerly."""
-        torch._foreach_copy_(list(cache_tensors(state).values()), self._state_tensors)
-        if start < input_ids.shape[1]:
-            return self._run_eager(input_ids[:, start:], state)
-        return logits.clone()
-
     def _capture_all(self) -> None:
-        """Captures every piece length up to max_piece (once; stops at a failed capture)."""
+        """Captures every piece length 1, 2, 4, ... max_piece; at the first failure, `fallback_reason` is set and
+        run goes eager from then on."""
         n = 1
         while n <= self.max_piece and self.fallback_reason is None:
-            self._graph(n)
+            self._capture(n)
             n *= 2
 
-    def _graph(self, n: int):
-        if n in self._graphs:
-            return self._graphs[n]
+    def _capture(self, n: int) -> None:
         model = self.model
         device = model.embeddings.weight.device
         ids = torch.zeros(self.batch, n, dtype=torch.int64, device=device)
-        saved = [t.clone() for t in self._state_tensors]  # warm-up and capture write the state: put it back
         try:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
@@ -173,11 +162,8 @@ class GraphedPrefill:
             self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warn_once(f"CUDA graph capture of {type(model).__name__} prefill failed ({self.fallback_reason}); "
                       f"prefilling eagerly instead")
-            torch._foreach_copy_(self._state_tensors, saved)
-            return None
-        torch._foreach_copy_(self._state_tensors, saved)
+            return
         self._graphs[n] = (graph, ids, out)
-        return self._graphs[n]
 
 
 _LOCK = threading.Lock()

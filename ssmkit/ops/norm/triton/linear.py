@@ -32,7 +32,6 @@ import triton.language as tl
 from .kernels import ROUNDING, _round
 
 MAX_ROWS = 16  # tl.dot needs 16 rows; decode batches above this run the unfused ops
-BLOCK_K = 128
 
 
 @triton.jit
