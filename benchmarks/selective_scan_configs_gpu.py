@@ -50,6 +50,9 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--dstate", type=int, default=16)
     p.add_argument("--top", type=int, default=8)
+    p.add_argument("--segment-rows", type=int, nargs="*", default=[0],
+                   help="segment lengths to time the LOOP forward at (0: the default, plan.segment_length)")
+    p.add_argument("--loop-only", action="store_true", help="time only the forward's LOOP variant")
     a = p.parse_args()
     t = inputs(a.batch, a.seqlen, a.dim, a.dstate)
     args = [t[k] for k in NAMES]
@@ -65,20 +68,30 @@ def main() -> None:
     rows = {"fwd": [], "bwd": []}
     _, _, ckpt = selective_scan_fwd(*args, dt_softplus=True, checkpoint=True,
                                     config=dict(BLOCK_T=16, BLOCK_D=32, num_warps=4))
-    for loop, bt, bd, w in itertools.product((True, False), GRID_T, GRID_D, GRID_W):
+    grid = [(True, bt, 32 * w, w) for bt in GRID_T for w in GRID_W]  # LOOP (v3): one channel per thread
+    if not a.loop_only:
+        grid += [(False, bt, bd, w) for bt, bd, w in itertools.product(GRID_T, GRID_D, GRID_W)]
+    for loop, bt, bd, w in grid:
         cfg = dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=w, LOOP=loop)
         tile = bd * max(16, a.dstate) * (1 if loop else bt)  # state elements a program holds in registers
         if tile > 64 * 32 * w * 2 or bd > a.dim or CHECKPOINT_ROWS % bt:
             continue  # over 64 state elements per thread: certain to spill
         try:
+            if loop:
+                for seg in a.segment_rows:
+                    kw = dict(dt_softplus=True, config=cfg, segment_rows=seg or None)
+                    y, final, _ = selective_scan_fwd(*args, **kw)
+                    err = max(rel_error(y, y_ref), rel_error(final, final_ref))
+                    ms = do_bench(lambda: selective_scan_fwd(*args, **kw), warmup=5, rep=25, return_mode="median")
+                    rows["fwd"].append((ms, dict(cfg, segment_rows=seg), err))
+                    print(f"loop {bt:3d} {bd:4d} {w} seg {seg or 'auto'}: fwd {ms:.3f} ms err {err:.1e} "
+                          f"{fwd_bytes / (ms * 1e-3) / copy:.0%} of copy", flush=True)
+                continue
             y, final, _ = selective_scan_fwd(*args, dt_softplus=True, config=cfg)
             err = max(rel_error(y, y_ref), rel_error(final, final_ref))
             ms = do_bench(lambda: selective_scan_fwd(*args, dt_softplus=True, config=cfg), warmup=5, rep=25,
                           return_mode="median")
             rows["fwd"].append((ms, cfg, err))
-            if loop:  # the backward has no LOOP variant: time it once per block config, with the tiles
-                print(f"loop {bt:3d} {bd:4d} {w}: fwd {ms:.3f} ms err {err:.1e}", flush=True)
-                continue
             grads = selective_scan_bwd(dy, None, *args, True, None, ckpt, config=cfg)
             gerr = max(rel_error(g, r) for g, r in zip(grads, grads_ref) if g is not None)
             ms_b = do_bench(lambda: selective_scan_bwd(dy, None, *args, True, None, ckpt, config=cfg), warmup=5,

@@ -42,7 +42,7 @@ FLOAT32_POINTERS = {
     "A_ptr", "D_ptr", "bias_ptr", "init_ptr", "segst_ptr", "seglog_ptr", "final_ptr", "segadj_ptr", "dfinal_ptr",
     "parts_ptr", "cfinal_ptr", "dD_ptr", "dinit_ptr", "dA_ptr", "dbias_ptr", "dC_ptr", "dB_ptr", "ckpt_ptr",
     "scratch_ptr", "dh0_ptr", "rstd_ptr", "dw_ptr", "db_ptr", "state_ptr", "ddt_ptr", "part_max_ptr",
-    "part_sum_ptr", "part_acc_ptr", "res_ptr", "res_out_ptr",
+    "part_sum_ptr", "part_acc_ptr", "res_ptr", "res_out_ptr", "segdt_ptr",
 }
 INT_POINTERS = {"cu_ptr", "seq_ptr", "idx_ptr"}
 INT64_POINTERS = {"pos_ptr"}  # decode positions, int64 as the KV cache keeps them
@@ -145,10 +145,15 @@ def _cases() -> list:
             loop = "-loop" if cfg.get("LOOP") else ""
             label = f"{name}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}{loop}"
             cases.append((scan + kind, name, consts, cfg["num_warps"], 2, label))
+    for cfg in scan_plan.configs("fwd", 16, 2048, loop=True):  # the segment pass of a short batch
+        if cfg.get("LOOP"):
+            cases.append((scan + "fwd", "_segment_state_kernel", dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"],
+                                                                      BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn),
+                          cfg["num_warps"], 2, f"_segment_state_kernel-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}"))
     lean = dict(SOFTPLUS=False, BLOCK_T=16, BLOCK_D=32, BLOCK_N=sbn, LOOP=False, init_ptr=None, D_ptr=None,
-                z_ptr=None, bias_ptr=None, ckpt_ptr=None)  # inference: no checkpoints for a backward
+                z_ptr=None, bias_ptr=None, ckpt_ptr=None, segst_ptr=None, segdt_ptr=None)  # inference, one segment
     cases.append((scan + "fwd", "_scan_fwd_kernel", lean, 4, 2, "_scan_fwd_kernel-lean"))
-    cases.append((scan + "fwd", "_scan_fwd_kernel", dict(lean, LOOP=True, BLOCK_T=8, BLOCK_D=8), 1, 2,
+    cases.append((scan + "fwd", "_scan_fwd_kernel", dict(lean, LOOP=True, BLOCK_T=16, BLOCK_D=32), 1, 2,
                   "_scan_fwd_kernel-lean-loop"))
     cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=False, BLOCK_D=64, BLOCK_N=sbn,
                                                            BLOCK_R=16, w_ptr=None), 4, 2, "_scan_step_kernel"))

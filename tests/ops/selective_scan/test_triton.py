@@ -154,8 +154,8 @@ def check_scan(inp, grads=True, oracle=None, seed=1):
 
 # ---------------------------------------------------------------- interpreter cases (child process)
 
-INTERPRETER_CASES = ("shapes", "checkpoints", "loop_forward", "float16", "strided_inputs", "awkward_shapes", "step",
-                     "dispatch")
+INTERPRETER_CASES = ("shapes", "checkpoints", "loop_forward", "segments", "float16", "strided_inputs",
+                     "awkward_shapes", "step", "dispatch")
 
 SHAPES = {
     # name: (batch, seqlen, dim, dstate, ngroups, flags)
@@ -222,6 +222,38 @@ def case_loop_forward():
         for arg, g in zip(NAMES, grads):
             if inp.get(arg) is not None:
                 assert_close(g, g_ref[arg], torch.float32, grad=True, name=f"{name} d{arg}")
+
+
+def case_segments():
+    """The forward cut into segments (a first pass of segment end states from zero, composed by each program of
+    the main pass) gives the float64 reference's y, final state and, through its checkpoints, gradients, for
+    both kernel variants, a last segment shorter than the rest, a single-row last segment, and no initial
+    state; a segment length that is not a multiple of the checkpoint interval is refused."""
+    from ssmkit.ops.selective_scan.triton.bwd import selective_scan_bwd
+    from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
+
+    variants = {"loop": dict(BLOCK_T=4, BLOCK_D=4, num_warps=1, LOOP=True), "tile": dict(BLOCK_T=4, BLOCK_D=4,
+                                                                                         num_warps=1)}
+    shapes = {"uneven_last": (2, 37, 8, 4, 2, 16, dict()), "one_row_last": (1, 33, 4, 16, 1, 8, dict()),
+              "no_init_many": (1, 40, 6, 3, 3, 8, dict(initial_state=False, D=False))}
+    for name, (*shape, seg, flags) in shapes.items():
+        inp = scan_inputs(*shape, seed=shape[1] + 1, **flags)
+        batch, seqlen, dim, dstate, _ = shape
+        dout, dfinal = torch.randn(batch, seqlen, dim), torch.randn(batch, dim, dstate)
+        y_ref, final_ref, g_ref = scan_run(_reference(), inp, dout, dfinal, dtype=torch.float64)
+        args = [inp[k] for k in NAMES[:8]]
+        for kind, cfg in variants.items():
+            y, final, ckpt = selective_scan_fwd(*args, True, inp["initial_state"], True, config=cfg,
+                                                checkpoint_rows=8, segment_rows=seg)
+            assert_close(y, y_ref, torch.float32, name=f"{name} {kind} y")
+            assert_close(final, final_ref, torch.float32, name=f"{name} {kind} final")
+            grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt,
+                                       config=dict(BLOCK_T=8, BLOCK_D=4, num_warps=4), checkpoint_rows=8)
+            for arg, g in zip(NAMES, grads):
+                if inp.get(arg) is not None:
+                    assert_close(g, g_ref[arg], torch.float32, grad=True, name=f"{name} {kind} d{arg}")
+    with pytest.raises(ValueError, match="segment_rows"):
+        selective_scan_fwd(*args, True, None, True, config=variants["loop"], checkpoint_rows=8, segment_rows=12)
 
 
 def _reference():
@@ -367,6 +399,10 @@ def test_interpreted_loop_forward_matches_float64_and_feeds_the_backward(interpr
     expect(interpreted, "loop_forward")
 
 
+def test_interpreted_segmented_forward_matches_float64_and_feeds_the_backward(interpreted):
+    expect(interpreted, "segments")
+
+
 def test_interpreted_scan_float16_within_float16_tolerances(interpreted):
     expect(interpreted, "float16")
 
@@ -493,6 +529,28 @@ def test_every_tunable_scan_config_matches_float64_on_gpu(dstate, kind, cfg):
         grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt, config=cfg)
         for name, g in zip(NAMES, grads):
             assert_close(g, g_ref[name], torch.bfloat16, grad=True, name=f"d{name} {cfg}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("segment_rows", [None, 128, 1024, 4224])
+def test_segmented_loop_forward_matches_float64_on_gpu(segment_rows):
+    """The LOOP forward at batch 1 (where the default cuts the sequence into segments) and at forced segment
+    lengths, one of them past the sequence (one segment): y, final state and the gradients its checkpoints feed."""
+    from ssmkit.ops.selective_scan.triton.bwd import selective_scan_bwd
+    from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
+
+    inp = scan_inputs(1, 4099, 2048, 16, 1, dtype=torch.bfloat16, device="cuda", seed=11)
+    dout, dfinal = torch.randn(1, 4099, 2048, device="cuda").bfloat16(), torch.randn(1, 2048, 16, device="cuda")
+    y_ref, final_ref, g_ref = scan_run(gpu_oracle, inp, dout, dfinal, dtype=torch.float64)
+    args = [inp[k] for k in NAMES[:8]]
+    cfg = dict(BLOCK_T=8, BLOCK_D=32, num_warps=1, LOOP=True)
+    y, final, ckpt = selective_scan_fwd(*args, True, inp["initial_state"], True, config=cfg,
+                                        segment_rows=segment_rows)
+    assert_close(y, y_ref, torch.bfloat16, name=f"y seg={segment_rows}")
+    assert_close(final, final_ref, torch.bfloat16, name=f"final seg={segment_rows}")
+    grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt)
+    for name, g in zip(NAMES, grads):
+        assert_close(g, g_ref[name], torch.bfloat16, grad=True, name=f"d{name} seg={segment_rows}")
 
 
 @pytest.mark.gpu

@@ -15,6 +15,20 @@ Version history
   row of x, dt, z, B, C straight from memory, so the state needs only (BLOCK_D, dstate) registers and no
   cross-thread scan; the unrolled row loads do not depend on the state and can be issued ahead. On an H100 the
   tile-parallel v1 reached 5% of the copy ceiling whatever its block sizes (compute-bound on the scan).
+- v3: the LOOP variant, rebuilt from the H100 code the compiler emitted (sm_90 SASS, read on the CPU machine):
+  (a) v2 stored each row's y before loading the next row, and a load may not move above a store to memory that
+  might alias it, so every row waited a full memory round trip; now a tile's y rows collect in registers and
+  are stored once per tile, and the loads of a tile's rows issue together. (b) v2's state tile spread dstate
+  over the threads of a warp: each row's C . h took 4 rounds of shuffles and every row's B, C went through
+  shared memory with a barrier; now each thread owns whole channels (32 per warp) with the state in registers,
+  so C . h is a sum in one thread (0 shuffles, 0 barriers per row). The state is loaded as (channels, dstate)
+  with dstate's stride hidden from the compiler (a run-time 1) and transposed, which is what makes the compiler
+  pick that arrangement. exp2 with A log2(e) saves a multiply per state element.
+  (c) Segments: at small batch there are too few (row, channel block) programs to fill the GPU, so the
+  sequence is cut into segments of whole checkpoint intervals. A first pass (_segment_state_kernel) walks
+  each segment but the last from a zero state and writes its end state and its sum of dt'; each program of
+  the main pass then composes the segments before its own (h <- exp(A sum dt') h + h_segment, exact in real
+  arithmetic) to get its entering state. The extra pass reads x, dt and B once more.
 """
 
 from __future__ import annotations
@@ -26,81 +40,148 @@ import triton.language as tl
 from ssmkit.ops.ssd.triton.plan import pick
 from ssmkit.ops.ssd.triton.tiles import softplus
 
-from .plan import CHECKPOINT_ROWS, block_n, configs
+from .plan import CHECKPOINT_ROWS, block_n, configs, multiprocessors, segment_length
 from .tiles import channel_tile, combine, last_row, load_rows, step_size
+
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 # Length arguments are not specialized: Triton would compile a variant of every config for each class of a
 # length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
-@triton.jit(do_not_specialize=("seqlen", "nblk", "ck_tiles", "nck"))
-def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, y_ptr, final_ptr,
-                     ckpt_ptr, seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles, nck,
-                     sx_b, sx_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
-                     SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     LOOP: tl.constexpr = False):
-    """x, dt, z (batch, seqlen, dim), B, C (batch, seqlen, ngroups, dstate): unit last stride; y (batch, seqlen,
-    dim) contiguous; A (dim, dstate), init and final (batch, dim, dstate), ckpt (batch, nck, dim, dstate)
-    contiguous, float32 states."""
-    pid = tl.program_id(0)
-    b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
-    soffs = ds[:, None] * dstate + ns[None, :]
-    A = tl.load(A_ptr + soffs, mask=smask, other=0.0).to(tl.float32)
+@triton.jit
+def _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, ds, dmask, ns, nmask,
+                sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS: tl.constexpr):
+    """Row `row` of dt' (channels,), x (channels,), B (dstate,) in float32; dt' = x = 0 past `end` (no decay, no
+    input), so a masked row leaves the state as it is."""
+    m = dmask & (row < end)
+    raw = tl.load(dt_ptr + b * sdt_b + row * sdt_l + ds, mask=m, other=0.0).to(tl.float32) + bias
+    dtv = raw
+    if SOFTPLUS:
+        dtv = softplus(raw)
+    dtv = tl.where(m, dtv, 0.0)
+    x = tl.load(x_ptr + b * sx_b + row * sx_l + ds, mask=m, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + b * sB_b + g * sB_g + row * sB_l + ns, mask=nmask & (row < end), other=0.0).to(tl.float32)
+    return dtv, x, Bt
+
+
+@triton.jit
+def _state_in(A_ptr, init_ptr, segst_ptr, segdt_ptr, b, seg, nseg, dim, dstate, ds, dmask, soffs, smask):
+    """(A log2 e, the state entering segment `seg`), both (channels, dstate) float32: the initial state composed
+    with the end states of the segments before (each run from zero) and their decays exp(A sum dt')."""
+    A2 = tl.load(A_ptr + soffs, mask=smask, other=0.0).to(tl.float32) * LOG2E
     if init_ptr is not None:
         h = tl.load(init_ptr + b * dim * dstate + soffs, mask=smask, other=0.0).to(tl.float32)
     else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        h = tl.zeros(A2.shape, dtype=tl.float32)
+    if segst_ptr is not None:
+        for s in range(0, seg):
+            dsum = tl.load(segdt_ptr + (b * nseg + s) * dim + ds, mask=dmask, other=0.0)
+            hs = tl.load(segst_ptr + (b * nseg + s) * dim * dstate + soffs, mask=smask, other=0.0)
+            h = tl.exp2(dsum[:, None] * A2) * h + hs
+    return A2, h
+
+
+@triton.jit(do_not_specialize=("seqlen", "nblk", "seg_len", "nseg", "unit"))
+def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segdt_ptr,
+                          seqlen, dim, dstate, ngroups, dpg, nblk, seg_len, nseg, unit,
+                          sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g,
+                          SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                          BLOCK_N: tl.constexpr):
+    """Grid (channel tiles, nseg - 1): segment `seg` walked from a zero state; writes its end state to segst
+    (batch, nseg, dim, dstate) and its sum of dt' to segdt (batch, nseg, dim), float32."""
+    pid = tl.program_id(0)
+    seg = tl.program_id(1)
+    b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
+    soffs = ds[:, None] * dstate + (ns * unit)[None, :]  # unit: see the forward kernel
+    A2 = tl.trans(tl.load(A_ptr + soffs, mask=smask, other=0.0).to(tl.float32) * LOG2E)
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if bias_ptr is not None:
         bias = tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    end = tl.minimum(seqlen, (seg + 1) * seg_len)
+    for c in range(seg * (seg_len // BLOCK_T), tl.cdiv(end, BLOCK_T)):
+        for i in tl.static_range(BLOCK_T):
+            row = tl.cast(c * BLOCK_T + i, tl.int64)
+            dtv, x, Bt = _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, ds, dmask, ns, nmask,
+                                     sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
+            h = tl.exp2(dtv[None, :] * A2) * h + Bt[:, None] * (dtv * x)[None, :]
+            dsum += dtv
+    tl.store(segst_ptr + (b * nseg + seg) * dim * dstate + soffs, tl.trans(h), mask=smask)
+    tl.store(segdt_ptr + (b * nseg + seg) * dim + ds, dsum, mask=dmask)
+
+
+@triton.jit(do_not_specialize=("seqlen", "nblk", "ck_tiles", "nck", "seg_len", "nseg", "unit"))
+def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, segst_ptr, segdt_ptr,
+                     y_ptr, final_ptr, ckpt_ptr, seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles, nck, seg_len,
+                     nseg, unit, sx_b, sx_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
+                     SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                     LOOP: tl.constexpr = False):
+    """Grid (channel tiles, nseg). x, dt, z (batch, seqlen, dim), B, C (batch, seqlen, ngroups, dstate): unit
+    last stride; y (batch, seqlen, dim) contiguous; A (dim, dstate), init and final (batch, dim, dstate), ckpt
+    (batch, nck, dim, dstate), segst, segdt (from _segment_state_kernel) contiguous, float32 states."""
+    pid = tl.program_id(0)
+    seg = tl.program_id(1)
+    b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
+    # unit == 1 at run time, hidden from the compiler: with dstate's stride unknown it spreads the LOOP state by
+    # channel, each thread holding whole states (v3)
+    soffs = ds[:, None] * dstate + (ns * unit if LOOP else ns)[None, :]
+    A2, h = _state_in(A_ptr, init_ptr, segst_ptr, segdt_ptr, b, seg, nseg, dim, dstate, ds, dmask, soffs, smask)
+    if LOOP:  # the state as (dstate, channels)
+        A2 = tl.trans(A2)
+        h = tl.trans(h)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if bias_ptr is not None:
+        bias = tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if D_ptr is not None:
         Dv = tl.load(D_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
     tloc = tl.arange(0, BLOCK_T)
-    for c in range(0, tl.cdiv(seqlen, BLOCK_T)):
+    end = tl.minimum(seqlen, (seg + 1) * seg_len)
+    for c in range(seg * (seg_len // BLOCK_T), tl.cdiv(end, BLOCK_T)):
         if ckpt_ptr is not None:
             if c % ck_tiles == 0:
-                tl.store(ckpt_ptr + (b * nck + c // ck_tiles) * dim * dstate + soffs, h, mask=smask)
+                tl.store(ckpt_ptr + (b * nck + c // ck_tiles) * dim * dstate + soffs, tl.trans(h) if LOOP else h,
+                         mask=smask)
+        rows = c * BLOCK_T + tloc
+        rmask = rows < end
         if LOOP:
+            Y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
             for i in tl.static_range(BLOCK_T):
                 row = tl.cast(c * BLOCK_T + i, tl.int64)
-                m = dmask & (row < seqlen)
-                raw = tl.load(dt_ptr + b * sdt_b + row * sdt_l + ds, mask=m, other=0.0).to(tl.float32) + bias
-                dtv = raw
-                if SOFTPLUS:
-                    dtv = softplus(raw)
-                dtv = tl.where(m, dtv, 0.0)  # a row past the end neither decays nor feeds the state
-                x = tl.load(x_ptr + b * sx_b + row * sx_l + ds, mask=m, other=0.0).to(tl.float32)
-                nm = nmask & (row < seqlen)
-                Bt = tl.load(B_ptr + b * sB_b + g * sB_g + row * sB_l + ns, mask=nm, other=0.0).to(tl.float32)
-                Ct = tl.load(C_ptr + b * sC_b + g * sC_g + row * sC_l + ns, mask=nm, other=0.0).to(tl.float32)
-                h = tl.exp(dtv[:, None] * A) * h + (dtv * x)[:, None] * Bt[None, :]
-                y = tl.sum(h * Ct[None, :], 1)
-                if D_ptr is not None:
-                    y += Dv * x
+                dtv, x, Bt = _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, ds, dmask, ns, nmask,
+                                         sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
+                Ct = tl.load(C_ptr + b * sC_b + g * sC_g + row * sC_l + ns, mask=nmask & (row < end),
+                             other=0.0).to(tl.float32)
+                h = tl.exp2(dtv[None, :] * A2) * h + Bt[:, None] * (dtv * x)[None, :]  # ZOH for A, Euler for B
+                y = tl.sum(h * Ct[:, None], 0) + Dv * x
                 if z_ptr is not None:
-                    zt = tl.load(z_ptr + b * sz_b + row * sz_l + ds, mask=m, other=0.0).to(tl.float32)
+                    zt = tl.load(z_ptr + b * sz_b + row * sz_l + ds, mask=dmask & (row < end),
+                                 other=0.0).to(tl.float32)
                     y *= zt * tl.sigmoid(zt)
-                tl.store(y_ptr + (b * seqlen + row) * dim + ds, y.to(y_ptr.dtype.element_ty), mask=m)
+                Y = tl.where(tloc[:, None] == i, y[None, :], Y)
         else:
-            rows = c * BLOCK_T + tloc
-            rmask = rows < seqlen
             dtv, _ = step_size(dt_ptr, b * sdt_b, rows, rmask, sdt_l, ds, dmask, bias, SOFTPLUS)
             x = load_rows(x_ptr, b * sx_b, rows, rmask, sx_l, ds, dmask)
             Bt = load_rows(B_ptr, b * sB_b + g * sB_g, rows, rmask, sB_l, ns, nmask)
             Ct = load_rows(C_ptr, b * sC_b + g * sC_g, rows, rmask, sC_l, ns, nmask)
-            a = tl.exp(dtv[:, :, None] * A[None, :, :])  # ZOH for A
+            a = tl.exp2(dtv[:, :, None] * A2[None, :, :])  # ZOH for A
             u = (dtv * x)[:, :, None] * Bt[:, None, :]  # Euler for B
             pa, pu = tl.associative_scan((a, u), 0, combine)
             hs = pa * h[None, :, :] + pu  # (BLOCK_T, BLOCK_D, BLOCK_N)
-            y = tl.sum(hs * Ct[:, None, :], 2)
+            Y = tl.sum(hs * Ct[:, None, :], 2) + Dv[None, :] * x
             h = last_row(hs, tloc, BLOCK_T - 1)  # masked rows neither decay nor add: the last row is the state
-            if D_ptr is not None:
-                y += Dv[None, :] * x
             if z_ptr is not None:
                 zt = load_rows(z_ptr, b * sz_b, rows, rmask, sz_l, ds, dmask)
-                y *= zt * tl.sigmoid(zt)
-            offs = (b * seqlen + rows)[:, None] * dim + ds[None, :]
-            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
-    tl.store(final_ptr + b * dim * dstate + soffs, h, mask=smask)
+                Y *= zt * tl.sigmoid(zt)
+        offs = (b * seqlen + rows)[:, None] * dim + ds[None, :]
+        tl.store(y_ptr + offs, Y.to(y_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
+    if LOOP:
+        h_out = tl.trans(h)
+    else:
+        h_out = h
+    if seg == nseg - 1:
+        tl.store(final_ptr + b * dim * dstate + soffs, h_out, mask=smask)
 
 
 def strides(t, ndim_lead: int):
@@ -109,10 +190,11 @@ def strides(t, ndim_lead: int):
 
 
 def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None,
-                       checkpoint: bool = False, *, config=None, checkpoint_rows=CHECKPOINT_ROWS):
+                       checkpoint: bool = False, *, config=None, checkpoint_rows=CHECKPOINT_ROWS, segment_rows=None):
     """Fused forward. x, dt, z (batch, seqlen, dim) and B, C (batch, seqlen, ngroups, dstate) with unit last
     stride; A (dim, dstate), D, dt_bias (dim,), initial_state (batch, dim, dstate) contiguous.
-    `config` forces one block config; `checkpoint_rows` (a multiple of BLOCK_T) sets how often states are saved.
+    `config` forces one block config; `checkpoint_rows` (a multiple of BLOCK_T) sets how often states are saved;
+    `segment_rows` (a multiple of checkpoint_rows) forces the segment length (default: plan.segment_length).
     Returns (y (batch, seqlen, dim) in x.dtype, final_state (batch, dim, dstate) float32,
     ckpt (batch, cdiv(seqlen, checkpoint_rows), dim, dstate) float32: the state entering each interval, or None).
     """
@@ -124,22 +206,37 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
     nck = triton.cdiv(seqlen, checkpoint_rows)
     ckpt = torch.empty(batch, nck, dim, dstate, device=x.device, dtype=torch.float32) if checkpoint else None
     scalars = (seqlen, dim, dstate, ngroups, dpg)
-    stride_args = (*strides(x, 2), *strides(dt, 2), *strides(z, 2), *strides(B, 3), *strides(C, 3))
+    strides_xdt = (*strides(x, 2), *strides(dt, 2))
+    stride_args = (*strides_xdt, *strides(z, 2), *strides(B, 3), *strides(C, 3))
+    if segment_rows is not None and (segment_rows <= 0 or segment_rows % checkpoint_rows):
+        raise ValueError(f"segment_rows must be a positive multiple of checkpoint_rows={checkpoint_rows}, "
+                         f"got {segment_rows}")
 
     def run(cfg):
-        bt, bd = cfg["BLOCK_T"], cfg["BLOCK_D"]
+        bt, bd, warps = cfg["BLOCK_T"], cfg["BLOCK_D"], cfg["num_warps"]
         assert checkpoint_rows % bt == 0, (checkpoint_rows, bt)  # tiles must not straddle a checkpoint
         nblk = triton.cdiv(dpg, bd)
-        _scan_fwd_kernel[(batch * ngroups * nblk,)](
-            x, dt, A, B, C, D, z, dt_bias, initial_state, y, final, ckpt, *scalars, nblk, checkpoint_rows // bt, nck,
-            *stride_args, SOFTPLUS=bool(dt_softplus), BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=block_n(dstate),
-            LOOP=cfg.get("LOOP", False), num_warps=cfg["num_warps"])
+        tiles = batch * ngroups * nblk
+        seg_len = segment_rows or segment_length(seqlen, tiles * warps, multiprocessors(x.device),
+                                                 checkpoint_rows)
+        nseg = triton.cdiv(seqlen, seg_len)
+        consts = dict(SOFTPLUS=bool(dt_softplus), BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=block_n(dstate), num_warps=warps)
+        segst = segdt = None
+        if nseg > 1:
+            segst = torch.empty(batch, nseg, dim, dstate, device=x.device, dtype=torch.float32)
+            segdt = torch.empty(batch, nseg, dim, device=x.device, dtype=torch.float32)
+            _segment_state_kernel[(tiles, nseg - 1)](
+                x, dt, A, B, dt_bias, segst, segdt, *scalars, nblk, seg_len, nseg, 1, *strides_xdt,
+                *strides(B, 3), **consts)
+        _scan_fwd_kernel[(tiles, nseg)](
+            x, dt, A, B, C, D, z, dt_bias, initial_state, segst, segdt, y, final, ckpt, *scalars, nblk,
+            checkpoint_rows // bt, nck, seg_len, nseg, 1, *stride_args, LOOP=cfg.get("LOOP", False), **consts)
 
     if batch == 0:
         return y, final, ckpt
     if config is None:
-        key = (x.dtype, triton.next_power_of_2(batch), triton.next_power_of_2(seqlen), dim, dstate, ngroups, D is not None, z is not None,
-               checkpoint)
+        key = (x.dtype, triton.next_power_of_2(batch), triton.next_power_of_2(seqlen), dim, dstate, ngroups,
+               D is not None, z is not None, checkpoint)
         config = pick("selective_scan_fwd", key, configs("fwd", dstate, dpg, loop=True), run, x.device,
                       work=x.numel())
     run(config)

@@ -5,6 +5,8 @@ rows; its (BLOCK_T, BLOCK_D, dstate) tile of states lives in registers, so BLOCK
 dstate grows. The forward writes the state every CHECKPOINT_ROWS rows; every BLOCK_T divides it.
 
 Version history
+- v4: LOOP configs for the forward's v3 (a thread per channel, 32 channels per warp); the tile-parallel
+  configs stay in the table for the tuner.
 - v3: the tuner times the LOOP configs beside the tile-parallel ones (their gpu-marked tests passed on an H100;
   at b16 L1024 d2048 the best LOOP config ran the forward in 0.92 ms, the best tile config in 1.55 ms); the LOOP
   table leads with the sweep's best, narrow BLOCK_D entries.
@@ -16,19 +18,45 @@ Version history
 
 from __future__ import annotations
 
+import functools
+
 import triton
 
 CHECKPOINT_ROWS = 128
 # (BLOCK_T, BLOCK_D, num_warps) at dstate <= 16; the state tile is BLOCK_T * BLOCK_D * 16 floats. The grid is
 # batch * dim / BLOCK_D programs, so the narrow-BLOCK_D entries are for batch 1 (dim / 8 programs fill an H100).
 FWD_TABLE = [(16, 32, 4), (32, 32, 8), (16, 64, 8), (8, 64, 4), (32, 16, 4), (32, 8, 2)]
-# The forward's LOOP variant walks the rows of a tile one by one (BLOCK_T rows unrolled) with only the
-# (BLOCK_D, dstate) state in registers: its budget is BLOCK_D * dstate, not BLOCK_T * BLOCK_D * dstate.
-# Narrow BLOCK_D with 1-2 warps first: on an H100 at b16 L1024 d2048 (selective_scan_configs_gpu.py) (8, 8, 1)
-# ran the forward in 0.92 ms, (4, 16, 1) and (4, 32, 2) in 0.97, (8, 64, 4) in 1.6; narrow blocks also give
-# batch x dim / BLOCK_D programs enough to fill the GPU at small batch.
-LOOP_TABLE = [(8, 8, 1), (4, 16, 1), (4, 32, 2), (4, 64, 4), (8, 64, 4)]
+# The forward's LOOP variant (fwd.py v3) walks the rows of a tile one by one with each channel's whole state in
+# one thread, so BLOCK_D is 32 channels per warp: (BLOCK_T, BLOCK_D) entries, num_warps = BLOCK_D / 32.
+LOOP_TABLE = [(16, 32), (8, 32), (16, 64), (8, 64), (16, 128), (8, 128)]
 BWD_TABLE = [(16, 16, 4), (8, 32, 4), (16, 32, 8), (32, 16, 8), (16, 8, 2)]
+
+
+# The forward cuts the sequence into segments (fwd.py v3) until the GPU has this many warps per multiprocessor.
+WARPS_PER_SM = 8
+
+
+def segment_length(seqlen: int, warps: int, sms: int, interval: int = CHECKPOINT_ROWS,
+                   warps_per_sm: int = WARPS_PER_SM) -> int:
+    """Rows per segment of the forward: whole checkpoint intervals, as few segments as give `sms`
+    multiprocessors `warps_per_sm` warps each when the channel tiles alone bring `warps`; one segment (the
+    whole sequence) when they already fill them."""
+    want = triton.cdiv(warps_per_sm * sms, max(warps, 1))
+    return interval * triton.cdiv(triton.cdiv(seqlen, max(want, 1)), interval)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def multiprocessors(device) -> int:
+    """The device's multiprocessor count; 0 off CUDA (the interpreter: one segment unless asked for more)."""
+    if device.type != "cuda":
+        return 0
+    return _sm_count(device.index if device.index is not None else 0)
 
 
 def block_n(dstate: int) -> int:
@@ -53,10 +81,11 @@ def configs(kind: str, dstate: int, dim_per_group: int, loop: bool = False) -> l
             seen.add((bt, bd, warps))
             out.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps))
     if kind == "fwd" and loop:
-        for bt, bd, warps in LOOP_TABLE:
+        for bt, bd in LOOP_TABLE:
             bd = min(bd, triton.next_power_of_2(dim_per_group))
             while bd > 8 and bd * bn > 2048:
                 bd //= 2
+            warps = max(1, bd // 32)
             if (bt, bd, warps, True) not in seen:
                 seen.add((bt, bd, warps, True))
                 out.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, LOOP=True))
