@@ -68,13 +68,14 @@ def main() -> None:
     rows = {"fwd": [], "bwd": []}
     _, _, ckpt = selective_scan_fwd(*args, dt_softplus=True, checkpoint=True,
                                     config=dict(BLOCK_T=16, BLOCK_D=32, num_warps=4))
-    grid = [(True, bt, 32 * w, w) for bt in GRID_T for w in GRID_W]  # LOOP (v3): one channel per thread
+    # LOOP (v3): 1, 2 or 4 whole channels per thread
+    grid = [(True, bt, 32 * w * cpt, w) for bt in (4, 8) for w in GRID_W for cpt in (1, 2, 4)]
     if not a.loop_only:
         grid += [(False, bt, bd, w) for bt, bd, w in itertools.product(GRID_T, GRID_D, GRID_W)]
     for loop, bt, bd, w in grid:
         cfg = dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=w, LOOP=loop)
         tile = bd * max(16, a.dstate) * (1 if loop else bt)  # state elements a program holds in registers
-        if tile > 64 * 32 * w * 2 or bd > a.dim or CHECKPOINT_ROWS % bt:
+        if tile > 64 * 32 * w * (4 if loop else 2) or bd > a.dim or CHECKPOINT_ROWS % bt:
             continue  # over 64 state elements per thread: certain to spill
         try:
             if loop:

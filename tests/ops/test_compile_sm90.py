@@ -141,17 +141,19 @@ def _cases() -> list:
         for cfg in scan_plan.configs(kind, 16, 2048, loop=True):
             consts = dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn)
             if kind == "fwd":
-                consts["LOOP"] = cfg.get("LOOP", False)
+                consts.update(LOOP=cfg.get("LOOP", False), dstate=16, PTX=True)
             loop = "-loop" if cfg.get("LOOP") else ""
             label = f"{name}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}{loop}"
             cases.append((scan + kind, name, consts, cfg["num_warps"], 2, label))
     for cfg in scan_plan.configs("fwd", 16, 2048, loop=True):  # the segment pass of a short batch
         if cfg.get("LOOP"):
             cases.append((scan + "fwd", "_segment_state_kernel", dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"],
-                                                                      BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn),
+                                                                      BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn,
+                                                                      dstate=16, PTX=True),
                           cfg["num_warps"], 2, f"_segment_state_kernel-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}"))
     lean = dict(SOFTPLUS=False, BLOCK_T=16, BLOCK_D=32, BLOCK_N=sbn, LOOP=False, init_ptr=None, D_ptr=None,
-                z_ptr=None, bias_ptr=None, ckpt_ptr=None, segst_ptr=None, segdt_ptr=None)  # inference, one segment
+                z_ptr=None, bias_ptr=None, ckpt_ptr=None, segst_ptr=None, segdt_ptr=None, dstate=16,
+                PTX=True)  # inference: one segment, no checkpoints
     cases.append((scan + "fwd", "_scan_fwd_kernel", lean, 4, 2, "_scan_fwd_kernel-lean"))
     cases.append((scan + "fwd", "_scan_fwd_kernel", dict(lean, LOOP=True, BLOCK_T=16, BLOCK_D=32), 1, 2,
                   "_scan_fwd_kernel-lean-loop"))

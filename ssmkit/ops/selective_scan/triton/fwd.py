@@ -37,11 +37,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmkit.ops.dispatch import interpreting
 from ssmkit.ops.ssd.triton.plan import pick
 from ssmkit.ops.ssd.triton.tiles import softplus
 
 from .plan import CHECKPOINT_ROWS, block_n, configs, multiprocessors, segment_length
-from .tiles import channel_tile, combine, last_row, load_rows, step_size
+from .tiles import channel_tile, combine, exp2_approx, last_row, load_rows, step_size
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -49,19 +50,21 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # Length arguments are not specialized: Triton would compile a variant of every config for each class of a
 # length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
 @triton.jit
-def _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, ds, dmask, ns, nmask,
-                sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS: tl.constexpr):
-    """Row `row` of dt' (channels,), x (channels,), B (dstate,) in float32; dt' = x = 0 past `end` (no decay, no
-    input), so a masked row leaves the state as it is."""
-    m = dmask & (row < end)
-    raw = tl.load(dt_ptr + b * sdt_b + row * sdt_l + ds, mask=m, other=0.0).to(tl.float32) + bias
+def _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc, sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g,
+                SOFTPLUS: tl.constexpr):
+    """Row `row` of dt' (channels,), dt' x (channels,), B (dstate,) in float32. Loads take no masks (each mask
+    costs predicate instructions in every row): channels `dc` and states `nc` are clamped in bounds by the
+    caller, and a row at or past `end` reads row end - 1 and gets dt' = dt' x = 0, so it leaves the state as
+    it is."""
+    r = tl.minimum(row, end - 1)
+    raw = tl.load(dt_ptr + b * sdt_b + r * sdt_l + dc).to(tl.float32) + bias
     dtv = raw
     if SOFTPLUS:
         dtv = softplus(raw)
-    dtv = tl.where(m, dtv, 0.0)
-    x = tl.load(x_ptr + b * sx_b + row * sx_l + ds, mask=m, other=0.0).to(tl.float32)
-    Bt = tl.load(B_ptr + b * sB_b + g * sB_g + row * sB_l + ns, mask=nmask & (row < end), other=0.0).to(tl.float32)
-    return dtv, x, Bt
+    dtv = tl.where(row < end, dtv, 0.0)
+    x = tl.load(x_ptr + b * sx_b + r * sx_l + dc).to(tl.float32)
+    Bt = tl.load(B_ptr + b * sB_b + g * sB_g + r * sB_l + nc).to(tl.float32)
+    return dtv, tl.where(row < end, dtv * x, 0.0), x, Bt
 
 
 @triton.jit
@@ -83,10 +86,10 @@ def _state_in(A_ptr, init_ptr, segst_ptr, segdt_ptr, b, seg, nseg, dim, dstate, 
 
 @triton.jit(do_not_specialize=("seqlen", "nblk", "seg_len", "nseg", "unit"))
 def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segdt_ptr,
-                          seqlen, dim, dstate, ngroups, dpg, nblk, seg_len, nseg, unit,
+                          seqlen, dim, dstate: tl.constexpr, ngroups, dpg, nblk, seg_len, nseg, unit,
                           sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g,
                           SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_N: tl.constexpr):
+                          BLOCK_N: tl.constexpr, PTX: tl.constexpr):
     """Grid (channel tiles, nseg - 1): segment `seg` walked from a zero state; writes its end state to segst
     (batch, nseg, dim, dstate) and its sum of dt' to segdt (batch, nseg, dim), float32."""
     pid = tl.program_id(0)
@@ -100,12 +103,14 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
     end = tl.minimum(seqlen, (seg + 1) * seg_len)
+    dc = tl.where(dmask, ds, g * dpg)
+    nc = tl.minimum(tl.arange(0, BLOCK_N), dstate - 1)
     for c in range(seg * (seg_len // BLOCK_T), tl.cdiv(end, BLOCK_T)):
         for i in tl.static_range(BLOCK_T):
             row = tl.cast(c * BLOCK_T + i, tl.int64)
-            dtv, x, Bt = _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, ds, dmask, ns, nmask,
-                                     sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
-            h = tl.exp2(dtv[None, :] * A2) * h + Bt[:, None] * (dtv * x)[None, :]
+            dtv, u, _, Bt = _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc,
+                                        sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
+            h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]
             dsum += dtv
     tl.store(segst_ptr + (b * nseg + seg) * dim * dstate + soffs, tl.trans(h), mask=smask)
     tl.store(segdt_ptr + (b * nseg + seg) * dim + ds, dsum, mask=dmask)
@@ -113,13 +118,14 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
 
 @triton.jit(do_not_specialize=("seqlen", "nblk", "ck_tiles", "nck", "seg_len", "nseg", "unit"))
 def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, segst_ptr, segdt_ptr,
-                     y_ptr, final_ptr, ckpt_ptr, seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles, nck, seg_len,
-                     nseg, unit, sx_b, sx_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
+                     y_ptr, final_ptr, ckpt_ptr, seqlen, dim, dstate: tl.constexpr, ngroups, dpg, nblk, ck_tiles,
+                     nck, seg_len, nseg, unit, sx_b, sx_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
                      SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     LOOP: tl.constexpr = False):
+                     LOOP: tl.constexpr = False, PTX: tl.constexpr = False):
     """Grid (channel tiles, nseg). x, dt, z (batch, seqlen, dim), B, C (batch, seqlen, ngroups, dstate): unit
     last stride; y (batch, seqlen, dim) contiguous; A (dim, dstate), init and final (batch, dim, dstate), ckpt
-    (batch, nck, dim, dstate), segst, segdt (from _segment_state_kernel) contiguous, float32 states."""
+    (batch, nck, dim, dstate), segst, segdt (from _segment_state_kernel) contiguous, float32 states. dstate is
+    a compile-time constant (a model's never changes), which folds the LOOP's state-index clamp away."""
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
@@ -138,6 +144,8 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         Dv = tl.load(D_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
     tloc = tl.arange(0, BLOCK_T)
     end = tl.minimum(seqlen, (seg + 1) * seg_len)
+    dc = tl.where(dmask, ds, g * dpg)  # channels and states clamped in bounds for the LOOP's unmasked loads
+    nc = tl.minimum(tl.arange(0, BLOCK_N), dstate - 1)
     for c in range(seg * (seg_len // BLOCK_T), tl.cdiv(end, BLOCK_T)):
         if ckpt_ptr is not None:
             if c % ck_tiles == 0:
@@ -149,15 +157,15 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
             Y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
             for i in tl.static_range(BLOCK_T):
                 row = tl.cast(c * BLOCK_T + i, tl.int64)
-                dtv, x, Bt = _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, ds, dmask, ns, nmask,
-                                         sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
-                Ct = tl.load(C_ptr + b * sC_b + g * sC_g + row * sC_l + ns, mask=nmask & (row < end),
-                             other=0.0).to(tl.float32)
-                h = tl.exp2(dtv[None, :] * A2) * h + Bt[:, None] * (dtv * x)[None, :]  # ZOH for A, Euler for B
+                dtv, u, x, Bt = _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc,
+                                            sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
+                r = tl.minimum(row, end - 1)  # as in _row_inputs: rows past the end are computed, not stored
+                Ct = tl.load(C_ptr + b * sC_b + g * sC_g + r * sC_l + nc).to(tl.float32)
+                Ct = tl.where(nmask, Ct, 0.0)  # a padding state (clamped read) must not reach y
+                h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]  # ZOH A, Euler B
                 y = tl.sum(h * Ct[:, None], 0) + Dv * x
                 if z_ptr is not None:
-                    zt = tl.load(z_ptr + b * sz_b + row * sz_l + ds, mask=dmask & (row < end),
-                                 other=0.0).to(tl.float32)
+                    zt = tl.load(z_ptr + b * sz_b + r * sz_l + dc).to(tl.float32)
                     y *= zt * tl.sigmoid(zt)
                 Y = tl.where(tloc[:, None] == i, y[None, :], Y)
         else:
@@ -212,6 +220,8 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
         raise ValueError(f"segment_rows must be a positive multiple of checkpoint_rows={checkpoint_rows}, "
                          f"got {segment_rows}")
 
+    ptx = x.device.type == "cuda" and not interpreting()  # the interpreter runs no inline PTX
+
     def run(cfg):
         bt, bd, warps = cfg["BLOCK_T"], cfg["BLOCK_D"], cfg["num_warps"]
         assert checkpoint_rows % bt == 0, (checkpoint_rows, bt)  # tiles must not straddle a checkpoint
@@ -220,7 +230,8 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
         seg_len = segment_rows or segment_length(seqlen, tiles * warps, multiprocessors(x.device),
                                                  checkpoint_rows)
         nseg = triton.cdiv(seqlen, seg_len)
-        consts = dict(SOFTPLUS=bool(dt_softplus), BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=block_n(dstate), num_warps=warps)
+        consts = dict(SOFTPLUS=bool(dt_softplus), BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=block_n(dstate), PTX=ptx,
+                      num_warps=warps)
         segst = segdt = None
         if nseg > 1:
             segst = torch.empty(batch, nseg, dim, dstate, device=x.device, dtype=torch.float32)

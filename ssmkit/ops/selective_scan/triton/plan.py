@@ -5,8 +5,9 @@ rows; its (BLOCK_T, BLOCK_D, dstate) tile of states lives in registers, so BLOCK
 dstate grows. The forward writes the state every CHECKPOINT_ROWS rows; every BLOCK_T divides it.
 
 Version history
-- v4: LOOP configs for the forward's v3 (a thread per channel, 32 channels per warp); the tile-parallel
-  configs stay in the table for the tuner.
+- v4: LOOP configs for the forward's v3 (whole channels per thread, 1, 2 or 4 of them); the tile-parallel
+  configs stay in the table for the tuner. Segments until 32 warps per multiprocessor (an H100 sweep at
+  batch 1, L 16K: 64 segments beat 16).
 - v3: the tuner times the LOOP configs beside the tile-parallel ones (their gpu-marked tests passed on an H100;
   at b16 L1024 d2048 the best LOOP config ran the forward in 0.92 ms, the best tile config in 1.55 ms); the LOOP
   table leads with the sweep's best, narrow BLOCK_D entries.
@@ -26,14 +27,15 @@ CHECKPOINT_ROWS = 128
 # (BLOCK_T, BLOCK_D, num_warps) at dstate <= 16; the state tile is BLOCK_T * BLOCK_D * 16 floats. The grid is
 # batch * dim / BLOCK_D programs, so the narrow-BLOCK_D entries are for batch 1 (dim / 8 programs fill an H100).
 FWD_TABLE = [(16, 32, 4), (32, 32, 8), (16, 64, 8), (8, 64, 4), (32, 16, 4), (32, 8, 2)]
-# The forward's LOOP variant (fwd.py v3) walks the rows of a tile one by one with each channel's whole state in
-# one thread, so BLOCK_D is 32 channels per warp: (BLOCK_T, BLOCK_D) entries, num_warps = BLOCK_D / 32.
-LOOP_TABLE = [(16, 32), (8, 32), (16, 64), (8, 64), (16, 128), (8, 128)]
+# The forward's LOOP variant (fwd.py v3) walks the rows of a tile one by one, each thread holding the whole
+# states of BLOCK_D / (32 num_warps) channels: (BLOCK_T, BLOCK_D, num_warps). Two or four channels a thread share
+# the row's B and C loads (32 loads and conversions a row); short tiles keep the unrolled loads in registers.
+LOOP_TABLE = [(4, 64, 1), (8, 64, 1), (4, 128, 1), (4, 128, 2), (8, 128, 2), (4, 256, 4), (4, 256, 8), (4, 32, 1)]
 BWD_TABLE = [(16, 16, 4), (8, 32, 4), (16, 32, 8), (32, 16, 8), (16, 8, 2)]
 
 
 # The forward cuts the sequence into segments (fwd.py v3) until the GPU has this many warps per multiprocessor.
-WARPS_PER_SM = 8
+WARPS_PER_SM = 32
 
 
 def segment_length(seqlen: int, warps: int, sms: int, interval: int = CHECKPOINT_ROWS,
@@ -81,11 +83,10 @@ def configs(kind: str, dstate: int, dim_per_group: int, loop: bool = False) -> l
             seen.add((bt, bd, warps))
             out.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps))
     if kind == "fwd" and loop:
-        for bt, bd in LOOP_TABLE:
+        for bt, bd, warps in LOOP_TABLE:
             bd = min(bd, triton.next_power_of_2(dim_per_group))
-            while bd > 8 and bd * bn > 2048:
+            while bd > 8 and bd * bn > 2048 * warps:  # at most 64 state elements a thread
                 bd //= 2
-            warps = max(1, bd // 32)
             if (bt, bd, warps, True) not in seen:
                 seen.add((bt, bd, warps, True))
                 out.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, LOOP=True))

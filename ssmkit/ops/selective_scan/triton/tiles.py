@@ -3,6 +3,7 @@
 Version history
 - v1: one place for what every kernel repeats, so the forward, the backward and their recomputations read the
   same bytes and round dt the same way (the backward recomputes states the forward produced).
+- v2: exp2_approx, the decay without subnormal handling (the forward's LOOP variant, fwd.py v3).
 """
 
 import triton
@@ -27,6 +28,18 @@ def channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D: tl.constexpr, BLOCK_N
     ns = tl.arange(0, BLOCK_N)
     nmask = ns < dstate
     return b, g, ds, dmask, ns, nmask, dmask[:, None] & nmask[None, :]
+
+
+@triton.jit
+def exp2_approx(x, PTX: tl.constexpr):
+    """2^x by the hardware's approximation, flushing results below 2^-126 to 0 (ex2.approx.ftz): tl.exp2 adds
+    three instructions an element to keep those as subnormals, which a decay of a state never needs. PTX=False
+    (the interpreter, which runs no PTX) uses tl.exp2."""
+    if PTX:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
 
 
 @triton.jit

@@ -8,6 +8,8 @@ Version history
   off on an H100 with single-rounded states; see bwd.py).
 - v3: program_segment, head_tiles, chunk_decay and load_skip: the prologue and the per-chunk decay every kernel
   opened with (five kernels, the same 15-25 lines each).
+- v4: softplus through a short atanh series instead of the library log and an IEEE division (same float32
+  result to rounding; the selective scan evaluates it for every channel of every row).
 """
 
 import triton
@@ -66,11 +68,22 @@ def load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P: tl.constexpr):
 
 @triton.jit
 def softplus(v):
-    """log(1 + e^v) with torch's threshold (identity above 20) and an accurate log1p for small e^v."""
-    u = tl.exp(tl.minimum(v, 20.0))
-    w = 1.0 + u
-    lp = tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0)))
-    return tl.where(v > 20.0, v, lp)
+    """log(1 + e^v) = max(v, 0) + log1p(u), u = e^-|v| <= 1, with log1p(u) = 2 atanh(s), s = u / (2 + u) <= 1/3,
+    summed as the odd series of atanh to s^15 (truncation below 2e-9 relative). One exp and one approximate
+    division: the library log and IEEE division it replaces cost ~50 instructions an element, a third of a
+    Mamba-1 scan's per-channel row (v4). Equals torch's softplus (threshold 20) to float32 rounding."""
+    u = tl.exp(-tl.abs(v))
+    s = tl.fdiv(u, 2.0 + u)
+    s2 = s * s
+    p = 1.0 / 15.0
+    p = p * s2 + 1.0 / 13.0
+    p = p * s2 + 1.0 / 11.0
+    p = p * s2 + 1.0 / 9.0
+    p = p * s2 + 1.0 / 7.0
+    p = p * s2 + 1.0 / 5.0
+    p = p * s2 + 1.0 / 3.0
+    p = p * s2 + 1.0
+    return tl.maximum(v, 0.0) + 2.0 * s * p
 
 
 @triton.jit
