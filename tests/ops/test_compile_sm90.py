@@ -84,9 +84,13 @@ def signature(kernel, constexprs: dict) -> tuple[dict, dict]:
 
 
 def compile_for_h100(kernel, constexprs: dict, num_warps: int, num_stages: int = 2):
+    """constexprs may carry "maxnreg", a config's register cap: a compile option, not a kernel argument."""
+    constexprs = dict(constexprs)
+    options = dict(num_warps=num_warps, num_stages=num_stages)
+    if "maxnreg" in constexprs:
+        options["maxnreg"] = constexprs.pop("maxnreg")
     sig, const = signature(kernel, constexprs)
-    return triton.compile(ASTSource(kernel, sig, const), target=H100,
-                          options=dict(num_warps=num_warps, num_stages=num_stages))
+    return triton.compile(ASTSource(kernel, sig, const), target=H100, options=options)
 
 
 def _kernel(module: str, name: str):
@@ -142,7 +146,9 @@ def _cases() -> list:
             consts = dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn)
             if kind == "fwd":
                 consts.update(LOOP=cfg.get("LOOP", False), dstate=16, PTX=True)
-            loop = "-loop" if cfg.get("LOOP") else ""
+            if cfg.get("maxnreg"):
+                consts["maxnreg"] = cfg["maxnreg"]
+            loop = ("-loop" if cfg.get("LOOP") else "") + (f"-r{cfg['maxnreg']}" if cfg.get("maxnreg") else "")
             label = f"{name}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}{loop}"
             cases.append((scan + kind, name, consts, cfg["num_warps"], 2, label))
     for cfg in scan_plan.configs("fwd", 16, 2048, loop=True):  # the segment pass of a short batch

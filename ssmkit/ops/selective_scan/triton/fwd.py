@@ -232,6 +232,8 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
         nseg = triton.cdiv(seqlen, seg_len)
         consts = dict(SOFTPLUS=bool(dt_softplus), BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=block_n(dstate), PTX=ptx,
                       num_warps=warps)
+        if cfg.get("maxnreg") and ptx:  # a register cap: more resident warps for a few spills
+            consts["maxnreg"] = cfg["maxnreg"]
         segst = segdt = None
         if nseg > 1:
             segst = torch.empty(batch, nseg, dim, dstate, device=x.device, dtype=torch.float32)

@@ -6,8 +6,8 @@ dstate grows. The forward writes the state every CHECKPOINT_ROWS rows; every BLO
 
 Version history
 - v4: LOOP configs for the forward's v3 (whole channels per thread, 1, 2 or 4 of them); the tile-parallel
-  configs stay in the table for the tuner. Segments until 32 warps per multiprocessor (an H100 sweep at
-  batch 1, L 16K: 64 segments beat 16).
+  configs stay in the table for the tuner. Segments until 16 warps per multiprocessor (an H100 sweep at
+  batch 1, L 16K: 64 segments beat 16 and 128: each program composes the segments before its own).
 - v3: the tuner times the LOOP configs beside the tile-parallel ones (their gpu-marked tests passed on an H100;
   at b16 L1024 d2048 the best LOOP config ran the forward in 0.92 ms, the best tile config in 1.55 ms); the LOOP
   table leads with the sweep's best, narrow BLOCK_D entries.
@@ -31,11 +31,14 @@ FWD_TABLE = [(16, 32, 4), (32, 32, 8), (16, 64, 8), (8, 64, 4), (32, 16, 4), (32
 # states of BLOCK_D / (32 num_warps) channels: (BLOCK_T, BLOCK_D, num_warps). Two or four channels a thread share
 # the row's B and C loads (32 loads and conversions a row); short tiles keep the unrolled loads in registers.
 LOOP_TABLE = [(4, 64, 1), (8, 64, 1), (4, 128, 1), (4, 128, 2), (8, 128, 2), (4, 256, 4), (4, 256, 8), (4, 32, 1)]
+# LOOP configs also timed with a register cap (maxnreg): (4, 64, 1) holds 168 registers a thread, 12 warps an SM;
+# at 128 it spills 80 bytes a thread (sm_90 compile) and 16 warps fit.
+LOOP_CAPPED = [(4, 64, 1, 128), (8, 32, 1, 96)]
 BWD_TABLE = [(16, 16, 4), (8, 32, 4), (16, 32, 8), (32, 16, 8), (16, 8, 2)]
 
 
 # The forward cuts the sequence into segments (fwd.py v3) until the GPU has this many warps per multiprocessor.
-WARPS_PER_SM = 32
+WARPS_PER_SM = 16
 
 
 def segment_length(seqlen: int, warps: int, sms: int, interval: int = CHECKPOINT_ROWS,
@@ -90,4 +93,7 @@ def configs(kind: str, dstate: int, dim_per_group: int, loop: bool = False) -> l
             if (bt, bd, warps, True) not in seen:
                 seen.add((bt, bd, warps, True))
                 out.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, LOOP=True))
+        for bt, bd, warps, cap in LOOP_CAPPED:
+            if bd <= triton.next_power_of_2(dim_per_group) and bd * bn <= 2048 * warps:
+                out.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, LOOP=True, maxnreg=cap))
     return out
