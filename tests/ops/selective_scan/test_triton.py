@@ -505,7 +505,7 @@ def _config_params():
     except ImportError:
         return []
     return [pytest.param(n, kind, cfg, id=f"n{n}-{kind}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}"
-                         f"{'-loop' if cfg.get('LOOP') else ''}")
+                         f"{'-loop' if cfg.get('LOOP') else ''}{'-r%d' % cfg['maxnreg'] if cfg.get('maxnreg') else ''}")
             for n in (16, 64) for kind in ("fwd", "bwd") for cfg in configs(kind, n, 768, loop=True)]
 
 
