@@ -5,8 +5,6 @@ forward+backward at L = 1K..16K (do_bench median, L2 flushed; the forward also r
 the decode step inside a CUDA graph, each against a measured device-to-device copy: achieved bandwidth is the
 bytes that must move (x, dt, B, C, z in and y out; the backward adds dy in and dx, ddt, dB, dC, dz out) / time.
 
-Not run yet: written without a GPU (issue 12); the kernels are tested only under TRITON_INTERPRET=1 so far.
-
     python benchmarks/mamba1_gpu.py --out benchmarks/results/mamba1-gpu-<device>-<date>.md [--quick]
 """
 
