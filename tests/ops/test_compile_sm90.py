@@ -157,6 +157,12 @@ def _cases() -> list:
                                                                       BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn,
                                                                       dstate=16, PTX=True),
                           cfg["num_warps"], 2, f"_segment_state_kernel-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}"))
+    for cfg in scan_plan.configs("bwd", 16, 2048, loop=True):  # the row-walking backward
+        if cfg.get("LOOP"):
+            consts = dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn, dstate=16,
+                          PTX=True)
+            cases.append((scan + "bwd_rows", "_scan_bwd_rows_kernel", consts, cfg["num_warps"], 2,
+                          f"_scan_bwd_rows_kernel-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}"))
     lean = dict(SOFTPLUS=False, BLOCK_T=16, BLOCK_D=32, BLOCK_N=sbn, LOOP=False, init_ptr=None, D_ptr=None,
                 z_ptr=None, bias_ptr=None, ckpt_ptr=None, segst_ptr=None, segdt_ptr=None, dstate=16,
                 PTX=True)  # inference: one segment, no checkpoints

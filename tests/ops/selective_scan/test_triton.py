@@ -154,8 +154,8 @@ def check_scan(inp, grads=True, oracle=None, seed=1):
 
 # ---------------------------------------------------------------- interpreter cases (child process)
 
-INTERPRETER_CASES = ("shapes", "checkpoints", "loop_forward", "segments", "float16", "strided_inputs",
-                     "awkward_shapes", "step", "dispatch")
+INTERPRETER_CASES = ("shapes", "checkpoints", "loop_forward", "segments", "backward_rows", "float16",
+                     "strided_inputs", "awkward_shapes", "step", "dispatch")
 
 SHAPES = {
     # name: (batch, seqlen, dim, dstate, ngroups, flags)
@@ -254,6 +254,34 @@ def case_segments():
                     assert_close(g, g_ref[arg], torch.float32, grad=True, name=f"{name} {kind} d{arg}")
     with pytest.raises(ValueError, match="segment_rows"):
         selective_scan_fwd(*args, True, None, True, config=variants["loop"], checkpoint_rows=8, segment_rows=12)
+
+
+def case_backward_rows():
+    """The row-walking backward (bwd_rows.py) gives the float64 reference's gradients of every input: several
+    checkpoint intervals (the last partial), tiles of 1, 2 and 4 rows, a partial last channel block, padding
+    states (dstate 5 in a block of 8), no D / z / bias / initial state, no d final state."""
+    from ssmkit.ops.selective_scan.triton.bwd import selective_scan_bwd
+    from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
+
+    shapes = {"two_groups": (2, 37, 12, 5, 2, dict(), True), "length_one": (1, 1, 4, 16, 1, dict(), True),
+              "bare": (1, 19, 6, 3, 3, dict(D=False, z=False, dt_bias=False, initial_state=False), False)}
+    for name, (*shape, flags, with_dfinal) in shapes.items():
+        inp = scan_inputs(*shape, seed=shape[1] + 5, **flags)
+        batch, seqlen, dim, dstate, _ = shape
+        dout = torch.randn(batch, seqlen, dim)
+        dfinal = torch.randn(batch, dim, dstate) if with_dfinal else None
+        ref_dfinal = dfinal if with_dfinal else torch.zeros(batch, dim, dstate)  # no d final state = zeros
+        _, _, g_ref = scan_run(_reference(), inp, dout, ref_dfinal, dtype=torch.float64)
+        args = [inp[k] for k in NAMES[:8]]
+        _, _, ckpt = selective_scan_fwd(*args, True, inp["initial_state"], True, checkpoint_rows=8,
+                                        config=dict(BLOCK_T=4, BLOCK_D=4, num_warps=1, LOOP=True))
+        for bt in (1, 2, 4):
+            cfg = dict(BLOCK_T=bt, BLOCK_D=4, num_warps=1, LOOP=True)
+            grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt, config=cfg,
+                                       checkpoint_rows=8)
+            for arg, g in zip(NAMES, grads):
+                if inp.get(arg) is not None:
+                    assert_close(g, g_ref[arg], torch.float32, grad=True, name=f"{name} t{bt} d{arg}")
 
 
 def _reference():
@@ -401,6 +429,10 @@ def test_interpreted_loop_forward_matches_float64_and_feeds_the_backward(interpr
 
 def test_interpreted_segmented_forward_matches_float64_and_feeds_the_backward(interpreted):
     expect(interpreted, "segments")
+
+
+def test_interpreted_row_walking_backward_matches_float64_gradients(interpreted):
+    expect(interpreted, "backward_rows")
 
 
 def test_interpreted_scan_float16_within_float16_tolerances(interpreted):

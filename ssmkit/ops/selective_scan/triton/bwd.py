@@ -19,9 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmkit.ops.dispatch import interpreting
 from ssmkit.ops.ssd.triton.plan import pick
 
-from .plan import CHECKPOINT_ROWS, block_n, configs
+from .bwd_rows import _scan_bwd_rows_kernel
+from .plan import BWD_ROWS_AUTO, CHECKPOINT_ROWS, block_n, configs
 from .tiles import channel_tile, combine, last_row, load_rows, step_size
 
 
@@ -164,6 +166,7 @@ def selective_scan_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
     dh0 = None if initial_state is None else torch.empty(batch, dim, dstate, device=dev, dtype=f32)
     stride_args = (*strides(x, 2), *strides(dt, 2), *strides(z, 2), *strides(B, 3), *strides(C, 3))
     partial = {}
+    ptx = dev.type == "cuda" and not interpreting()  # the interpreter runs no inline PTX
 
     def run(cfg):
         bt, bd = cfg["BLOCK_T"], cfg["BLOCK_D"]
@@ -172,17 +175,27 @@ def selective_scan_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
         nprog = batch * ngroups * nblk
         ck_tiles = checkpoint_rows // bt
         bn = block_n(dstate)
-        scratch = torch.empty(nprog, ck_tiles, bd, bn, device=dev, dtype=f32)
         dBp, dCp = (torch.empty(batch, seqlen, ngroups * nblk, dstate, device=dev, dtype=f32) for _ in range(2))
         partial.update(dB=dBp, dC=dCp, nblk=nblk)
-        _scan_bwd_kernel[(nprog,)](
-            dout, dfinal, x, dt, A, B, C, D, z, dt_bias, ckpt, scratch, dx, ddt, dz, dA, dBp, dCp, dD, dbias, dh0,
-            seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles, nck, *stride_args, SOFTPLUS=bool(dt_softplus),
-            BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=bn, num_warps=cfg["num_warps"])
+        outs = (dx, ddt, dz, dA, dBp, dCp, dD, dbias, dh0)
+        ins = (dout, dfinal, x, dt, A, B, C, D, z, dt_bias, ckpt)
+        consts = dict(SOFTPLUS=bool(dt_softplus), BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=bn, num_warps=cfg["num_warps"])
+        if cfg.get("LOOP"):  # bwd_rows.py: a thread per channel, scratch laid out (dstate, channels)
+            if cfg.get("maxnreg") and ptx:
+                consts["maxnreg"] = cfg["maxnreg"]
+            scratch = torch.empty(nprog, ck_tiles, bn, bd, device=dev, dtype=f32)
+            _scan_bwd_rows_kernel[(nprog,)](*ins, scratch, *outs, seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles,
+                                            nck, 1, *stride_args, PTX=ptx, **consts)
+        else:
+            scratch = torch.empty(nprog, ck_tiles, bd, bn, device=dev, dtype=f32)
+            _scan_bwd_kernel[(nprog,)](*ins, scratch, *outs, seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles, nck,
+                                       *stride_args, **consts)
 
     if config is None:
-        key = (x.dtype, triton.next_power_of_2(batch), triton.next_power_of_2(seqlen), dim, dstate, ngroups, D is not None, z is not None)
-        config = pick("selective_scan_bwd", key, configs("bwd", dstate, dpg), run, dev, work=x.numel())
+        key = (x.dtype, triton.next_power_of_2(batch), triton.next_power_of_2(seqlen), dim, dstate, ngroups,
+               D is not None, z is not None)
+        config = pick("selective_scan_bwd", key, configs("bwd", dstate, dpg, loop=BWD_ROWS_AUTO), run, dev,
+                      work=x.numel())
     run(config)
 
     def per_group(p):  # (batch, seqlen, ngroups * nblk, dstate) -> (batch, seqlen, ngroups, dstate)

@@ -39,34 +39,14 @@ import triton.language as tl
 
 from ssmkit.ops.dispatch import interpreting
 from ssmkit.ops.ssd.triton.plan import pick
-from ssmkit.ops.ssd.triton.tiles import softplus
 
 from .plan import CHECKPOINT_ROWS, block_n, configs, multiprocessors, segment_length
-from .tiles import channel_tile, combine, exp2_approx, last_row, load_rows, step_size
+from .tiles import LOG2E, channel_tile, combine, exp2_approx, last_row, load_rows, row_inputs, step_size
 
-LOG2E = tl.constexpr(1.4426950408889634)
 
 
 # Length arguments are not specialized: Triton would compile a variant of every config for each class of a
 # length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
-@triton.jit
-def _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc, sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g,
-                SOFTPLUS: tl.constexpr):
-    """Row `row` of dt' (channels,), dt' x (channels,), B (dstate,) in float32. Loads take no masks (each mask
-    costs predicate instructions in every row): channels `dc` and states `nc` are clamped in bounds by the
-    caller, and a row at or past `end` reads row end - 1 and gets dt' = dt' x = 0, so it leaves the state as
-    it is."""
-    r = tl.minimum(row, end - 1)
-    raw = tl.load(dt_ptr + b * sdt_b + r * sdt_l + dc).to(tl.float32) + bias
-    dtv = raw
-    if SOFTPLUS:
-        dtv = softplus(raw)
-    dtv = tl.where(row < end, dtv, 0.0)
-    x = tl.load(x_ptr + b * sx_b + r * sx_l + dc).to(tl.float32)
-    Bt = tl.load(B_ptr + b * sB_b + g * sB_g + r * sB_l + nc).to(tl.float32)
-    return dtv, tl.where(row < end, dtv * x, 0.0), x, Bt
-
-
 @triton.jit
 def _state_in(A_ptr, init_ptr, segst_ptr, segdt_ptr, b, seg, nseg, dim, dstate, ds, dmask, soffs, smask):
     """(A log2 e, the state entering segment `seg`), both (channels, dstate) float32: the initial state composed
@@ -108,8 +88,8 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
     for c in range(seg * (seg_len // BLOCK_T), tl.cdiv(end, BLOCK_T)):
         for i in tl.static_range(BLOCK_T):
             row = tl.cast(c * BLOCK_T + i, tl.int64)
-            dtv, u, _, Bt = _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc,
-                                        sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
+            dtv, u, _, Bt, _ = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc,
+                                          sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
             h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]
             dsum += dtv
     tl.store(segst_ptr + (b * nseg + seg) * dim * dstate + soffs, tl.trans(h), mask=smask)
@@ -157,9 +137,9 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
             Y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
             for i in tl.static_range(BLOCK_T):
                 row = tl.cast(c * BLOCK_T + i, tl.int64)
-                dtv, u, x, Bt = _row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc,
-                                            sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
-                r = tl.minimum(row, end - 1)  # as in _row_inputs: rows past the end are computed, not stored
+                dtv, u, x, Bt, _ = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc,
+                                              sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
+                r = tl.minimum(row, end - 1)  # as in row_inputs: rows past the end are computed, not stored
                 Ct = tl.load(C_ptr + b * sC_b + g * sC_g + r * sC_l + nc).to(tl.float32)
                 Ct = tl.where(nmask, Ct, 0.0)  # a padding state (clamped read) must not reach y
                 h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]  # ZOH A, Euler B

@@ -36,6 +36,12 @@ LOOP_TABLE = [(4, 64, 1), (8, 64, 1), (4, 128, 1), (4, 128, 2), (8, 128, 2), (4,
 # dim 2048) had 128 best of {none, 128, 96, 80, 64} for every block shape it tried: (2, 64, 1) 0.58 ms at b16,
 # (4, 32, 1) 0.71 ms at b1, (4, 64, 1) 0.61 / 0.78 ms.
 LOOP_CAPPED = [(2, 64, 1, 128), (4, 64, 1, 128), (4, 32, 1, 128)]
+# The row-walking backward (bwd_rows.py): a thread per channel (its register tile of BLOCK_T states per channel
+# leaves no room for two), (BLOCK_T, BLOCK_D, num_warps, maxnreg). sm_90 compile: 248-255 registers a thread at
+# every BLOCK_T; (4, 32, 1) spills 488 bytes, (8, 32, 1) 2.6 KB (left out). The tuner takes these only while
+# BWD_ROWS_AUTO is on, which waits for their GPU tests.
+BWD_ROWS_TABLE = [(2, 32, 1, None), (1, 32, 1, None), (4, 32, 1, None), (2, 64, 2, None)]
+BWD_ROWS_AUTO = False
 BWD_TABLE = [(16, 16, 4), (8, 32, 4), (16, 32, 8), (32, 16, 8), (16, 8, 2)]
 
 
@@ -73,8 +79,8 @@ def block_n(dstate: int) -> int:
 def configs(kind: str, dstate: int, dim_per_group: int, loop: bool = False) -> list[dict]:
     """Every config the tuner may pick for "fwd" or "bwd": the table's state-tile budget (set at dstate 16) is
     kept for larger dstate by halving BLOCK_D (down to 8), then BLOCK_T; BLOCK_D never exceeds the group.
-    loop=True puts the forward's LOOP configs first, capped ones leading: the first config is what an untuned
-    call runs (tuning frozen, a call too small to time, CUDA graph capture), and the fastest on an H100."""
+    loop=True puts the LOOP configs first (the forward's capped ones leading; the backward's row walk): the first
+    config is what an untuned call runs (tuning frozen, a call too small to time, CUDA graph capture)."""
     return list(_configs(kind, dstate, dim_per_group, loop))
 
 
@@ -94,6 +100,12 @@ def _configs(kind: str, dstate: int, dim_per_group: int, loop: bool) -> tuple[di
         if (bt, bd, warps) not in seen:
             seen.add((bt, bd, warps))
             tiles.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps))
+    if kind == "bwd" and loop:
+        for bt, bd, warps, cap in BWD_ROWS_TABLE:
+            bd = min(bd, group)
+            if bd * bn <= 2048 * warps and (bt, bd, warps, cap) not in seen:
+                seen.add((bt, bd, warps, cap))
+                loops.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, LOOP=True, maxnreg=cap))
     if kind == "fwd" and loop:
         for bt, bd, warps, cap in LOOP_CAPPED:
             if bd <= group and bd * bn <= 2048 * warps:

@@ -3,13 +3,17 @@
 Version history
 - v1: one place for what every kernel repeats, so the forward, the backward and their recomputations read the
   same bytes and round dt the same way (the backward recomputes states the forward produced).
-- v2: exp2_approx, the decay without subnormal handling (the forward's LOOP variant, fwd.py v3).
+- v2: exp2_approx, the decay without subnormal handling, and row_inputs, one row's unmasked loads (the
+  forward's LOOP variant, fwd.py v3, and the row-walking backward, bwd_rows.py).
 """
 
 import triton
 import triton.language as tl
 
 from ssmkit.ops.ssd.triton.tiles import softplus
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -70,3 +74,21 @@ def step_size(dt_ptr, base, rows, rmask, s_l, ds, dmask, bias, SOFTPLUS: tl.cons
 def last_row(t, rows_local, LAST: tl.constexpr):
     """Row LAST of a (BLOCK_T, ...) tile as a (...) tensor."""
     return tl.sum(tl.where(rows_local[:, None, None] == LAST, t, 0.0), 0)
+
+
+@triton.jit
+def row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc, sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g,
+               SOFTPLUS: tl.constexpr):
+    """Row `row` of dt' (channels,), dt' x (channels,), x (channels,), B (dstate,) and dt + bias (channels,), in
+    float32, for the kernels that walk rows with a thread per channel. Loads take no masks (each mask costs
+    predicate instructions in every row): channels `dc` and states `nc` are clamped in bounds by the caller,
+    and a row at or past `end` reads row end - 1 and gets dt' = dt' x = 0, so it leaves the state as it is."""
+    r = tl.minimum(row, end - 1)
+    raw = tl.load(dt_ptr + b * sdt_b + r * sdt_l + dc).to(tl.float32) + bias
+    dtv = raw
+    if SOFTPLUS:
+        dtv = softplus(raw)
+    dtv = tl.where(row < end, dtv, 0.0)
+    x = tl.load(x_ptr + b * sx_b + r * sx_l + dc).to(tl.float32)
+    Bt = tl.load(B_ptr + b * sB_b + g * sB_g + r * sB_l + nc).to(tl.float32)
+    return dtv, tl.where(row < end, dtv * x, 0.0), x, Bt, raw
