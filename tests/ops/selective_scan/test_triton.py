@@ -198,13 +198,29 @@ def case_checkpoints():
             assert_close(g, g_ref[name], torch.float32, grad=True, name=f"d{name} rows={rows}")
 
 
+def _check_forward_feeds_backward(name, inp, dout, dfinal, refs, fwd_config, **fwd_kw):
+    """The forward at `fwd_config` (checkpoints every 8 rows) gives the reference y and final state, and the
+    tile backward from its checkpoints the reference gradient of every input given."""
+    from ssmkit.ops.selective_scan.triton.bwd import selective_scan_bwd
+    from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
+
+    y_ref, final_ref, g_ref = refs
+    args = [inp[k] for k in NAMES[:8]]
+    y, final, ckpt = selective_scan_fwd(*args, True, inp["initial_state"], True, config=fwd_config,
+                                        checkpoint_rows=8, **fwd_kw)
+    assert_close(y, y_ref, torch.float32, name=f"{name} y")
+    assert_close(final, final_ref, torch.float32, name=f"{name} final")
+    grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt,
+                               config=dict(BLOCK_T=8, BLOCK_D=4, num_warps=4), checkpoint_rows=8)
+    for arg, g in zip(NAMES, grads):
+        if inp.get(arg) is not None:
+            assert_close(g, g_ref[arg], torch.float32, grad=True, name=f"{name} d{arg}")
+
+
 def case_loop_forward():
     """The forward's row-by-row variant (LOOP): y, final state and checkpoints equal the float64 reference on
     odd shapes (a partial last tile, channel blocks wider than a group, no D/z/bias), and the tile-parallel
     backward, recomputing from its checkpoints, gives the reference gradients."""
-    from ssmkit.ops.selective_scan.triton.bwd import selective_scan_bwd
-    from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
-
     shapes = {"odd_two_groups": (2, 37, 8, 4, 2, dict()), "length_one": (1, 1, 4, 16, 1, dict()),
               "bare": (1, 9, 6, 3, 6, dict(D=False, z=False, dt_bias=False, initial_state=False))}
     for name, (*shape, flags) in shapes.items():
@@ -212,16 +228,8 @@ def case_loop_forward():
         batch, seqlen, dim, dstate, _ = shape
         dout, dfinal = torch.randn(batch, seqlen, dim), torch.randn(batch, dim, dstate)
         y_ref, final_ref, g_ref = scan_run(_reference(), inp, dout, dfinal, dtype=torch.float64)
-        args = [inp[k] for k in NAMES[:8]]
-        loop = dict(BLOCK_T=8, BLOCK_D=4, num_warps=4, LOOP=True)
-        y, final, ckpt = selective_scan_fwd(*args, True, inp["initial_state"], True, config=loop, checkpoint_rows=8)
-        assert_close(y, y_ref, torch.float32, name=f"{name} y")
-        assert_close(final, final_ref, torch.float32, name=f"{name} final")
-        grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt,
-                                   config=dict(BLOCK_T=8, BLOCK_D=4, num_warps=4), checkpoint_rows=8)
-        for arg, g in zip(NAMES, grads):
-            if inp.get(arg) is not None:
-                assert_close(g, g_ref[arg], torch.float32, grad=True, name=f"{name} d{arg}")
+        _check_forward_feeds_backward(name, inp, dout, dfinal, (y_ref, final_ref, g_ref),
+                                      dict(BLOCK_T=8, BLOCK_D=4, num_warps=4, LOOP=True))
 
 
 def case_segments():
@@ -229,7 +237,6 @@ def case_segments():
     the main pass) gives the float64 reference's y, final state and, through its checkpoints, gradients, for
     both kernel variants, a last segment shorter than the rest, a single-row last segment, and no initial
     state; a segment length that is not a multiple of the checkpoint interval is refused."""
-    from ssmkit.ops.selective_scan.triton.bwd import selective_scan_bwd
     from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
 
     variants = {"loop": dict(BLOCK_T=4, BLOCK_D=4, num_warps=1, LOOP=True), "tile": dict(BLOCK_T=4, BLOCK_D=4,
@@ -241,17 +248,10 @@ def case_segments():
         batch, seqlen, dim, dstate, _ = shape
         dout, dfinal = torch.randn(batch, seqlen, dim), torch.randn(batch, dim, dstate)
         y_ref, final_ref, g_ref = scan_run(_reference(), inp, dout, dfinal, dtype=torch.float64)
-        args = [inp[k] for k in NAMES[:8]]
         for kind, cfg in variants.items():
-            y, final, ckpt = selective_scan_fwd(*args, True, inp["initial_state"], True, config=cfg,
-                                                checkpoint_rows=8, segment_rows=seg)
-            assert_close(y, y_ref, torch.float32, name=f"{name} {kind} y")
-            assert_close(final, final_ref, torch.float32, name=f"{name} {kind} final")
-            grads = selective_scan_bwd(dout, dfinal, *args, True, inp["initial_state"], ckpt,
-                                       config=dict(BLOCK_T=8, BLOCK_D=4, num_warps=4), checkpoint_rows=8)
-            for arg, g in zip(NAMES, grads):
-                if inp.get(arg) is not None:
-                    assert_close(g, g_ref[arg], torch.float32, grad=True, name=f"{name} {kind} d{arg}")
+            _check_forward_feeds_backward(f"{name} {kind}", inp, dout, dfinal, (y_ref, final_ref, g_ref), cfg,
+                                          segment_rows=seg)
+    args = [inp[k] for k in NAMES[:8]]
     with pytest.raises(ValueError, match="segment_rows"):
         selective_scan_fwd(*args, True, None, True, config=variants["loop"], checkpoint_rows=8, segment_rows=12)
 

@@ -24,7 +24,7 @@ from ssmkit.ops.ssd.triton.plan import pick
 
 from .bwd_rows import _scan_bwd_rows_kernel
 from .plan import BWD_ROWS_AUTO, CHECKPOINT_ROWS, block_n, configs
-from .tiles import channel_tile, combine, last_row, load_rows, step_size
+from .tiles import channel_params, channel_tile, combine, last_row, load_rows, step_size
 
 
 @triton.jit
@@ -54,12 +54,7 @@ def _scan_bwd_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D
     blk = pid % nblk  # this program's slot in the per-block dB, dC partials
     soffs = ds[:, None] * dstate + ns[None, :]
     A = tl.load(A_ptr + soffs, mask=smask, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if bias_ptr is not None:
-        bias = tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if D_ptr is not None:
-        Dv = tl.load(D_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
+    bias, Dv = channel_params(bias_ptr, D_ptr, ds, dmask, BLOCK_D)
     carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # dL/dh of the row before the current tile's first
     if dfinal_ptr is not None:
         carry = tl.load(dfinal_ptr + b * dim * dstate + soffs, mask=smask, other=0.0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import LN2, LOG2E, channel_tile, exp2_approx, row_inputs
+from .tiles import LN2, LOG2E, channel_params, channel_tile, exp2_approx, row_inputs
 
 
 @triton.jit
@@ -43,12 +43,7 @@ def _scan_bwd_rows_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_p
     blk = pid % nblk
     soffs = ds[:, None] * dstate + (ns * unit)[None, :]  # (channels, dstate), transposed on load
     A2 = tl.trans(tl.load(A_ptr + soffs, mask=smask, other=0.0).to(tl.float32)) * LOG2E
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if bias_ptr is not None:
-        bias = tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if D_ptr is not None:
-        Dv = tl.load(D_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
+    bias, Dv = channel_params(bias_ptr, D_ptr, ds, dmask, BLOCK_D)
     carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # a_{t+1} G_{t+1}: what enters G_t from later rows
     if dfinal_ptr is not None:
         carry = tl.trans(tl.load(dfinal_ptr + b * dim * dstate + soffs, mask=smask, other=0.0))

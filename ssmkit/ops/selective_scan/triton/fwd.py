@@ -41,7 +41,7 @@ from ssmkit.ops.dispatch import interpreting
 from ssmkit.ops.ssd.triton.plan import pick
 
 from .plan import CHECKPOINT_ROWS, block_n, configs, multiprocessors, segment_length
-from .tiles import LOG2E, channel_tile, combine, exp2_approx, last_row, load_rows, row_inputs, step_size
+from .tiles import LOG2E, channel_params, channel_tile, combine, exp2_approx, last_row, load_rows, row_inputs, step_size
 
 
 
@@ -116,12 +116,7 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     if LOOP:  # the state as (dstate, channels)
         A2 = tl.trans(A2)
         h = tl.trans(h)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if bias_ptr is not None:
-        bias = tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if D_ptr is not None:
-        Dv = tl.load(D_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
+    bias, Dv = channel_params(bias_ptr, D_ptr, ds, dmask, BLOCK_D)
     tloc = tl.arange(0, BLOCK_T)
     end = tl.minimum(seqlen, (seg + 1) * seg_len)
     dc = tl.where(dmask, ds, g * dpg)  # channels and states clamped in bounds for the LOOP's unmasked loads

@@ -47,6 +47,18 @@ def exp2_approx(x, PTX: tl.constexpr):
 
 
 @triton.jit
+def channel_params(bias_ptr, D_ptr, ds, dmask, BLOCK_D: tl.constexpr):
+    """(dt bias, D) of the channels `ds` in float32; zeros where the pointer is None."""
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if bias_ptr is not None:
+        bias = tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if D_ptr is not None:
+        Dv = tl.load(D_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
+    return bias, Dv
+
+
+@triton.jit
 def combine(a1, b1, a2, b2):
     """Composition of h -> a1 h + b1, then h -> a2 h + b2 (the associative step of a linear recurrence)."""
     return a1 * a2, a2 * b1 + b2
