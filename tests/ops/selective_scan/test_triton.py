@@ -489,6 +489,34 @@ def test_triton_scan_hands_packed_sequences_to_the_parallel_scan(monkeypatch):
     assert torch.equal(y, selective_scan(**inp, cu_seqlens=cu, impl="parallel"))
 
 
+def test_triton_scan_skips_the_autograd_function_when_nothing_needs_a_gradient(monkeypatch):
+    """Inference calls the forward directly without checkpoints; a call that autograd records goes through the
+    Function and asks the forward for checkpoints (stand-ins record which path ran; numbers are the
+    interpreter cases' business)."""
+    pytest.importorskip("triton")
+    from ssmkit.ops.selective_scan.triton import autograd
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors pass the device check
+    calls = []
+
+    def fake_fwd(x, *args):
+        calls.append(("fwd", args[-1]))
+        return torch.zeros_like(x), torch.zeros(x.shape[0], x.shape[2], 2), None
+
+    def fake_apply(x, *args):
+        calls.append(("apply", args[-1]))
+        return torch.zeros_like(x), torch.zeros(x.shape[0], x.shape[2], 2)
+
+    monkeypatch.setattr(autograd, "selective_scan_fwd", fake_fwd)
+    monkeypatch.setattr(autograd.SelectiveScanTritonFunction, "apply", fake_apply)
+    inp = _tiny_inputs()
+    with torch.no_grad():
+        autograd.selective_scan_triton(**inp)
+    autograd.selective_scan_triton(**inp)  # grad mode, but no input requires a gradient
+    autograd.selective_scan_triton(**dict(inp, x=inp["x"].clone().requires_grad_()))
+    assert calls == [("fwd", False), ("fwd", False), ("apply", True)]
+
+
 def test_triton_scan_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     from ssmkit.ops.selective_scan.triton import selective_scan_step_triton, selective_scan_triton
