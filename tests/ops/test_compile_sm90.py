@@ -138,11 +138,11 @@ def _cases() -> list:
         cases.append((ssd + "step", "_ssd_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=a_log, D_PER_P=False,
                                                              BLOCK_P=64, BLOCK_N=bn, idx_ptr=None), 4, 2,
                       f"_ssd_step_kernel-alog{int(a_log)}"))
-    # Selective scan at dim 2048, dstate 16: every forward config (LOOP ones included) and backward config.
+    # Selective scan at dim 2048, dstate 16: every forward config (LOOP ones included) and tile backward config.
     scan = "ssmkit.ops.selective_scan.triton."
     sbn = scan_plan.block_n(16)
     for kind, name in (("fwd", "_scan_fwd_kernel"), ("bwd", "_scan_bwd_kernel")):
-        for cfg in scan_plan.configs(kind, 16, 2048, loop=True):
+        for cfg in scan_plan.configs(kind, 16, 2048, loop=kind == "fwd"):  # the row backward: its own cases
             consts = dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn)
             if kind == "fwd":
                 consts.update(LOOP=cfg.get("LOOP", False), dstate=16, PTX=True)

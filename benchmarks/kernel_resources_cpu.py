@@ -1,0 +1,80 @@
+"""Registers, spills, shared memory and instruction mix of every Triton kernel config, compiled for an H100
+(sm_90) on a CPU-only machine: the cases of tests/ops/test_compile_sm90.py (every config the tuners may pick),
+each through Triton's front end and the triton wheel's ptxas, then read back with its cuobjdump and nvdisasm.
+
+What it shows without a GPU: which configs spill to local memory (STACK > 0), how many warps fit an SM by
+registers (65,536 registers an SM), and the instruction mix of the hot loops (exp2 = MUFU.EX2; SHFL and BAR are
+the cross-thread traffic). What it cannot show: time. Writes a markdown table with --out.
+
+    python benchmarks/kernel_resources_cpu.py [--match scan] [--out benchmarks/results/kernel-resources-sm90-cpu-DATE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import triton  # noqa: E402
+from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
+
+from tests.ops.test_compile_sm90 import CASES, _kernel, compile_for_h100  # noqa: E402
+
+REGS_PER_SM = 65536
+MAX_WARPS_PER_SM = 64
+
+
+def resources(cubin: bytes) -> dict:
+    tools = os.path.dirname(get_ptxas(90).path)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([f"{tools}/cuobjdump", "--dump-resource-usage", f.name], capture_output=True,
+                               text=True, check=True).stdout
+        sass = subprocess.run([f"{tools}/nvdisasm", "-c", f.name], capture_output=True, text=True, check=True).stdout
+    ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M)
+    return dict(regs=int(re.search(r"REG:(\d+)", usage).group(1)), stack=int(re.search(r"STACK:(\d+)", usage).group(1)),
+                instructions=len(ops), mufu=ops.count("MUFU"), shfl=ops.count("SHFL"), bar=ops.count("BAR"),
+                ldl_stl=ops.count("LDL") + ops.count("STL"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--match", default="", help="only cases whose label contains this text")
+    p.add_argument("--out", default=None, help="write the markdown table here")
+    a = p.parse_args()
+    rows = []
+    for module, name, consts, warps, stages, label in CASES:
+        if a.match not in label:
+            continue
+        compiled = compile_for_h100(_kernel(module, name), consts, warps, stages)
+        r = resources(compiled.asm["cubin"])
+        regs = max(r["regs"], 1)
+        fit = min(MAX_WARPS_PER_SM, REGS_PER_SM // (regs * 32) // warps * warps)
+        rows.append((label, warps, stages, r["regs"], r["stack"], compiled.metadata.shared, fit, r["instructions"],
+                     r["mufu"], r["shfl"], r["bar"], r["ldl_stl"]))
+        print(" ".join(str(v) for v in rows[-1]), flush=True)
+    head = ("| kernel config | warps | stages | registers | spill stack B | shared B | warps an SM (by registers) "
+            "| instructions | MUFU | SHFL | BAR | LDL/STL |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    table = head + "\n" + "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in rows)
+    if a.out:
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        cmd = "python benchmarks/kernel_resources_cpu.py" + (f" --match {a.match}" if a.match else "")
+        Path(a.out).write_text(
+            f"# Triton kernels compiled for sm_90 on a CPU machine: registers, spills, instruction mix\n\n"
+            f"- date: {date}; triton {triton.__version__} (its ptxas, cuobjdump, nvdisasm); no GPU\n"
+            f"- command: `{cmd} --out {a.out}`\n"
+            f"- cases: every config of tests/ops/test_compile_sm90.py (bf16 activations, float32 states)\n\n"
+            f"{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
