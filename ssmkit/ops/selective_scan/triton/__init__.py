@@ -7,7 +7,7 @@ those of `selective_scan_step` (state updated in place, one launch, CUDA-graph s
 from __future__ import annotations
 
 # impl="auto" takes these kernels on CUDA: every gpu-marked test of this module passed on an H100 (2026-11-25,
-# torch 2.11, triton 3.6), the LOOP forward configs included.
+# torch 2.11, triton 3.6); the forward v3 configs, segments and the row-walking backward on 2026-12-07.
 AUTO_SELECTABLE = True
 
 from .autograd import selective_scan_triton
