@@ -6,7 +6,7 @@ What it shows without a GPU: which configs spill to local memory (STACK > 0), ho
 registers (65,536 registers an SM), and the instruction mix of the hot loops (exp2 = MUFU.EX2; SHFL and BAR are
 the cross-thread traffic). What it cannot show: time. Writes a markdown table with --out.
 
-    python benchmarks/kernel_resources_cpu.py [--match scan] [--out benchmarks/results/kernel-resources-sm90-cpu-DATE.md]
+    python benchmarks/kernel_resources_cpu.py [--match scan] [--ssd-grid] [--out FILE]
 """
 
 from __future__ import annotations
@@ -45,13 +45,35 @@ def resources(cubin: bytes) -> dict:
                 ldl_stl=ops.count("LDL") + ops.count("STL"))
 
 
+def ssd_grid() -> list:
+    """(module, kernel, constexprs, warps, stages, label) for the SSD kernels over a grid wider than the tables."""
+    from ssmkit.ops.ssd.triton.plan import block_n
+
+    kernels = (("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False)),
+               ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True)),
+               ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True)))
+    cases = []
+    for dstate in (64, 128, 256):
+        base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None)
+        for module, name, extra in kernels:
+            for bp in (16, 32, 64):
+                for warps in (4, 8):
+                    for stages in (2, 3):
+                        cases.append((f"ssmkit.ops.ssd.triton.{module}", name, dict(base, BLOCK_P=bp, **extra), warps,
+                                      stages, f"{name}-n{dstate}-p{bp}-w{warps}-s{stages}"))
+    return cases
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--match", default="", help="only cases whose label contains this text")
     p.add_argument("--out", default=None, help="write the markdown table here")
+    p.add_argument("--ssd-grid", action="store_true",
+                   help="instead of the test's cases: the SSD forward and backward kernels at headdim 64 over "
+                        "dstate 64/128/256, BLOCK_P 16/32/64, 4/8 warps, 2/3 stages (candidates for the tables)")
     a = p.parse_args()
     rows = []
-    for module, name, consts, warps, stages, label in CASES:
+    for module, name, consts, warps, stages, label in (ssd_grid() if a.ssd_grid else CASES):
         if a.match not in label:
             continue
         compiled = compile_for_h100(_kernel(module, name), consts, warps, stages)
@@ -66,7 +88,8 @@ def main() -> None:
     table = head + "\n" + "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in rows)
     if a.out:
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cmd = "python benchmarks/kernel_resources_cpu.py" + (f" --match {a.match}" if a.match else "")
+        cmd = "python benchmarks/kernel_resources_cpu.py" + (f" --match {a.match}" if a.match else "") + \
+            (" --ssd-grid" if a.ssd_grid else "")
         Path(a.out).write_text(
             f"# Triton kernels compiled for sm_90 on a CPU machine: registers, spills, instruction mix\n\n"
             f"- date: {date}; triton {triton.__version__} (its ptxas, cuobjdump, nvdisasm); no GPU\n"
