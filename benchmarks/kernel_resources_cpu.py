@@ -94,7 +94,8 @@ def main() -> None:
             f"# Triton kernels compiled for sm_90 on a CPU machine: registers, spills, instruction mix\n\n"
             f"- date: {date}; triton {triton.__version__} (its ptxas, cuobjdump, nvdisasm); no GPU\n"
             f"- command: `{cmd} --out {a.out}`\n"
-            f"- cases: every config of tests/ops/test_compile_sm90.py (bf16 activations, float32 states)\n\n"
+            f"- cases: {'the SSD grid (--ssd-grid)' if a.ssd_grid else 'every config of tests/ops/test_compile_sm90.py'}"
+            f" (bf16 activations, float32 states)\n\n"
             f"{table}\n")
     print(table)
 
