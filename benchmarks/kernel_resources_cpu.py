@@ -88,14 +88,14 @@ def main() -> None:
     table = head + "\n" + "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in rows)
     if a.out:
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        cases = "the SSD grid (--ssd-grid)" if a.ssd_grid else "every config of tests/ops/test_compile_sm90.py"
         cmd = "python benchmarks/kernel_resources_cpu.py" + (f" --match {a.match}" if a.match else "") + \
             (" --ssd-grid" if a.ssd_grid else "")
         Path(a.out).write_text(
             f"# Triton kernels compiled for sm_90 on a CPU machine: registers, spills, instruction mix\n\n"
             f"- date: {date}; triton {triton.__version__} (its ptxas, cuobjdump, nvdisasm); no GPU\n"
             f"- command: `{cmd} --out {a.out}`\n"
-            f"- cases: {'the SSD grid (--ssd-grid)' if a.ssd_grid else 'every config of tests/ops/test_compile_sm90.py'}"
-            f" (bf16 activations, float32 states)\n\n"
+            f"- cases: {cases} (bf16 activations, float32 states)\n\n"
             f"{table}\n")
     print(table)
 
