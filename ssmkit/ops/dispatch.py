@@ -7,6 +7,7 @@ message when it is missing.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -16,6 +17,17 @@ from typing import Callable, Sequence
 import torch
 
 from .validate import check_impl
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def cuda_sm_count(device: torch.device) -> int:
+    """A CUDA device's multiprocessor count, queried once per device (a host-side property: no synchronisation).
+    Each kernel module chooses its own count off CUDA (the interpreter)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def triton_module_available(package: str) -> bool:

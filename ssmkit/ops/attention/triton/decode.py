@@ -18,11 +18,11 @@ Version history
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
+
+from ssmkit.ops.dispatch import cuda_sm_count
 
 BLOCK_BYTES = 16384  # one block of keys in 16-bit: 128 keys at headdim 64, 64 at 128
 MIN_GROUP_ROWS = 16  # tl.dot needs at least 16 rows: smaller GQA groups are padded with zero queries
@@ -122,16 +122,11 @@ def _decode_combine_kernel(part_max_ptr, part_sum_ptr, part_acc_ptr, out_ptr, ns
     tl.store(out_ptr + b.to(tl.int64) * so_b + h * so_h + dims, out.to(out_ptr.dtype.element_ty))
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def sm_count(device: torch.device) -> int:
     """The device's SM count (a host-side property query: no device synchronisation); fixed on the interpreter."""
     if device.type != "cuda":
         return INTERPRETER_SM_COUNT
-    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return cuda_sm_count(device)
 
 
 def block_n(headdim: int) -> int:

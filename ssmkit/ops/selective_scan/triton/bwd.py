@@ -21,11 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ssmkit.ops.dispatch import interpreting
 from ssmkit.ops.ssd.triton.plan import pick
 
 from .bwd_rows import _scan_bwd_rows_kernel
-from .plan import BWD_ROWS_AUTO, CHECKPOINT_ROWS, block_n, configs
+from .plan import BWD_ROWS_AUTO, CHECKPOINT_ROWS, block_n, configs, launch_options
 from .tiles import channel_params, channel_tile, combine, last_row, load_rows, step_size
 
 
@@ -163,7 +162,6 @@ def selective_scan_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
     dh0 = None if initial_state is None else torch.empty(batch, dim, dstate, device=dev, dtype=f32)
     stride_args = (*strides(x, 2), *strides(dt, 2), *strides(z, 2), *strides(B, 3), *strides(C, 3))
     partial = {}
-    ptx = dev.type == "cuda" and not interpreting()  # the interpreter runs no inline PTX
 
     def run(cfg):
         bt, bd = cfg["BLOCK_T"], cfg["BLOCK_D"]
@@ -178,11 +176,9 @@ def selective_scan_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
         ins = (dout, dfinal, x, dt, A, B, C, D, z, dt_bias, ckpt)
         consts = dict(SOFTPLUS=bool(dt_softplus), BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=bn, num_warps=cfg["num_warps"])
         if cfg.get("LOOP"):  # bwd_rows.py: a thread per channel, scratch laid out (dstate, channels)
-            if cfg.get("maxnreg") and ptx:
-                consts["maxnreg"] = cfg["maxnreg"]
             scratch = torch.empty(nprog, ck_tiles, bn, bd, device=dev, dtype=f32)
             _scan_bwd_rows_kernel[(nprog,)](*ins, scratch, *outs, seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles,
-                                            nck, 1, *stride_args, PTX=ptx, **consts)
+                                            nck, 1, *stride_args, **dict(consts, **launch_options(cfg, dev)))
         else:
             scratch = torch.empty(nprog, ck_tiles, bd, bn, device=dev, dtype=f32)
             _scan_bwd_kernel[(nprog,)](*ins, scratch, *outs, seqlen, dim, dstate, ngroups, dpg, nblk, ck_tiles, nck,

@@ -42,10 +42,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ssmkit.ops.dispatch import interpreting
 from ssmkit.ops.ssd.triton.plan import pick
 
-from .plan import CHECKPOINT_ROWS, block_n, configs, multiprocessors, segment_length
+from .plan import CHECKPOINT_ROWS, block_n, configs, launch_options, multiprocessors, segment_length
 from .tiles import LOG2E, channel_params, channel_tile, combine, exp2_approx, last_row, load_rows, row_inputs, step_size
 
 
@@ -199,8 +198,6 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
         raise ValueError(f"segment_rows must be a positive multiple of checkpoint_rows={checkpoint_rows}, "
                          f"got {segment_rows}")
 
-    ptx = x.device.type == "cuda" and not interpreting()  # the interpreter runs no inline PTX
-
     def run(cfg):
         bt, bd, warps = cfg["BLOCK_T"], cfg["BLOCK_D"], cfg["num_warps"]
         assert checkpoint_rows % bt == 0, (checkpoint_rows, bt)  # tiles must not straddle a checkpoint
@@ -209,10 +206,8 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
         seg_len = segment_rows or segment_length(seqlen, tiles * warps, multiprocessors(x.device),
                                                  checkpoint_rows)
         nseg = triton.cdiv(seqlen, seg_len)
-        consts = dict(SOFTPLUS=bool(dt_softplus), BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=block_n(dstate), PTX=ptx,
-                      num_warps=warps)
-        if cfg.get("maxnreg") and ptx:  # a register cap: more resident warps for a few spills
-            consts["maxnreg"] = cfg["maxnreg"]
+        consts = dict(SOFTPLUS=bool(dt_softplus), BLOCK_T=bt, BLOCK_D=bd, BLOCK_N=block_n(dstate),
+                      **launch_options(cfg, x.device))
         segst = segdt = None
         if nseg > 1:
             segst = torch.empty(batch, nseg, dim, dstate, device=x.device, dtype=torch.float32)

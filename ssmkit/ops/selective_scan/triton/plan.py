@@ -24,6 +24,8 @@ import functools
 
 import triton
 
+from ssmkit.ops.dispatch import cuda_sm_count, interpreting
+
 CHECKPOINT_ROWS = 128
 # (BLOCK_T, BLOCK_D, num_warps) at dstate <= 16; the state tile is BLOCK_T * BLOCK_D * 16 floats. The grid is
 # batch * dim / BLOCK_D programs, so the narrow-BLOCK_D entries are for batch 1 (dim / 8 programs fill an H100).
@@ -60,18 +62,19 @@ def segment_length(seqlen: int, warps: int, sms: int, interval: int = CHECKPOINT
     return interval * triton.cdiv(triton.cdiv(seqlen, max(want, 1)), interval)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    import torch
-
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def multiprocessors(device) -> int:
     """The device's multiprocessor count; 0 off CUDA (the interpreter: one segment unless asked for more)."""
-    if device.type != "cuda":
-        return 0
-    return _sm_count(device.index if device.index is not None else 0)
+    return cuda_sm_count(device) if device.type == "cuda" else 0
+
+
+def launch_options(cfg: dict, device) -> dict:
+    """A config's launch options: num_warps, PTX (inline PTX runs on CUDA, not in the interpreter) and, where
+    the config has one, its register cap (a compile option; the interpreter has no registers to cap)."""
+    ptx = device.type == "cuda" and not interpreting()
+    options = dict(num_warps=cfg["num_warps"], PTX=ptx)
+    if cfg.get("maxnreg") and ptx:
+        options["maxnreg"] = cfg["maxnreg"]
+    return options
 
 
 def block_n(dstate: int) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ssmkit.ops.dispatch import interpreting
+from ssmkit.ops.dispatch import cuda_sm_count, interpreting
 
 # Programs to aim for per streaming multiprocessor before cutting sequences into more segments.
 PROGRAMS_PER_SM = 6
@@ -48,9 +48,10 @@ class Plan:
 
 
 def sm_count(device: torch.device) -> int:
+    """The device's SM count; 4 on the interpreter, so the CPU tests cut sequences into segments too."""
     if device.type != "cuda":
         return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return cuda_sm_count(device)
 
 
 def make_plan(x, nheads, cu_seqlens, chunk_size, seg_chunks=None) -> Plan:
