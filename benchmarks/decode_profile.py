@@ -161,7 +161,13 @@ if __name__ == "__main__":
     parser.add_argument("--unfused", action="store_true",
                         help="hold impl='auto' off the fused norm + linear and RoPE + KV-write kernels, to time "
                              "them against a run without this flag")
+    parser.add_argument("--no-pdl", action="store_true",
+                        help="launch the decode kernels without programmatic dependent launch (ssmkit.ops.pdl)")
     cli = parser.parse_args()
+    if cli.no_pdl:
+        import ssmkit.ops.pdl
+
+        ssmkit.ops.pdl.PDL_AUTO = False
     if cli.unfused:
         import ssmkit.ops.attention
         import ssmkit.ops.norm

@@ -20,9 +20,14 @@ from ssmkit.bench.kernel_timing import replay_ms
 from ssmkit.ops.norm import norm_linear
 from ssmkit.ops.norm.triton.linear import Config, norm_linear_fwd, pick_config
 
-# (name, K, N, form): Mamba-2 130M and 1.3B in_proj after the residual add + pre-norm, out_proj after the gated norm
+# (name, K, N, form): Mamba-2 130M and 1.3B in_proj after the residual add + pre-norm, out_proj after the gated
+# norm; "plain": the kernel without a norm (linear_fwd) against F.linear alone, at Transformer++ 1.3B's and
+# Mamba 1.4B's projections.
 SHAPES = [("130m in_proj", 768, 3352, "residual"), ("130m out_proj", 1536, 768, "gated"),
-          ("1.3b in_proj", 2048, 8512, "residual"), ("1.3b out_proj", 4096, 2048, "gated")]
+          ("1.3b in_proj", 2048, 8512, "residual"), ("1.3b out_proj", 4096, 2048, "gated"),
+          ("llama-1.3b q/o", 2048, 2048, "plain"), ("llama-1.3b up", 2048, 5504, "plain"),
+          ("llama-1.3b down", 5504, 2048, "plain"), ("mamba-1.4b in_proj", 2048, 8192, "plain"),
+          ("mamba-1.4b out_proj", 4096, 2048, "plain"), ("mamba-1.4b x_proj", 4096, 160, "plain")]
 ROWS = (1, 4, 16)
 CALLS, REPLAYS, L2_BYTES = 48, 10, 150 * 2 ** 20
 
@@ -31,6 +36,9 @@ def sweep_configs(rows: int, quick: bool) -> list[Config]:
     dots = [Config(bn, bk, True, 4, st) for bn, bk, st in itertools.product((16, 32, 64), (128, 256), (1, 3))]
     gemv = [Config(bn, bk, False, w, st) for bn, bk, w, st in itertools.product((2, 4, 8), (512, 1024), (4, 8),
                                                                                (1, 3))]
+    if rows == 1:  # the earlier picks, then the whole row in one pass, the weight block loaded first
+        return [Config(4, 1024, False, 4, 1), Config(8, 512, False, 4, 3)] + [
+            Config(bn, 0, False, w, 1) for bn, w in itertools.product((1, 2, 4, 8, 16), (4, 8, 16))]
     if quick:
         dots, gemv = dots[::3], gemv[::4]
     return dots + (gemv if rows <= 4 else [])
@@ -42,6 +50,8 @@ def inputs(rows, k, n, form, copies):
     kw = dict(x=rnd(rows, k), norm_weight=1 + 0.1 * rnd(k))
     if form == "gated":
         kw.update(z=rnd(rows, k), group_size=k)
+    elif form == "plain":
+        kw.update(norm_weight=None)
     else:
         kw.update(residual=rnd(rows, k, scale=3.0).float(), residual_dtype=torch.float32)
     weights = [rnd(n, k, scale=k ** -0.5) for _ in range(copies)]
@@ -66,16 +76,24 @@ def per_call_us(fn, weights) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a third of the sweep")
+    ap.add_argument("--rows", default=",".join(map(str, ROWS)), help="comma-separated row counts")
+    ap.add_argument("--only", default="", help="comma-separated substrings of the projection names to run")
     args = ap.parse_args()
+    rows_list = [int(r) for r in args.rows.split(",")]
+    shapes = [s for s in SHAPES if not args.only or any(o in s[0] for o in args.only.split(","))]
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     summary = []
-    for (name, k, n, form), rows in itertools.product(SHAPES, ROWS):
+    for (name, k, n, form), rows in itertools.product(shapes, rows_list):
         copies = max(3, math.ceil(L2_BYTES / (2 * n * k)))
         kw, weights = inputs(rows, k, n, form, copies)
-        want = norm_linear(weight=weights[0], **kw, impl="reference")[0].float()
-        ssmkit.ops.norm.NORM_LINEAR_AUTO = False  # impl="auto" composes the Triton norm and cuBLAS
-        composed = per_call_us(lambda w: norm_linear(weight=w, **kw, impl="auto"), weights)
         gemm = per_call_us(lambda w: torch.nn.functional.linear(kw["x"], w), weights)
+        if form == "plain":
+            want = torch.nn.functional.linear(kw["x"].double(), weights[0].double()).float()
+            composed = gemm
+        else:
+            want = norm_linear(weight=weights[0], **kw, impl="reference")[0].float()
+            ssmkit.ops.norm.NORM_LINEAR_AUTO = False  # impl="auto" composes the Triton norm and cuBLAS
+            composed = per_call_us(lambda w: norm_linear(weight=w, **kw, impl="auto"), weights)
         times = {}
         for cfg in sweep_configs(rows, args.quick):
             def call(w, cfg=cfg):
@@ -92,13 +110,13 @@ def main() -> None:
                 continue
             times[cfg] = per_call_us(call, weights)
         best = sorted(times, key=times.get)[:3]
-        picked = pick_config(rows, k, n)
+        picked = pick_config(rows, k, n, form != "plain")
         picked_us = times.get(picked, float("nan"))
         bytes_gb = 2 * n * k / 1e3
         print(f"== {name} rows {rows}: composed (norm + cuBLAS) {composed:.2f} us, cuBLAS alone {gemm:.2f} us, "
               f"picked {picked_us:.2f} us ({picked})")
         for cfg in best:
-            print(f"   {times[cfg]:6.2f} us  {bytes_gb / times[cfg]:5.2f} TB/s  {cfg}")
+            print(f"   {times[cfg]:6.2f} us  {bytes_gb / times[cfg]:5.2f} GB/s  {cfg}")
         summary.append((name, rows, composed, gemm, picked_us, times[best[0]], best[0]))
     print("\n| projection | rows | composed us | cuBLAS alone us | fused (picked) us | fused best us | best config |")
     print("|---|---:|---:|---:|---:|---:|---|")

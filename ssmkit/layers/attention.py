@@ -15,6 +15,7 @@ from torch import nn
 from ssmkit.ops.attention import attention, decode_attention, rope_and_cache
 from ssmkit.ops.attention.kv_cache import KVCache
 from ssmkit.ops.attention.rotary import apply_rotary, rotary_cos_sin, rotary_table
+from ssmkit.ops.linear import linear
 
 from .packing import positions_in_sequence
 
@@ -108,9 +109,9 @@ class Attention(nn.Module):
         (masked keys get exactly zero weight). Neither position nor kv.length is advanced: the caller owns them.
         """
         batch = hidden.shape[0]
-        q = self.q_proj(hidden).view(batch, self.n_heads, self.head_dim)
-        k = self.k_proj(hidden).view(batch, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(hidden).view(batch, self.n_kv_heads, self.head_dim)
+        q = linear(hidden, self.q_proj.weight, self.q_proj.bias).view(batch, self.n_heads, self.head_dim)
+        k = linear(hidden, self.k_proj.weight, self.k_proj.bias).view(batch, self.n_kv_heads, self.head_dim)
+        v = linear(hidden, self.v_proj.weight, self.v_proj.bias).view(batch, self.n_kv_heads, self.head_dim)
         table = self._rope_table(position, state.kv.max_len, q.dtype) if self.use_rope else None
         if state.kv.quantized or (self.use_rope and table is None):
             q = self._rope_and_write_unfused(q, k, v, position, state, table)
@@ -119,7 +120,7 @@ class Attention(nn.Module):
         k_all, v_all = state.kv.read_all()  # (batch, max_len, nkv_heads, headdim)
         # on CUDA the split-K Triton kernel where it tiles the inputs (not an int8 cache), else masked SDPA
         y = decode_attention(q, k_all, v_all, position, key_mask=state.key_mask, scale=self.head_dim ** -0.5)
-        return self.o_proj(y.reshape(batch, self.n_heads * self.head_dim))
+        return linear(y.reshape(batch, self.n_heads * self.head_dim), self.o_proj.weight, self.o_proj.bias)
 
     def _rope_table(self, position: torch.Tensor, max_len: int, dtype: torch.dtype) -> torch.Tensor | None:
         """cos and sin of positions 0 .. max_len - 1, (2, max_len, rotary_dim), shared by every layer with this

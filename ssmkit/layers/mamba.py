@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.ops.conv1d import causal_conv1d_step
+from ssmkit.ops.linear import linear
 from ssmkit.ops.selective_scan import selective_scan, selective_scan_step
 
 from .norm import RMSNorm
@@ -76,7 +77,7 @@ class Mamba(nn.Module):
 
     def _dt_low_B_C(self, x: torch.Tensor):
         """x (..., d_inner) -> dt's low-rank input (..., dt_rank) (dt_proj not applied), B, C (..., d_state)."""
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = linear(x, self.x_proj.weight).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms:
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         return dt, B, C
@@ -119,4 +120,4 @@ class Mamba(nn.Module):
         y = selective_scan_step(state.ssm_state, x, dt_low, self.A_log, B[:, None], C[:, None], D=self.D, z=z,
                                 dt_bias=self.dt_proj.bias, dt_softplus=True, A_is_log=True,
                                 dt_proj_weight=self.dt_proj.weight)
-        return self.out_proj(y)
+        return linear(y, self.out_proj.weight, self.out_proj.bias)  # one row: a Triton GEMV on CUDA

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmkit.ops.linear import linear
+
 
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)); GELU: down(gelu(up(x))). Reads d_model, d_ff, mlp_activation, mlp_bias."""
@@ -24,6 +26,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., d_model) -> (..., d_model). key_padding_mask is accepted for a common interface and unused."""
+        up = linear(x, self.up_proj.weight, self.up_proj.bias)  # one row (a decode step): a Triton GEMV on CUDA
         if self.activation == "swiglu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(F.gelu(self.up_proj(x)))
+            hidden = F.silu(linear(x, self.gate_proj.weight, self.gate_proj.bias)) * up
+        else:
+            hidden = F.gelu(up)
+        return linear(hidden, self.down_proj.weight, self.down_proj.bias)

@@ -136,7 +136,8 @@ def _cases() -> list:
                   "_bwd_dt_kernel"))
     for a_log in (False, True):
         cases.append((ssd + "step", "_ssd_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=a_log, D_PER_P=False,
-                                                             BLOCK_P=64, BLOCK_N=bn, idx_ptr=None), 4, 2,
+                                                             BLOCK_P=64, BLOCK_N=bn, idx_ptr=None, PDL=True),
+                      4, 2,
                       f"_ssd_step_kernel-alog{int(a_log)}"))
     # Selective scan at dim 2048, dstate 16: every forward config (LOOP ones included) and tile backward config.
     scan = "ssmkit.ops.selective_scan.triton."
@@ -170,9 +171,11 @@ def _cases() -> list:
     cases.append((scan + "fwd", "_scan_fwd_kernel", dict(lean, LOOP=True, BLOCK_T=16, BLOCK_D=32), 1, 2,
                   "_scan_fwd_kernel-lean-loop"))
     cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=False, BLOCK_D=64, BLOCK_N=sbn,
-                                                           BLOCK_R=16, w_ptr=None), 4, 2, "_scan_step_kernel"))
+                                                           BLOCK_R=16, w_ptr=None, PDL=True), 4, 2,
+                  "_scan_step_kernel"))
     cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=True, BLOCK_D=64, BLOCK_N=sbn,
-                                                           BLOCK_R=128), 4, 2, "_scan_step_kernel-fused-dt-proj"))
+                                                           BLOCK_R=128, PDL=True), 4, 2,
+                  "_scan_step_kernel-fused-dt-proj"))
     # Causal conv1d (width 4, SiLU) and the gated RMSNorm, at the block sizes their wrappers launch.
     conv = "ssmkit.ops.conv1d.triton."
     for name, consts in (("_conv_fwd_kernel", dict(WIDTH=4, SILU=True, BLOCK_L=64, BLOCK_D=64)),
@@ -180,8 +183,8 @@ def _cases() -> list:
                          ("_conv_final_state_kernel", dict(WIDTH=4, BLOCK_W=4, BLOCK_D=64)),
                          ("_conv_dinit_kernel", dict(WIDTH=4, SILU=True, BLOCK_W=4, BLOCK_D=64))):
         cases.append((conv + "kernels", name, consts, 4, 2, name))
-    cases.append((conv + "step", "_conv_step_kernel", dict(WIDTH=4, SILU=True, BLOCK_W=4, BLOCK_D=64), 4, 2,
-                  "_conv_step_kernel"))
+    cases.append((conv + "step", "_conv_step_kernel", dict(WIDTH=4, SILU=True, BLOCK_W=4, BLOCK_D=64, PDL=True),
+                  4, 2, "_conv_step_kernel"))
     cases.append((conv + "kernels", "_conv_fwd_kernel", dict(WIDTH=4, SILU=True, BLOCK_L=64, BLOCK_D=64,
                                                             bias_ptr=None, init_ptr=None, seq_ptr=None), 4, 2,
                   "_conv_fwd_kernel-lean"))
@@ -212,15 +215,23 @@ def _cases() -> list:
     fused = "ssmkit.ops.norm.triton.linear"
     from ssmkit.ops.norm.triton.linear import MAX_ROWS, pick_config
 
-    for rows in (1, MAX_ROWS):  # the configs pick_config hands out: a one-row GEMV, tensor cores for more rows
-        cfg = pick_config(rows, 1024, 4096)
-        base = dict(NORMED_ROUND=1, DOT_PRECISION="tf32", USE_DOT=cfg.use_dot, BLOCK_M=MAX_ROWS if cfg.use_dot else 1,
-                    BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-        for label, extra in (("gated", dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None)),
-                             ("gated-groups8", dict(NORM_ROUND=0, NG=8, res_ptr=None, res_out_ptr=None)),
-                             ("residual", dict(NORM_ROUND=1, NG=1, z_ptr=None))):
-            cases.append((fused, "_norm_linear_kernel", dict(base, **extra), cfg.num_warps, cfg.num_stages,
-                          f"_norm_linear_kernel-{label}-rows{rows}"))
+    # The configs pick_config hands out (PDL on, as on an H100): one row in one pass (up to 8192 channels, with and
+    # without a norm) or in two (wider rows), tensor cores for more rows.
+    for rows, k in ((1, 1024), (1, 8192), (1, 16384), (MAX_ROWS, 1024)):
+        for norm in (True, False):
+            cfg = pick_config(rows, k, 4096, norm)
+            block_k = cfg.block_k or k
+            base = dict(NORMED_ROUND=1, DOT_PRECISION="tf32", USE_DOT=cfg.use_dot,
+                        BLOCK_M=MAX_ROWS if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=block_k,
+                        ONE_PASS=block_k >= k, PDL=True)
+            forms = ((("gated", dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None)),
+                      ("gated-groups8", dict(NORM_ROUND=0, NG=8, res_ptr=None, res_out_ptr=None)),
+                      ("residual", dict(NORM_ROUND=1, NG=1, z_ptr=None))) if norm else
+                     (("plain", dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None, z_ptr=None,
+                                     nw_ptr=None)),))
+            for label, extra in forms:
+                cases.append((fused, "_norm_linear_kernel", dict(base, **extra), cfg.num_warps, cfg.num_stages,
+                              f"_norm_linear_kernel-{label}-rows{rows}-k{k}"))
     rope = "ssmkit.ops.attention.triton.rope_cache"
     for block_d, has_rope in ((64, True), (128, True), (64, False)):
         cases.append((rope, "_rope_cache_kernel", dict(HAS_ROPE=has_rope, BLOCK_D=block_d), 1, 2,

@@ -17,7 +17,7 @@ from ssmkit.ops.norm import add_rms_norm_ref, gated_rms_norm_ref, norm_linear
 from tests.compare import assert_close
 from tests.ops.selective_scan.test_triton import expect, interpreted_main, run_interpreted
 
-INTERPRETER_CASES = ("gated", "residual_and_plain", "awkward_shapes", "launch_shapes")
+INTERPRETER_CASES = ("gated", "residual_and_plain", "awkward_shapes", "launch_shapes", "linear_without_norm")
 
 
 def make(rows, dim, n, dtype, *, gated=False, groups=1, residual=None, seed=0, device="cpu"):
@@ -106,8 +106,9 @@ def case_launch_shapes():
     picked = kernel.pick_config
     try:
         for cfg in (kernel.Config(4, 256, False, 4, 1), kernel.Config(8, 512, False, 8, 3),
-                    kernel.Config(64, 256, True, 4, 3)):
-            kernel.pick_config = lambda m, k, n, cfg=cfg: cfg
+                    kernel.Config(64, 256, True, 4, 3), kernel.Config(4, 0, False, 4, 1),
+                    kernel.Config(16, 0, False, 8, 1)):
+            kernel.pick_config = lambda m, k, n, norm=True, cfg=cfg: cfg
             for rows in ((1, 3) if not cfg.use_dot else (2,)):
                 for kw in (make(rows, 300, 70, torch.float16, gated=True, groups=3, seed=rows),
                            make(rows, 96, 37, torch.float16, residual="tensor", seed=rows),
@@ -118,6 +119,24 @@ def case_launch_shapes():
                         raise AssertionError(f"{cfg}, rows {rows}, {kw['x'].dtype}: {e}") from None
     finally:
         kernel.pick_config = picked
+
+
+def case_linear_without_norm():
+    """The kernel without a norm (linear_fwd): x @ weight^T against F.linear in float64, GEMV blocks of a few
+    channels and the whole row in one pass, widths and output features off every block."""
+    from ssmkit.ops.norm.triton.linear import Config, linear_fwd
+
+    for i, (rows, dim, n, cfg) in enumerate([(1, 300, 70, Config(4, 0, False, 4, 1)),
+                                             (1, 96, 37, Config(8, 64, False, 4, 1)),
+                                             (3, 130, 17, Config(2, 0, False, 8, 1)),
+                                             (5, 64, 40, Config(32, 32, True, 4, 1))]):
+        kw = make(rows, dim, n, torch.float16, seed=20 + i)
+        got = linear_fwd(kw["x"], kw["weight"], cfg)
+        assert got.dtype == torch.float16 and got.shape == (rows, n)
+        try:
+            assert_close(got, F.linear(kw["x"].double(), kw["weight"].double()), got.dtype, name="x @ w^T")
+        except AssertionError as e:
+            raise AssertionError(f"rows={rows} dim={dim} n={n} {cfg}: {e}") from None
 
 
 # ---------------------------------------------------------------- tests

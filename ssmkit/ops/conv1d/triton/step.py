@@ -4,6 +4,8 @@ the filter (and SiLU). One launch, no host synchronisation: it can be captured i
 Version history
 - v1: one program per (batch row, block of channels); the shifted state is read straight from memory
   (columns 1..W-1) before a barrier and written back after it, so no program reads what it already wrote.
+- v2: launched with programmatic dependent launch on Hopper (ssmkit.ops.pdl): waits for the launch before it
+  first thing, and lets the next one start.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmkit.ops.pdl import let_next_start, pdl_options, wait_for_previous
+
 BLOCK_D = 128
 
 
 @triton.jit
 def _conv_step_kernel(state_ptr, x_ptr, w_ptr, bias_ptr, out_ptr, dim, s_b, s_d, s_w, sx_b,
-                      WIDTH: tl.constexpr, SILU: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
+                      WIDTH: tl.constexpr, SILU: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr,
+                      PDL: tl.constexpr):
     """state (batch, dim, WIDTH) any strides; x (batch, dim) unit channel stride; out (batch, dim) contiguous."""
+    wait_for_previous(PDL)  # ssmkit.ops.pdl
+    let_next_start(PDL)
     b = tl.program_id(0)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = ds < dim
@@ -49,5 +56,5 @@ def conv_step(conv_state, x, weight, bias, silu: bool):
         grid = (batch, triton.cdiv(dim, BLOCK_D))
         _conv_step_kernel[grid](conv_state, x, weight, bias, out, dim, *conv_state.stride(), x.stride(0),
                                 WIDTH=width, SILU=silu, BLOCK_W=triton.next_power_of_2(width), BLOCK_D=BLOCK_D,
-                                num_warps=4)
+                                num_warps=4, **pdl_options(x.device))
     return out

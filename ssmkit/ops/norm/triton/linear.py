@@ -19,6 +19,11 @@ Version history
 - v2: the block shape, the inner product (tl.dot on rows padded to 16, or broadcast products summed over the
   channels for a few rows: a GEMV) and the launch's warps and pipeline stages are a `Config`, picked per shape by
   `pick_config` from a sweep on an H100 (benchmarks/norm_linear_gpu.py).
+- v3: one pass for rows of up to ONE_PASS_MAX_K channels: the program's whole weight block is loaded first, then
+  the rows and their statistics (v2 read the weight in 1024-channel steps after a first pass over the rows, so
+  each step waited for memory); no norm at all (`linear_fwd`, a plain GEMV); programmatic dependent launch on
+  Hopper (ssmkit.ops.pdl): the weight is read before the wait for the launch before, so it streams in while that
+  launch finishes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+
+from ssmkit.ops.pdl import let_next_start, pdl_options, wait_for_previous
 
 from .kernels import ROUNDING, _round
 
@@ -55,57 +62,93 @@ def _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, s
 
 
 @triton.jit
-def _norm_linear_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr, M, K, N, group_size, eps,
-                        sx, sres, sz, sw, sout, sres_out, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr,
-                        NG: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """x, z, residual, res_out (M, K) and out (M, N) with row strides; nw (K,); w (N, K) with row stride sw.
-    NG: groups padded to a power of two (group g = channels g*group_size .. (g+1)*group_size - 1). USE_DOT: the
-    inner product on tensor cores (BLOCK_M = 16) or as a GEMV (BLOCK_M rows, products summed in float32)."""
-    pid = tl.program_id(0)
-    rows = tl.arange(0, BLOCK_M)
-    rmask = rows < M
-    gs = tl.arange(0, NG)
-    ss = tl.zeros((BLOCK_M, NG), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < K
-        h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out,
-                       pid == 0, True, NORM_ROUND)
-        if NG == 1:
-            ss += tl.sum(h * h, 1)[:, None]
-        else:
-            onehot = ((ks // group_size)[:, None] == gs[None, :]).to(tl.float32)  # (BLOCK_K, NG)
-            ss += tl.sum((h * h)[:, :, None] * onehot[None, :, :], 1)
-    rstd = tl.rsqrt(ss / group_size + eps)  # (BLOCK_M, NG)
-    ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = ns < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < K
-        h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out,
-                       False, False, NORM_ROUND)
+def _group_sumsq(h, ks, group_size, NG: tl.constexpr):
+    """Sums of squares of h (BLOCK_M, BLOCK_K) per row and channel group: (BLOCK_M, NG)."""
+    if NG == 1:
+        return tl.sum(h * h, 1)[:, None]
+    onehot = ((ks // group_size)[:, None] == tl.arange(0, NG)[None, :]).to(tl.float32)  # (BLOCK_K, NG)
+    return tl.sum((h * h)[:, :, None] * onehot[None, :, :], 1)
+
+
+@triton.jit
+def _project(h, rstd, ks, kmask, nw_ptr, w, acc, group_size, NG: tl.constexpr, NORMED_ROUND: tl.constexpr,
+             DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr):
+    """acc + (nw * round(h * rstd)) @ w^T for one block of channels ks; w (BLOCK_N, BLOCK_K); h @ w^T without
+    a norm (nw_ptr None)."""
+    if nw_ptr is None:
+        a = h.to(w.dtype)
+    else:
         if NG == 1:
             r = rstd  # (BLOCK_M, 1)
         else:
-            onehot = ((ks // group_size)[:, None] == gs[None, :]).to(tl.float32)
+            onehot = ((ks // group_size)[:, None] == tl.arange(0, NG)[None, :]).to(tl.float32)
             r = tl.sum(rstd[:, None, :] * onehot[None, :, :], 2)  # (BLOCK_M, BLOCK_K)
         normed = _round(h * r, NORMED_ROUND)
         nw = tl.load(nw_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
-        a = (nw[None, :] * normed).to(w_ptr.dtype.element_ty)
+        a = (nw[None, :] * normed).to(w.dtype)
+    if USE_DOT:
+        return tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    return acc + tl.sum(a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], 2)
+
+
+@triton.jit
+def _norm_linear_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr, M, K, N, group_size, eps,
+                        sx, sres, sz, sw, sout, sres_out, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr,
+                        NG: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        ONE_PASS: tl.constexpr, PDL: tl.constexpr):
+    """x, z, residual, res_out (M, K) and out (M, N) with row strides; nw (K,); w (N, K) with row stride sw.
+    NG: groups padded to a power of two (group g = channels g*group_size .. (g+1)*group_size - 1). USE_DOT: the
+    inner product on tensor cores (BLOCK_M = 16) or as a GEMV (BLOCK_M rows, products summed in float32).
+    ONE_PASS (BLOCK_K >= K): the weight block is loaded before the rows and their statistics, so its bytes are in
+    flight while they are computed; else two passes over the channels (statistics, then projection).
+    PDL (ssmkit.ops.pdl): the weight, which no launch writes, is the only read before the wait."""
+    pid = tl.program_id(0)
+    rows = tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = ns < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if ONE_PASS:
+        ks = tl.arange(0, BLOCK_K)
+        kmask = ks < K
         w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
-        if USE_DOT:
-            acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
-        else:
-            acc += tl.sum(a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], 2)
+        wait_for_previous(PDL)
+        let_next_start(PDL)
+        h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out,
+                       pid == 0, True, NORM_ROUND)
+        rstd = None
+        if nw_ptr is not None:
+            rstd = tl.rsqrt(_group_sumsq(h, ks, group_size, NG) / group_size + eps)
+        acc = _project(h, rstd, ks, kmask, nw_ptr, w, acc, group_size, NG, NORMED_ROUND, DOT_PRECISION, USE_DOT)
+    else:
+        wait_for_previous(PDL)
+        let_next_start(PDL)
+        rstd = None
+        if nw_ptr is not None:
+            ss = tl.zeros((BLOCK_M, NG), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                kmask = ks < K
+                h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz,
+                               sres_out, pid == 0, True, NORM_ROUND)
+                ss += _group_sumsq(h, ks, group_size, NG)
+            rstd = tl.rsqrt(ss / group_size + eps)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < K
+            h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out,
+                           False, False, NORM_ROUND)
+            w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+            acc = _project(h, rstd, ks, kmask, nw_ptr, w, acc, group_size, NG, NORMED_ROUND, DOT_PRECISION,
+                           USE_DOT)
     tl.store(out_ptr + rows[:, None] * sout + ns[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=rmask[:, None] & nmask[None, :])
 
 
 class Config(NamedTuple):
-    """One launch shape: BLOCK_N output features and BLOCK_K channels per step of a program, tensor cores or GEMV,
-    warps and software-pipeline stages."""
+    """One launch shape: BLOCK_N output features and BLOCK_K channels per step of a program (0: the whole row in
+    one step, one pass), tensor cores or GEMV, warps and software-pipeline stages."""
     block_n: int
     block_k: int
     use_dot: bool
@@ -113,22 +156,28 @@ class Config(NamedTuple):
     num_stages: int
 
 
-# The sweep on an H100 (2026-11-25; benchmarks/results/norm-linear-h100-2026-11-25.md), per call inside a CUDA
-# graph, weights overflowing L2: for one row, a GEMV of 4-feature blocks over 1024 channels took 5.3 us for
-# Mamba-2 130M's in_proj and out_proj (norm launch + cuBLAS: 6.7 and 7.2 us) and 12.1 us for 1.3B's out_proj
-# (13.4 us); 1.3B's in_proj (17.4M weights) was even (17.5 against 17.2 us). At 4 and 16 rows every fused shape
-# was slower than the two launches.
-FASTER_MAX_WEIGHT = 9 * 2 ** 20  # elements of the weight up to which one fused row beat the two launches
+# The sweeps on an H100, per call inside a CUDA graph, weights overflowing L2 (benchmarks/norm_linear_gpu.py):
+# 2026-11-25 (norm-linear-h100-2026-11-25.md): at 4 and 16 rows every fused shape was slower than the norm launch
+# + cuBLAS. 2026-12-07 (norm-linear-h100-2026-12-07.md), one row: the whole row in one pass with the weight block
+# loaded first beat the two-pass GEMV and the two launches at every projection of Mamba-2 130M / 1.3B (e.g. 1.3B
+# out_proj 8.7 us against 12.4 two-pass and 13.3 composed; in_proj 15.8 against 16.9 composed) and, without a norm,
+# cuBLAS at Transformer++ 1.3B's and Mamba 1.4B's projections (5.0-13.0 us against 6.3-13.5).
+ONE_PASS_MAX_K = 8192  # widest row held whole in one program's registers
+FASTER_MAX_WEIGHT = 9 * 2 ** 20  # two-pass (rows wider than ONE_PASS_MAX_K): weight elements up to which it won
 
 
 def faster_than_unfused(m: int, k: int, n: int) -> bool:
-    """Whether the sweep found the fused launch faster than norm then cuBLAS, for m rows and an (n, k) weight."""
-    return m == 1 and n * k <= FASTER_MAX_WEIGHT
+    """Whether the sweeps found the fused launch faster than norm then cuBLAS, for m rows and an (n, k) weight."""
+    return m == 1 and (k <= ONE_PASS_MAX_K or n * k <= FASTER_MAX_WEIGHT)
 
 
-def pick_config(m: int, k: int, n: int) -> Config:
-    """The launch shape for m rows, k input and n output features: the sweep's GEMV for one row, its fastest
-    tensor-core shape otherwise."""
+def pick_config(m: int, k: int, n: int, norm: bool = True) -> Config:
+    """The launch shape for m rows, k input and n output features: for one row, the whole row in one pass in
+    blocks of 4 output features after a norm (its row statistics are recomputed per program), 2 without, a warp
+    per 512 channels (4 to 16); rows wider than ONE_PASS_MAX_K two passes of 1024 channels; more rows, tensor
+    cores."""
+    if m == 1 and k <= ONE_PASS_MAX_K:
+        return Config(4 if norm else 2, 0, False, max(4, min(16, triton.next_power_of_2(k) // 512)), 1)
     if m == 1:
         return Config(4, 1024, False, 4, 1)
     return Config(32, 256, True, 4, 3)
@@ -136,17 +185,19 @@ def pick_config(m: int, k: int, n: int) -> Config:
 
 def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residual_dtype, norm_dtype,
                     config: Config | None = None):
-    """Rows x (M <= MAX_ROWS, K); residual, z like x or None; norm_weight (K,); weight (N, K). residual_dtype:
+    """Rows x (M <= MAX_ROWS, K); residual, z like x or None; norm_weight (K,) or None (no norm: x @ weight^T);
+    weight (N, K). residual_dtype:
     None (no residual add) or the stream's dtype; norm_dtype: the dtype the norm rounds its normalized value to.
     config: the launch shape (None = pick_config's). Returns (out (M, N) in weight.dtype, new residual (M, K) or
     None)."""
     m, k = x.shape
     n = weight.shape[0]
-    cfg = pick_config(m, k, n) if config is None else config
+    cfg = pick_config(m, k, n, norm_weight is not None) if config is None else config
     out = torch.empty(m, n, dtype=weight.dtype, device=x.device)
     res_out = None if residual_dtype is None else torch.empty(m, k, dtype=residual_dtype, device=x.device)
     ngroups = k // group_size
     precision = "ieee" if weight.dtype == torch.float32 else "tf32"
+    block_k = cfg.block_k or triton.next_power_of_2(k)
     _norm_linear_kernel[(triton.cdiv(n, cfg.block_n),)](
         x, residual, z, norm_weight, weight, out, res_out, m, k, n, group_size, float(eps), x.stride(0),
         0 if residual is None else residual.stride(0), 0 if z is None else z.stride(0), weight.stride(0),
@@ -154,5 +205,11 @@ def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residu
         NORM_ROUND=ROUNDING[norm_dtype] if residual_dtype is not None else 0, NORMED_ROUND=ROUNDING[norm_dtype],
         NG=triton.next_power_of_2(ngroups), DOT_PRECISION=precision, USE_DOT=cfg.use_dot,
         BLOCK_M=MAX_ROWS if cfg.use_dot else triton.next_power_of_2(m), BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        BLOCK_K=block_k, ONE_PASS=block_k >= k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl_options(x.device))
     return out, res_out
+
+
+def linear_fwd(x, weight, config: Config | None = None):
+    """x (M <= MAX_ROWS, K) @ weight (N, K)^T in weight.dtype, through the same kernel without a norm."""
+    return norm_linear_fwd(x, None, None, None, 0.0, x.shape[1], weight, None, x.dtype, config)[0]

@@ -10,6 +10,7 @@ Version history
 - v2: Mamba-1's A = -exp(A_log) and dt = dt_proj(dt_low) computed in the kernel (A_is_log, dt_proj_weight): a
   Mamba layer's step launched a cast, an exp, a negation and a small GEMM per token for them, each a few
   microseconds inside a CUDA graph (24-48 layers per token).
+- v3: launched with programmatic dependent launch on Hopper (ssmkit.ops.pdl).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ssmkit.ops.dispatch import check_triton_device, warn_once
-
+from ssmkit.ops.pdl import let_next_start, pdl_options, wait_for_previous
 from ssmkit.ops.selective_scan.step import selective_scan_step
 from ssmkit.ops.ssd.triton.tiles import softplus
 
@@ -34,10 +35,13 @@ BLOCK_D = 64
 def _scan_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, w_ptr, y_ptr,
                       dim, dstate, ngroups, dpg, nblk, rank, s_b, s_d, s_n, sx_b, sdt_b, sz_b, sB_b, sB_g, sC_b,
                       sC_g, SOFTPLUS: tl.constexpr, A_IS_LOG: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+                      BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr):
     """state (batch, dim, dstate) any strides; x, z (batch, dim) and B, C (batch, ngroups, dstate) with unit
     last stride; dt (batch, dim), or (batch, rank) projected by w (dim, rank) contiguous when w_ptr is given;
-    A (dim, dstate), or A_log when A_IS_LOG; y (batch, dim) contiguous."""
+    A (dim, dstate), or A_log when A_IS_LOG; y (batch, dim) contiguous. PDL (ssmkit.ops.pdl): waits for the launch
+    before it first thing."""
+    wait_for_previous(PDL)
+    let_next_start(PDL)
     pid = tl.program_id(0)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
     if w_ptr is not None:  # dt = dt_low @ w^T, rounded to dt's dtype like the linear layer's output
@@ -99,5 +103,5 @@ def selective_scan_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias
         state, x, dt, A, B, C, D, z, dt_bias, w, y, dim, dstate, ngroups, dpg, nblk, rank, *state.stride(),
         x.stride(0), dt.stride(0), 0 if z is None else z.stride(0), B.stride(0), B.stride(1), C.stride(0),
         C.stride(1), SOFTPLUS=bool(dt_softplus), A_IS_LOG=bool(A_is_log), BLOCK_D=bd, BLOCK_N=block_n(dstate),
-        BLOCK_R=max(16, triton.next_power_of_2(rank)), num_warps=4)
+        BLOCK_R=max(16, triton.next_power_of_2(rank)), num_warps=4, **pdl_options(x.device))
     return y

@@ -9,6 +9,8 @@ Version history
 - v2: A may be given as A_log (A = -exp(A_log) computed in the kernel) and x, dt, B, C, z by any row stride:
   a Mamba-2 layer's step launched a cast, an exp and a negation per token for A and copies of its in_proj
   slices at batch > 1, each a few microseconds inside a CUDA graph (24-48 layers per token).
+- v3: launched with programmatic dependent launch on Hopper (ssmkit.ops.pdl), so the projection after it can
+  start streaming its weight while the step runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from ssmkit.ops.pdl import let_next_start, pdl_options, wait_for_previous
 
 from .fwd import dt_bounds
 from .plan import block_n, next_pow2, sm_count
@@ -26,10 +30,13 @@ from .tiles import softplus
 def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, y_ptr,
                      s_slot, s_head, s_p, s_n, s_xb, s_dtb, s_bb, s_cb, s_zb, nheads, headdim, ngroups, dstate,
                      dt_lo, dt_hi, SOFTPLUS: tl.constexpr, A_IS_LOG: tl.constexpr, D_PER_P: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
     """state (nslots, nheads, headdim, dstate) strided; x, z (batch, nheads, headdim), dt (batch, nheads),
     B, C (batch, ngroups, dstate), each with row stride s_*b and the rest contiguous; y (batch, nheads, headdim)
-    contiguous; A (nheads,), or A_log when A_IS_LOG; idx (batch,) slot of each row, or None for slot = row."""
+    contiguous; A (nheads,), or A_log when A_IS_LOG; idx (batch,) slot of each row, or None for slot = row.
+    PDL (ssmkit.ops.pdl): waits for the launch before it first thing."""
+    wait_for_previous(PDL)
+    let_next_start(PDL)
     pid = tl.program_id(0)
     pb = tl.program_id(1)
     b = pid // nheads
@@ -104,7 +111,7 @@ def ssd_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_s
                            dt.stride(0), B.stride(0), C.stride(0), 0 if z is None else z.stride(0), nheads,
                            headdim, ngroups, dstate, lo, hi, SOFTPLUS=bool(dt_softplus), A_IS_LOG=bool(A_is_log),
                            D_PER_P=D is not None and D.ndim == 2, BLOCK_P=bp, BLOCK_N=block_n(dstate),
-                           num_warps=4)
+                           num_warps=4, **pdl_options(x.device))
     return y
 
 
