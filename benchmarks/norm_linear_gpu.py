@@ -36,9 +36,10 @@ def sweep_configs(rows: int, quick: bool) -> list[Config]:
     dots = [Config(bn, bk, True, 4, st) for bn, bk, st in itertools.product((16, 32, 64), (128, 256), (1, 3))]
     gemv = [Config(bn, bk, False, w, st) for bn, bk, w, st in itertools.product((2, 4, 8), (512, 1024), (4, 8),
                                                                                (1, 3))]
-    if rows == 1:  # the earlier picks, then the whole row in one pass, the weight block loaded first
-        return [Config(4, 1024, False, 4, 1), Config(8, 512, False, 4, 3)] + [
-            Config(bn, 0, False, w, 1) for bn, w in itertools.product((1, 2, 4, 8, 16), (4, 8, 16))]
+    if rows == 1:  # the two-pass pick of 2026-11-25, the whole row in one pass, and that on a persistent grid
+        return [Config(4, 1024, False, 4, 1)] + [
+            Config(bn, 0, False, w, 1) for bn, w in ((1, 4), (2, 4), (2, 8), (4, 4), (4, 8), (4, 16))] + [
+            Config(bn, 0, False, w, 1, pps) for bn, w, pps in itertools.product((2, 4), (4, 8), (2, 4, 8))]
     if quick:
         dots, gemv = dots[::3], gemv[::4]
     return dots + (gemv if rows <= 4 else [])

@@ -107,7 +107,8 @@ def case_launch_shapes():
     try:
         for cfg in (kernel.Config(4, 256, False, 4, 1), kernel.Config(8, 512, False, 8, 3),
                     kernel.Config(64, 256, True, 4, 3), kernel.Config(4, 0, False, 4, 1),
-                    kernel.Config(16, 0, False, 8, 1)):
+                    kernel.Config(16, 0, False, 8, 1), kernel.Config(4, 0, False, 4, 1, 2),
+                    kernel.Config(2, 0, False, 8, 1, 3)):
             kernel.pick_config = lambda m, k, n, norm=True, cfg=cfg: cfg
             for rows in ((1, 3) if not cfg.use_dot else (2,)):
                 for kw in (make(rows, 300, 70, torch.float16, gated=True, groups=3, seed=rows),
@@ -123,13 +124,15 @@ def case_launch_shapes():
 
 def case_linear_without_norm():
     """The kernel without a norm (linear_fwd): x @ weight^T against F.linear in float64, GEMV blocks of a few
-    channels and the whole row in one pass, widths and output features off every block."""
+    channels, the whole row in one pass and a persistent grid walking several blocks, widths and output features
+    off every block."""
     from ssmkit.ops.norm.triton.linear import Config, linear_fwd
 
     for i, (rows, dim, n, cfg) in enumerate([(1, 300, 70, Config(4, 0, False, 4, 1)),
                                              (1, 96, 37, Config(8, 64, False, 4, 1)),
                                              (3, 130, 17, Config(2, 0, False, 8, 1)),
-                                             (5, 64, 40, Config(32, 32, True, 4, 1))]):
+                                             (5, 64, 40, Config(32, 32, True, 4, 1)),
+                                             (1, 200, 45, Config(4, 0, False, 4, 1, 3))]):
         kw = make(rows, dim, n, torch.float16, seed=20 + i)
         got = linear_fwd(kw["x"], kw["weight"], cfg)
         assert got.dtype == torch.float16 and got.shape == (rows, n)

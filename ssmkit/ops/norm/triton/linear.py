@@ -23,7 +23,8 @@ Version history
   the rows and their statistics (v2 read the weight in 1024-channel steps after a first pass over the rows, so
   each step waited for memory); no norm at all (`linear_fwd`, a plain GEMV); programmatic dependent launch on
   Hopper (ssmkit.ops.pdl): the weight is read before the wait for the launch before, so it streams in while that
-  launch finishes.
+  launch finishes; a persistent grid (Config.programs_per_sm) whose programs normalize the rows once and walk
+  their blocks of output features with the next block's weight in flight.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmkit.ops.dispatch import cuda_sm_count
 from ssmkit.ops.pdl import let_next_start, pdl_options, wait_for_previous
 
 from .kernels import ROUNDING, _round
@@ -71,21 +73,23 @@ def _group_sumsq(h, ks, group_size, NG: tl.constexpr):
 
 
 @triton.jit
-def _project(h, rstd, ks, kmask, nw_ptr, w, acc, group_size, NG: tl.constexpr, NORMED_ROUND: tl.constexpr,
-             DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr):
-    """acc + (nw * round(h * rstd)) @ w^T for one block of channels ks; w (BLOCK_N, BLOCK_K); h @ w^T without
-    a norm (nw_ptr None)."""
-    if nw_ptr is None:
-        a = h.to(w.dtype)
-    else:
+def _activation(h, rstd, ks, kmask, nw_ptr, group_size, NG: tl.constexpr, NORMED_ROUND: tl.constexpr, dtype):
+    """nw * round(h * rstd) in the weight's dtype for one block of channels ks; h itself without a norm."""
+    a = h
+    if nw_ptr is not None:
         if NG == 1:
             r = rstd  # (BLOCK_M, 1)
         else:
             onehot = ((ks // group_size)[:, None] == tl.arange(0, NG)[None, :]).to(tl.float32)
             r = tl.sum(rstd[:, None, :] * onehot[None, :, :], 2)  # (BLOCK_M, BLOCK_K)
         normed = _round(h * r, NORMED_ROUND)
-        nw = tl.load(nw_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
-        a = (nw[None, :] * normed).to(w.dtype)
+        a = tl.load(nw_ptr + ks, mask=kmask, other=0.0).to(tl.float32)[None, :] * normed
+    return a.to(dtype)
+
+
+@triton.jit
+def _times_weight(a, w, acc, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr):
+    """acc + a @ w^T; a (BLOCK_M, BLOCK_K), w (BLOCK_N, BLOCK_K)."""
     if USE_DOT:
         return tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
     return acc + tl.sum(a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], 2)
@@ -96,72 +100,90 @@ def _norm_linear_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_p
                         sx, sres, sz, sw, sout, sres_out, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr,
                         NG: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        ONE_PASS: tl.constexpr, PDL: tl.constexpr):
+                        ONE_PASS: tl.constexpr, PERSISTENT: tl.constexpr, PDL: tl.constexpr):
     """x, z, residual, res_out (M, K) and out (M, N) with row strides; nw (K,); w (N, K) with row stride sw.
     NG: groups padded to a power of two (group g = channels g*group_size .. (g+1)*group_size - 1). USE_DOT: the
     inner product on tensor cores (BLOCK_M = 16) or as a GEMV (BLOCK_M rows, products summed in float32).
     ONE_PASS (BLOCK_K >= K): the weight block is loaded before the rows and their statistics, so its bytes are in
     flight while they are computed; else two passes over the channels (statistics, then projection).
+    PERSISTENT (with ONE_PASS): a grid smaller than the blocks of output features; each program normalizes the
+    rows once and walks blocks pid, pid + grid, ..., loading the next block's weight before it multiplies by the
+    current one (two blocks in registers).
     PDL (ssmkit.ops.pdl): the weight, which no launch writes, is the only read before the wait."""
     pid = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
     rmask = rows < M
-    ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = ns < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if ONE_PASS:
         ks = tl.arange(0, BLOCK_K)
         kmask = ks < K
-        w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+        n0 = pid * BLOCK_N
+        ns = n0 + tl.arange(0, BLOCK_N)
+        w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=(ns < N)[:, None] & kmask[None, :], other=0.0)
         wait_for_previous(PDL)
         let_next_start(PDL)
         h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out,
                        pid == 0, True, NORM_ROUND)
-        rstd = None
-        if nw_ptr is not None:
-            rstd = tl.rsqrt(_group_sumsq(h, ks, group_size, NG) / group_size + eps)
-        acc = _project(h, rstd, ks, kmask, nw_ptr, w, acc, group_size, NG, NORMED_ROUND, DOT_PRECISION, USE_DOT)
+        rstd = tl.rsqrt(_group_sumsq(h, ks, group_size, NG) / group_size + eps)  # unused without a norm
+        a = _activation(h, rstd, ks, kmask, nw_ptr, group_size, NG, NORMED_ROUND, w.dtype)
+        step = tl.num_programs(0) * BLOCK_N if PERSISTENT else N
+        while n0 < N:  # one block, or (PERSISTENT) blocks pid, pid + grid, ... with the next one's weight in flight
+            nxt = n0 + step + tl.arange(0, BLOCK_N)
+            w_next = w
+            if PERSISTENT:
+                w_next = tl.load(w_ptr + nxt[:, None] * sw + ks[None, :], mask=(nxt < N)[:, None] & kmask[None, :],
+                                 other=0.0)
+            out = _times_weight(a, w, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_PRECISION, USE_DOT)
+            ns = n0 + tl.arange(0, BLOCK_N)
+            tl.store(out_ptr + rows[:, None] * sout + ns[None, :], out.to(out_ptr.dtype.element_ty),
+                     mask=rmask[:, None] & (ns < N)[None, :])
+            w = w_next
+            n0 += step
     else:
+        ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = ns < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         wait_for_previous(PDL)
         let_next_start(PDL)
-        rstd = None
+        ss = tl.zeros((BLOCK_M, NG), dtype=tl.float32)
         if nw_ptr is not None:
-            ss = tl.zeros((BLOCK_M, NG), dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 kmask = ks < K
                 h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz,
                                sres_out, pid == 0, True, NORM_ROUND)
                 ss += _group_sumsq(h, ks, group_size, NG)
-            rstd = tl.rsqrt(ss / group_size + eps)
+        rstd = tl.rsqrt(ss / group_size + eps)  # unused without a norm
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < K
             h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out,
                            False, False, NORM_ROUND)
             w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
-            acc = _project(h, rstd, ks, kmask, nw_ptr, w, acc, group_size, NG, NORMED_ROUND, DOT_PRECISION,
-                           USE_DOT)
-    tl.store(out_ptr + rows[:, None] * sout + ns[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=rmask[:, None] & nmask[None, :])
+            a = _activation(h, rstd, ks, kmask, nw_ptr, group_size, NG, NORMED_ROUND, w.dtype)
+            acc = _times_weight(a, w, acc, DOT_PRECISION, USE_DOT)
+        tl.store(out_ptr + rows[:, None] * sout + ns[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=rmask[:, None] & nmask[None, :])
 
 
 class Config(NamedTuple):
     """One launch shape: BLOCK_N output features and BLOCK_K channels per step of a program (0: the whole row in
-    one step, one pass), tensor cores or GEMV, warps and software-pipeline stages."""
+    one step, one pass), tensor cores or GEMV, warps and software-pipeline stages; programs_per_sm > 0 (one pass
+    only): a persistent grid of that many programs per multiprocessor."""
     block_n: int
     block_k: int
     use_dot: bool
     num_warps: int
     num_stages: int
+    programs_per_sm: int = 0
 
 
 # The sweeps on an H100, per call inside a CUDA graph, weights overflowing L2 (benchmarks/norm_linear_gpu.py):
 # 2026-11-25 (norm-linear-h100-2026-11-25.md): at 4 and 16 rows every fused shape was slower than the norm launch
-# + cuBLAS. 2026-12-07 (norm-linear-h100-2026-12-07.md), one row: the whole row in one pass with the weight block
-# loaded first beat the two-pass GEMV and the two launches at every projection of Mamba-2 130M / 1.3B (e.g. 1.3B
-# out_proj 8.7 us against 12.4 two-pass and 13.3 composed; in_proj 15.8 against 16.9 composed) and, without a norm,
-# cuBLAS at Transformer++ 1.3B's and Mamba 1.4B's projections (5.0-13.0 us against 6.3-13.5).
+# + cuBLAS. 2026-12-07 (norm-linear-h100-2026-12-07.md), one row: the whole row in one pass on a persistent grid
+# of 4 programs per multiprocessor (2 for rows over 4096 channels) beat the two-pass GEMV, the two launches and,
+# without a norm, cuBLAS alone at every projection of Mamba-2 130M / 1.3B, Transformer++ 1.3B and Mamba 1.4B:
+# e.g. Mamba-2 1.3B in_proj 12.7 us (2.7 TB/s) against 16.9 composed, out_proj 7.0 against 13.3, Mamba 1.4B
+# in_proj 11.3 (3.0 TB/s) against cuBLAS's 13.5.
 ONE_PASS_MAX_K = 8192  # widest row held whole in one program's registers
 FASTER_MAX_WEIGHT = 9 * 2 ** 20  # two-pass (rows wider than ONE_PASS_MAX_K): weight elements up to which it won
 
@@ -172,12 +194,12 @@ def faster_than_unfused(m: int, k: int, n: int) -> bool:
 
 
 def pick_config(m: int, k: int, n: int, norm: bool = True) -> Config:
-    """The launch shape for m rows, k input and n output features: for one row, the whole row in one pass in
-    blocks of 4 output features after a norm (its row statistics are recomputed per program), 2 without, a warp
-    per 512 channels (4 to 16); rows wider than ONE_PASS_MAX_K two passes of 1024 channels; more rows, tensor
-    cores."""
+    """The launch shape for m rows, k input and n output features (norm: whether a norm comes first; the sweep
+    found the same shapes best with and without). One row: the whole row in one pass on a persistent grid, blocks
+    of 2 output features up to 2048 of them, else 4; rows wider than ONE_PASS_MAX_K: two passes of 1024 channels.
+    More rows: tensor cores."""
     if m == 1 and k <= ONE_PASS_MAX_K:
-        return Config(4 if norm else 2, 0, False, max(4, min(16, triton.next_power_of_2(k) // 512)), 1)
+        return Config(2 if n <= 2048 else 4, 0, False, 4, 1, 2 if k > 4096 else 4)
     if m == 1:
         return Config(4, 1024, False, 4, 1)
     return Config(32, 256, True, 4, 3)
@@ -198,14 +220,18 @@ def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residu
     ngroups = k // group_size
     precision = "ieee" if weight.dtype == torch.float32 else "tf32"
     block_k = cfg.block_k or triton.next_power_of_2(k)
-    _norm_linear_kernel[(triton.cdiv(n, cfg.block_n),)](
+    blocks = triton.cdiv(n, cfg.block_n)
+    persistent = cfg.programs_per_sm > 0 and block_k >= k
+    sms = cuda_sm_count(x.device) if x.is_cuda else 1  # the interpreter: a grid of programs_per_sm walks them all
+    grid = min(blocks, cfg.programs_per_sm * sms) if persistent else blocks
+    _norm_linear_kernel[(grid,)](
         x, residual, z, norm_weight, weight, out, res_out, m, k, n, group_size, float(eps), x.stride(0),
         0 if residual is None else residual.stride(0), 0 if z is None else z.stride(0), weight.stride(0),
         out.stride(0), 0 if res_out is None else res_out.stride(0),
         NORM_ROUND=ROUNDING[norm_dtype] if residual_dtype is not None else 0, NORMED_ROUND=ROUNDING[norm_dtype],
         NG=triton.next_power_of_2(ngroups), DOT_PRECISION=precision, USE_DOT=cfg.use_dot,
         BLOCK_M=MAX_ROWS if cfg.use_dot else triton.next_power_of_2(m), BLOCK_N=cfg.block_n,
-        BLOCK_K=block_k, ONE_PASS=block_k >= k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_K=block_k, ONE_PASS=block_k >= k, PERSISTENT=persistent, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(x.device))
     return out, res_out
 
