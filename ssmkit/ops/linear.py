@@ -34,6 +34,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             and not records_autograd(x, weight)):
         from ssmkit.ops.norm.triton.linear import ONE_PASS_MAX_K, linear_fwd
 
-        if x.shape[-1] <= ONE_PASS_MAX_K:
+        if 0 < x.shape[-1] <= ONE_PASS_MAX_K and weight.shape[0] > 0:
             return linear_fwd(x.reshape(1, -1), weight).reshape(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
