@@ -27,12 +27,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., d_model) -> (..., d_model). key_padding_mask is accepted for a common interface and unused."""
         up = linear(x, self.up_proj.weight, self.up_proj.bias)  # one row (a decode step): a Triton GEMV on CUDA
-        gate = linear(x, self.gate_proj.weight, self.gate_proj.bias) if self.activation == "swiglu" else None
-        return self.down(up, gate)
-
-    def down(self, up: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        """down(silu(gate) * up) (SwiGLU; for one row the product is formed inside the down projection's GEMV, see
-        ssmkit.ops.linear) or down(gelu(up)), from up_proj's (and gate_proj's) outputs."""
         if self.activation == "swiglu":
-            return linear(up, self.down_proj.weight, self.down_proj.bias, gate=gate)
-        return linear(F.gelu(up), self.down_proj.weight, self.down_proj.bias)
+            hidden = F.silu(linear(x, self.gate_proj.weight, self.gate_proj.bias)) * up
+        else:
+            hidden = F.gelu(up)
+        return linear(hidden, self.down_proj.weight, self.down_proj.bias)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ssmkit.layers import MoE, RMSNorm
 from ssmkit.layers.packing import check_packed
-from ssmkit.ops.norm import add_rms_norm, norm_linear
+from ssmkit.ops.norm import add_rms_norm
 
 from .block import Block, stream_dtype
 from .config import ModelConfig
@@ -103,9 +103,6 @@ class LanguageModel(nn.Module):
             residual, delta = layer.step_residual(residual, delta, layer_state, position)
         self._collect_aux_loss()
         stream = stream_dtype(residual, delta)
-        if self.lm_head.bias is None:  # the last add, norm_f and the LM head: one GEMV launch at batch 1 on CUDA
-            return norm_linear(delta, self.norm_f.weight, self.lm_head.weight, self.norm_f.eps, residual=residual,
-                               residual_dtype=stream, norm_dtype=stream)[0]
         h, _ = add_rms_norm(delta, residual, self.norm_f.weight, self.norm_f.eps, residual_dtype=stream,
                             norm_dtype=stream)  # norm_f normalizes the stream itself, uncast
         return self.lm_head(h.to(self.lm_head.weight.dtype))

@@ -21,29 +21,19 @@ LINEAR_AUTO = True
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           gate: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias), or with a gate F.linear(F.silu(gate) * x, weight, bias) (a SwiGLU MLP's down
-    projection): x, gate (..., K), weight (N, K), bias (N,) or None -> (..., N).
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias): x (..., K), weight (N, K), bias (N,) or None -> (..., N).
 
     One row (x.numel() == K) on CUDA, without bias or autograd, goes through the Triton GEMV where it takes the
     shape (K up to ssmkit.ops.norm.triton.linear.ONE_PASS_MAX_K, matching 16/32-bit float dtypes, unit inner
-    strides); the gate's product is then formed in float32 and rounded once to x's dtype (the ops round silu's
-    output and the product). Everything else is the ops, which also raise the usual errors for mismatched shapes
-    or dtypes.
+    strides); everything else is F.linear, which also raises the usual errors for mismatched shapes or dtypes.
     """
     if (LINEAR_AUTO and x.is_cuda and not interpreting() and bias is None and x.dim() >= 1
             and weight.dim() == 2 and x.numel() == x.shape[-1] == weight.shape[1] and x.dtype == weight.dtype
             and x.dtype in _DTYPES and weight.device == x.device and weight.stride(1) == 1 and x.stride(-1) == 1
-            and (gate is None or (gate.shape == x.shape and gate.dtype == x.dtype and gate.device == x.device
-                                  and gate.stride(-1) == 1))
-            and not records_autograd(x, weight, gate)):
+            and not records_autograd(x, weight)):
         from ssmkit.ops.norm.triton.linear import ONE_PASS_MAX_K, linear_fwd
 
         if 0 < x.shape[-1] <= ONE_PASS_MAX_K and weight.shape[0] > 0:
-            rows = x.reshape(1, -1)
-            out = linear_fwd(rows, weight, gate=None if gate is None else gate.reshape(1, -1))
-            return out.reshape(*x.shape[:-1], weight.shape[0])
-    if gate is not None:
-        x = F.silu(gate) * x
+            return linear_fwd(x.reshape(1, -1), weight).reshape(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)

@@ -231,12 +231,11 @@ def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residu
         NORM_ROUND=ROUNDING[norm_dtype] if residual_dtype is not None else 0, NORMED_ROUND=ROUNDING[norm_dtype],
         NG=triton.next_power_of_2(ngroups), DOT_PRECISION=precision, USE_DOT=cfg.use_dot,
         BLOCK_M=MAX_ROWS if cfg.use_dot else triton.next_power_of_2(m), BLOCK_N=cfg.block_n,
-        BLOCK_K=block_k, ONE_PASS=block_k >= k, PERSISTENT=persistent, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **pdl_options(x.device))
+        BLOCK_K=block_k, ONE_PASS=block_k >= k, PERSISTENT=persistent, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl_options(x.device))
     return out, res_out
 
 
-def linear_fwd(x, weight, config: Config | None = None, gate=None):
-    """x (M <= MAX_ROWS, K) @ weight (N, K)^T in weight.dtype, through the same kernel without a norm; with gate
-    (like x), (x * silu(gate)) @ weight^T."""
-    return norm_linear_fwd(x, None, gate, None, 0.0, x.shape[1], weight, None, x.dtype, config)[0]
+def linear_fwd(x, weight, config: Config | None = None):
+    """x (M <= MAX_ROWS, K) @ weight (N, K)^T in weight.dtype, through the same kernel without a norm."""
+    return norm_linear_fwd(x, None, None, None, 0.0, x.shape[1], weight, None, x.dtype, config)[0]
