@@ -6,7 +6,7 @@ What it shows without a GPU: which configs spill to local memory (STACK > 0), ho
 registers (65,536 registers an SM), and the instruction mix of the hot loops (exp2 = MUFU.EX2; SHFL and BAR are
 the cross-thread traffic). What it cannot show: time. Writes a markdown table with --out.
 
-    python benchmarks/kernel_resources_cpu.py [--match scan] [--ssd-grid] [--out FILE]
+    python benchmarks/kernel_resources_cpu.py [--match scan] [--ssd-grid | --gemv-grid] [--out FILE]
 """
 
 from __future__ import annotations
@@ -64,6 +64,32 @@ def ssd_grid() -> list:
     return cases
 
 
+def gemv_grid() -> list:
+    """The one-row norm_linear / linear GEMV at the decode projections of benchmarks/norm_linear_gpu.py plus two
+    wider-row ones (a 2.8B-class Mamba-2 out_proj and a 7B-class gate projection): pick_config's shape (label
+    marked "pick") and its neighbours (2 or 4 output features a block, 4 or 8 warps, persistent grid or not)."""
+    from benchmarks.norm_linear_gpu import SHAPES
+    from ssmkit.ops.norm.triton.linear import pick_config
+
+    forms = {"gated": dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None),
+             "residual": dict(NORM_ROUND=1, NG=1, z_ptr=None),
+             "plain": dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None, z_ptr=None, nw_ptr=None)}
+    cases = []
+    for name, k, n, form in SHAPES + [("2.8b-class out_proj", 5120, 2560, "gated"), ("7b-class gate", 4096, 11008,
+                                                                                       "plain")]:
+        pick = pick_config(1, k, n, form != "plain")
+        shapes = {(pick.block_n, pick.num_warps, True), (2, 4, True), (4, 4, True), (2, 8, True), (4, 8, True),
+                  (pick.block_n, pick.num_warps, False)}
+        for bn, warps, persistent in sorted(shapes):
+            consts = dict(NORMED_ROUND=1, DOT_PRECISION="tf32", USE_DOT=False, BLOCK_M=1, BLOCK_N=bn,
+                          BLOCK_K=triton.next_power_of_2(k), ONE_PASS=True, PERSISTENT=persistent, PDL=True,
+                          **forms[form])
+            mark = "-pick" if (bn, warps, persistent) == (pick.block_n, pick.num_warps, True) else ""
+            cases.append(("ssmkit.ops.norm.triton.linear", "_norm_linear_kernel", consts, warps, 1,
+                          f"{name.replace(' ', '-')}-k{k}-n{n}-bn{bn}{'-persistent' if persistent else ''}{mark}"))
+    return cases
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--match", default="", help="only cases whose label contains this text")
@@ -71,9 +97,13 @@ def main() -> None:
     p.add_argument("--ssd-grid", action="store_true",
                    help="instead of the test's cases: the SSD forward and backward kernels at headdim 64 over "
                         "dstate 64/128/256, BLOCK_P 16/32/64, 4/8 warps, 2/3 stages (candidates for the tables)")
+    p.add_argument("--gemv-grid", action="store_true",
+                   help="instead of the test's cases: the one-row GEMV (norm_linear / ops.linear) at the decode "
+                        "projections, pick_config's shape and its neighbours")
     a = p.parse_args()
     rows = []
-    for module, name, consts, warps, stages, label in (ssd_grid() if a.ssd_grid else CASES):
+    for module, name, consts, warps, stages, label in (ssd_grid() if a.ssd_grid else gemv_grid() if a.gemv_grid
+                                                       else CASES):
         if a.match not in label:
             continue
         compiled = compile_for_h100(_kernel(module, name), consts, warps, stages)
@@ -88,9 +118,10 @@ def main() -> None:
     table = head + "\n" + "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in rows)
     if a.out:
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cases = "the SSD grid (--ssd-grid)" if a.ssd_grid else "every config of tests/ops/test_compile_sm90.py"
+        cases = ("the SSD grid (--ssd-grid)" if a.ssd_grid else "the one-row GEMV grid (--gemv-grid)" if a.gemv_grid
+                 else "every config of tests/ops/test_compile_sm90.py")
         cmd = "python benchmarks/kernel_resources_cpu.py" + (f" --match {a.match}" if a.match else "") + \
-            (" --ssd-grid" if a.ssd_grid else "")
+            (" --ssd-grid" if a.ssd_grid else "") + (" --gemv-grid" if a.gemv_grid else "")
         Path(a.out).write_text(
             f"# Triton kernels compiled for sm_90 on a CPU machine: registers, spills, instruction mix\n\n"
             f"- date: {date}; triton {triton.__version__} (its ptxas, cuobjdump, nvdisasm); no GPU\n"

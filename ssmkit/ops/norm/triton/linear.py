@@ -196,10 +196,13 @@ def faster_than_unfused(m: int, k: int, n: int) -> bool:
 def pick_config(m: int, k: int, n: int, norm: bool = True) -> Config:
     """The launch shape for m rows, k input and n output features (norm: whether a norm comes first; the sweep
     found the same shapes best with and without). One row: the whole row in one pass on a persistent grid, blocks
-    of 2 output features up to 2048 of them, else 4; rows wider than ONE_PASS_MAX_K: two passes of 1024 channels.
-    More rows: tensor cores."""
+    of 4 output features for rows of up to 2048 channels and more than 2048 features, else 2, 4 warps and 4
+    programs an SM, rows over 4096 channels 8 warps and 2 programs (on sm_90 wider blocks or fewer warps spill
+    there: kernel-resources-gemv-sm90-cpu-2026-12-07.md); rows wider than ONE_PASS_MAX_K: two passes of 1024
+    channels. More rows: tensor cores."""
     if m == 1 and k <= ONE_PASS_MAX_K:
-        return Config(2 if n <= 2048 else 4, 0, False, 4, 1, 2 if k > 4096 else 4)
+        wide = k > 4096
+        return Config(4 if n > 2048 and k <= 2048 else 2, 0, False, 8 if wide else 4, 1, 2 if wide else 4)
     if m == 1:
         return Config(4, 1024, False, 4, 1)
     return Config(32, 256, True, 4, 3)
