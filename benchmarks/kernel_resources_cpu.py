@@ -81,11 +81,10 @@ def gemv_grid() -> list:
         shapes = {(pick.block_n, pick.num_warps, True), (2, 4, True), (4, 4, True), (2, 8, True), (4, 8, True),
                   (pick.block_n, pick.num_warps, False)}
         for bn, warps, persistent in sorted(shapes):
-            consts = dict(NORMED_ROUND=1, DOT_PRECISION="tf32", USE_DOT=False, BLOCK_M=1, BLOCK_N=bn,
-                          BLOCK_K=triton.next_power_of_2(k), ONE_PASS=True, PERSISTENT=persistent, PDL=True,
-                          **forms[form])
+            consts = dict(NORMED_ROUND=1, BLOCK_M=1, BLOCK_N=bn, BLOCK_K=triton.next_power_of_2(k),
+                          PERSISTENT=persistent, PDL=True, **forms[form])
             mark = "-pick" if (bn, warps, persistent) == (pick.block_n, pick.num_warps, True) else ""
-            cases.append(("ssmkit.ops.norm.triton.linear", "_norm_linear_kernel", consts, warps, 1,
+            cases.append(("ssmkit.ops.norm.triton.linear", "_norm_gemv_kernel", consts, warps, 1,
                           f"{name.replace(' ', '-')}-k{k}-n{n}-bn{bn}{'-persistent' if persistent else ''}{mark}"))
     return cases
 

@@ -216,25 +216,29 @@ def _cases() -> list:
     from ssmkit.ops.norm.triton.linear import MAX_ROWS, pick_config
 
     # The configs pick_config hands out, PDL on as on an H100: one row in one pass on a persistent grid (up to 8192
-    # channels, with and without a norm) or in two passes (wider rows), tensor cores for more rows; and one row in
-    # one pass without the persistent grid.
+    # channels, with and without a norm: _norm_gemv_kernel) or in two passes (wider rows), tensor cores for more
+    # rows (_norm_linear_kernel); and one row in one pass without the persistent grid.
     for rows, k, persistent in ((1, 1024, None), (1, 4096, None), (1, 8192, None), (1, 16384, None),
                                 (MAX_ROWS, 1024, None), (1, 2048, False)):
         for norm in (True, False):
             cfg = pick_config(rows, k, 4096, norm)
             block_k = cfg.block_k or k
-            persistent = cfg.programs_per_sm > 0 and block_k >= k if persistent is None else persistent
-            base = dict(NORMED_ROUND=1, DOT_PRECISION="tf32", USE_DOT=cfg.use_dot,
-                        BLOCK_M=MAX_ROWS if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=block_k,
-                        ONE_PASS=block_k >= k, PERSISTENT=persistent, PDL=True)
+            gemv = not cfg.use_dot and block_k >= k
+            persistent = cfg.programs_per_sm > 0 if persistent is None else persistent
+            base = dict(NORMED_ROUND=1, BLOCK_N=cfg.block_n, BLOCK_K=block_k, PDL=True)
+            if gemv:
+                name, base = "_norm_gemv_kernel", dict(base, BLOCK_M=1, PERSISTENT=persistent)
+            else:
+                name, base = "_norm_linear_kernel", dict(base, DOT_PRECISION="tf32", USE_DOT=cfg.use_dot,
+                                                         BLOCK_M=MAX_ROWS if cfg.use_dot else 1)
             forms = ((("gated", dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None)),
                       ("gated-groups8", dict(NORM_ROUND=0, NG=8, res_ptr=None, res_out_ptr=None)),
                       ("residual", dict(NORM_ROUND=1, NG=1, z_ptr=None))) if norm else
                      (("plain", dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None, z_ptr=None,
                                      nw_ptr=None)),))
             for label, extra in forms:
-                cases.append((fused, "_norm_linear_kernel", dict(base, **extra), cfg.num_warps, cfg.num_stages,
-                              f"_norm_linear_kernel-{label}-rows{rows}-k{k}{'-persistent' * persistent}"))
+                cases.append((fused, name, dict(base, **extra), cfg.num_warps, cfg.num_stages,
+                              f"{name}-{label}-rows{rows}-k{k}{'-persistent' * (gemv and persistent)}"))
     rope = "ssmkit.ops.attention.triton.rope_cache"
     for block_d, has_rope in ((64, True), (128, True), (64, False)):
         cases.append((rope, "_rope_cache_kernel", dict(HAS_ROPE=has_rope, BLOCK_D=block_d), 1, 2,

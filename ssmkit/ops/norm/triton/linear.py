@@ -24,7 +24,10 @@ Version history
   each step waited for memory); no norm at all (`linear_fwd`, a plain GEMV); programmatic dependent launch on
   Hopper (ssmkit.ops.pdl): the weight is read before the wait for the launch before, so it streams in while that
   launch finishes; a persistent grid (Config.programs_per_sm) whose programs normalize the rows once and walk
-  their blocks of output features with the next block's weight in flight.
+  their blocks of output features with the next block's weight in flight. The one-pass GEMV is its own kernel
+  (_norm_gemv_kernel) beside the two-pass one (_norm_linear_kernel, tensor cores or GEMV), so that each keeps
+  few switches; helpers shared. Compiled for sm_90 on the CPU machine, the split left every config's registers
+  and instruction count as they were.
 """
 
 from __future__ import annotations
@@ -96,73 +99,86 @@ def _times_weight(a, w, acc, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr)
 
 
 @triton.jit
-def _norm_linear_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr, M, K, N, group_size, eps,
-                        sx, sres, sz, sw, sout, sres_out, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr,
-                        NG: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        ONE_PASS: tl.constexpr, PERSISTENT: tl.constexpr, PDL: tl.constexpr):
-    """x, z, residual, res_out (M, K) and out (M, N) with row strides; nw (K,); w (N, K) with row stride sw.
-    NG: groups padded to a power of two (group g = channels g*group_size .. (g+1)*group_size - 1). USE_DOT: the
-    inner product on tensor cores (BLOCK_M = 16) or as a GEMV (BLOCK_M rows, products summed in float32).
-    ONE_PASS (BLOCK_K >= K): the weight block is loaded before the rows and their statistics, so its bytes are in
-    flight while they are computed; else two passes over the channels (statistics, then projection).
-    PERSISTENT (with ONE_PASS): a grid smaller than the blocks of output features; each program normalizes the
-    rows once and walks blocks pid, pid + grid, ..., loading the next block's weight before it multiplies by the
-    current one (two blocks in registers).
-    PDL (ssmkit.ops.pdl): the weight, which no launch writes, is the only read before the wait."""
+def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr, M, K, N, group_size, eps,
+                      sx, sres, sz, sw, sout, sres_out, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr,
+                      NG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      PERSISTENT: tl.constexpr, PDL: tl.constexpr):
+    """A few rows (a decode step's one) held whole (BLOCK_K >= K): the weight block is loaded before the rows and
+    their statistics, so its bytes are in flight while they are computed; products summed in float32.
+    Arguments as _norm_linear_kernel's. PERSISTENT: a grid smaller than the blocks of output features; each program
+    normalizes the rows once and walks blocks pid, pid + grid, ..., loading the next block's weight before it
+    multiplies by the current one (two blocks in registers). PDL (ssmkit.ops.pdl): the weight, which no launch
+    writes, is the only read before the wait."""
     pid = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
     rmask = rows < M
-    if ONE_PASS:
-        ks = tl.arange(0, BLOCK_K)
-        kmask = ks < K
-        n0 = pid * BLOCK_N
+    ks = tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    n0 = pid * BLOCK_N
+    ns = n0 + tl.arange(0, BLOCK_N)
+    w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=(ns < N)[:, None] & kmask[None, :], other=0.0)
+    wait_for_previous(PDL)
+    let_next_start(PDL)
+    h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out, pid == 0,
+                   True, NORM_ROUND)
+    rstd = _group_sumsq(h, ks, group_size, NG)  # the sums of squares: unused without a norm
+    if nw_ptr is not None:
+        rstd = tl.rsqrt(rstd / group_size + eps)
+    a = _activation(h, rstd, ks, kmask, nw_ptr, group_size, NG, NORMED_ROUND, w.dtype)
+    step = tl.num_programs(0) * BLOCK_N if PERSISTENT else N
+    while n0 < N:  # one block, or (PERSISTENT) blocks pid, pid + grid, ... with the next one's weight in flight
+        nxt = n0 + step + tl.arange(0, BLOCK_N)
+        w_next = w
+        if PERSISTENT:
+            w_next = tl.load(w_ptr + nxt[:, None] * sw + ks[None, :], mask=(nxt < N)[:, None] & kmask[None, :],
+                             other=0.0)
+        out = _times_weight(a, w, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), "ieee", False)
         ns = n0 + tl.arange(0, BLOCK_N)
-        w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=(ns < N)[:, None] & kmask[None, :], other=0.0)
-        wait_for_previous(PDL)
-        let_next_start(PDL)
-        h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out,
-                       pid == 0, True, NORM_ROUND)
-        rstd = tl.rsqrt(_group_sumsq(h, ks, group_size, NG) / group_size + eps)  # unused without a norm
-        a = _activation(h, rstd, ks, kmask, nw_ptr, group_size, NG, NORMED_ROUND, w.dtype)
-        step = tl.num_programs(0) * BLOCK_N if PERSISTENT else N
-        while n0 < N:  # one block, or (PERSISTENT) blocks pid, pid + grid, ... with the next one's weight in flight
-            nxt = n0 + step + tl.arange(0, BLOCK_N)
-            w_next = w
-            if PERSISTENT:
-                w_next = tl.load(w_ptr + nxt[:, None] * sw + ks[None, :], mask=(nxt < N)[:, None] & kmask[None, :],
-                                 other=0.0)
-            out = _times_weight(a, w, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_PRECISION, USE_DOT)
-            ns = n0 + tl.arange(0, BLOCK_N)
-            tl.store(out_ptr + rows[:, None] * sout + ns[None, :], out.to(out_ptr.dtype.element_ty),
-                     mask=rmask[:, None] & (ns < N)[None, :])
-            w = w_next
-            n0 += step
-    else:
-        ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        nmask = ns < N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        wait_for_previous(PDL)
-        let_next_start(PDL)
-        ss = tl.zeros((BLOCK_M, NG), dtype=tl.float32)
-        if nw_ptr is not None:
-            for k0 in range(0, K, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                kmask = ks < K
-                h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz,
-                               sres_out, pid == 0, True, NORM_ROUND)
-                ss += _group_sumsq(h, ks, group_size, NG)
-        rstd = tl.rsqrt(ss / group_size + eps)  # unused without a norm
+        tl.store(out_ptr + rows[:, None] * sout + ns[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=rmask[:, None] & (ns < N)[None, :])
+        w = w_next
+        n0 += step
+
+
+@triton.jit
+def _norm_linear_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr, M, K, N, group_size, eps,
+                        sx, sres, sz, sw, sout, sres_out, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr,
+                        NG: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """x, z, residual, res_out (M, K) and out (M, N) with row strides; nw (K,) or None (no norm); w (N, K) with row
+    stride sw. NG: groups padded to a power of two (group g = channels g*group_size .. (g+1)*group_size - 1).
+    Two passes over the channels in blocks of BLOCK_K: the rows' statistics, then the projection. USE_DOT: the
+    inner product on tensor cores (BLOCK_M = 16) or as a GEMV (BLOCK_M rows, products summed in float32).
+    PDL (ssmkit.ops.pdl): waits for the launch before it first thing."""
+    pid = tl.program_id(0)
+    rows = tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = ns < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    wait_for_previous(PDL)
+    let_next_start(PDL)
+    ss = tl.zeros((BLOCK_M, NG), dtype=tl.float32)
+    if nw_ptr is not None:
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < K
             h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out,
-                           False, False, NORM_ROUND)
-            w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
-            a = _activation(h, rstd, ks, kmask, nw_ptr, group_size, NG, NORMED_ROUND, w.dtype)
-            acc = _times_weight(a, w, acc, DOT_PRECISION, USE_DOT)
-        tl.store(out_ptr + rows[:, None] * sout + ns[None, :], acc.to(out_ptr.dtype.element_ty),
-                 mask=rmask[:, None] & nmask[None, :])
+                           pid == 0, True, NORM_ROUND)
+            ss += _group_sumsq(h, ks, group_size, NG)
+    rstd = ss  # unused without a norm
+    if nw_ptr is not None:
+        rstd = tl.rsqrt(ss / group_size + eps)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < K
+        h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out,
+                       False, False, NORM_ROUND)
+        w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+        a = _activation(h, rstd, ks, kmask, nw_ptr, group_size, NG, NORMED_ROUND, w.dtype)
+        acc = _times_weight(a, w, acc, DOT_PRECISION, USE_DOT)
+    tl.store(out_ptr + rows[:, None] * sout + ns[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=rmask[:, None] & nmask[None, :])
 
 
 class Config(NamedTuple):
@@ -211,34 +227,35 @@ def pick_config(m: int, k: int, n: int, norm: bool = True) -> Config:
 def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residual_dtype, norm_dtype,
                     config: Config | None = None):
     """Rows x (M <= MAX_ROWS, K); residual, z like x or None; norm_weight (K,) or None (no norm: x @ weight^T);
-    weight (N, K). residual_dtype:
-    None (no residual add) or the stream's dtype; norm_dtype: the dtype the norm rounds its normalized value to.
-    config: the launch shape (None = pick_config's). Returns (out (M, N) in weight.dtype, new residual (M, K) or
-    None)."""
+    weight (N, K). residual_dtype: None (no residual add) or the stream's dtype; norm_dtype: the dtype the norm
+    rounds its normalized value to. config: the launch shape (None = pick_config's): a GEMV whose block holds the
+    whole row runs _norm_gemv_kernel, anything else _norm_linear_kernel. Returns (out (M, N) in weight.dtype, new
+    residual (M, K) or None)."""
     m, k = x.shape
     n = weight.shape[0]
     cfg = pick_config(m, k, n, norm_weight is not None) if config is None else config
     out = torch.empty(m, n, dtype=weight.dtype, device=x.device)
     res_out = None if residual_dtype is None else torch.empty(m, k, dtype=residual_dtype, device=x.device)
-    ngroups = k // group_size
-    precision = "ieee" if weight.dtype == torch.float32 else "tf32"
     block_k = cfg.block_k or triton.next_power_of_2(k)
+    args = (x, residual, z, norm_weight, weight, out, res_out, m, k, n, group_size, float(eps), x.stride(0),
+            0 if residual is None else residual.stride(0), 0 if z is None else z.stride(0), weight.stride(0),
+            out.stride(0), 0 if res_out is None else res_out.stride(0))
+    meta = dict(NORM_ROUND=ROUNDING[norm_dtype] if residual_dtype is not None else 0,
+                NORMED_ROUND=ROUNDING[norm_dtype], NG=triton.next_power_of_2(k // group_size), BLOCK_N=cfg.block_n,
+                BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(x.device))
     blocks = triton.cdiv(n, cfg.block_n)
-    persistent = cfg.programs_per_sm > 0 and block_k >= k
-    sms = cuda_sm_count(x.device) if x.is_cuda else 1  # the interpreter: a grid of programs_per_sm walks them all
-    grid = min(blocks, cfg.programs_per_sm * sms) if persistent else blocks
-    _norm_linear_kernel[(grid,)](
-        x, residual, z, norm_weight, weight, out, res_out, m, k, n, group_size, float(eps), x.stride(0),
-        0 if residual is None else residual.stride(0), 0 if z is None else z.stride(0), weight.stride(0),
-        out.stride(0), 0 if res_out is None else res_out.stride(0),
-        NORM_ROUND=ROUNDING[norm_dtype] if residual_dtype is not None else 0, NORMED_ROUND=ROUNDING[norm_dtype],
-        NG=triton.next_power_of_2(ngroups), DOT_PRECISION=precision, USE_DOT=cfg.use_dot,
-        BLOCK_M=MAX_ROWS if cfg.use_dot else triton.next_power_of_2(m), BLOCK_N=cfg.block_n,
-        BLOCK_K=block_k, ONE_PASS=block_k >= k, PERSISTENT=persistent, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **pdl_options(x.device))
+    if not cfg.use_dot and block_k >= k:
+        persistent = cfg.programs_per_sm > 0
+        sms = cuda_sm_count(x.device) if x.is_cuda else 1  # the interpreter: programs_per_sm programs walk them all
+        grid = min(blocks, cfg.programs_per_sm * sms) if persistent else blocks
+        _norm_gemv_kernel[(grid,)](*args, BLOCK_M=triton.next_power_of_2(m), PERSISTENT=persistent, **meta)
+    else:
+        _norm_linear_kernel[(blocks,)](*args, DOT_PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
+                                       USE_DOT=cfg.use_dot, BLOCK_M=MAX_ROWS if cfg.use_dot else
+                                       triton.next_power_of_2(m), **meta)
     return out, res_out
 
 
 def linear_fwd(x, weight, config: Config | None = None):
-    """x (M <= MAX_ROWS, K) @ weight (N, K)^T in weight.dtype, through the same kernel without a norm."""
+    """x (M <= MAX_ROWS, K) @ weight (N, K)^T in weight.dtype, through the same kernels without a norm."""
     return norm_linear_fwd(x, None, None, None, 0.0, x.shape[1], weight, None, x.dtype, config)[0]
