@@ -9,7 +9,6 @@ one prefill of the prompt (eager: wall time against GPU time tells launch-bound 
 from __future__ import annotations
 
 import argparse
-import collections
 import cProfile
 import io
 import pstats
@@ -18,7 +17,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ssmkit.bench.kernel_timing import replay_ms
+from ssmkit.bench.kernel_timing import kernel_times, replay_ms
 from ssmkit.bench.scripts import random_model
 from ssmkit.inference import allocate_cache, generate_steps
 from ssmkit.inference.generate import prefill
@@ -39,12 +38,7 @@ def kernels_of(graph) -> dict:
         for _ in range(PROFILED):
             graph.replay()
         torch.cuda.synchronize()
-    out = collections.defaultdict(lambda: [0.0, 0.0])
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            out[ev.name[:90]][0] += 1 / PROFILED
-            out[ev.name[:90]][1] += ev.device_time / PROFILED
-    return out
+    return kernel_times(prof, PROFILED)
 
 
 def loop_us(model, ids, new: int = 64) -> float:
@@ -101,11 +95,7 @@ def profile_prefill(model, ids) -> None:
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         prefill(model, ids, state, cuda_graph=False)
         torch.cuda.synchronize()
-    kernels = collections.defaultdict(lambda: [0.0, 0.0])
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[ev.name[:90]][0] += 1
-            kernels[ev.name[:90]][1] += ev.device_time
+    kernels = kernel_times(prof)
     print(f"   eager prefill: wall {wall:.1f} ms (host launching {host:.1f} ms), GPU "
           f"{start.elapsed_time(end):.1f} ms, {sum(v[0] for v in kernels.values()):.0f} kernels, "
           f"{sum(v[1] for v in kernels.values()) / 1e3:.1f} ms of kernel time")

@@ -7,7 +7,6 @@ dstate 64, D and dt_bias, gradients of every input) for L = 1K, 4K and 16K.
 
 from __future__ import annotations
 
-import collections
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ssd_gpu import BenchConfig, ssd_call, ssd_inputs  # noqa: E402
+from ssmkit.bench.kernel_timing import kernel_times  # noqa: E402
 
 CALLS = 3
 
@@ -40,11 +40,7 @@ def main() -> None:
             for _ in range(CALLS):
                 fwd_bwd()
             torch.cuda.synchronize()
-        kernels = collections.defaultdict(lambda: [0.0, 0.0])
-        for ev in prof.events():
-            if ev.device_type == torch.autograd.DeviceType.CUDA:
-                kernels[ev.name[:80]][0] += 1 / CALLS
-                kernels[ev.name[:80]][1] += ev.device_time / CALLS
+        kernels = kernel_times(prof, CALLS, width=80)
         total = sum(us for _, us in kernels.values())
         print(f"== L={seqlen} b={batch}: {total / 1e3:.3f} ms kernel time per forward + backward")
         for name, (n, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:14]:

@@ -31,6 +31,18 @@ def replay_ms(graph, replays: int, warmup: int = 1) -> float:
     return start.elapsed_time(end) / replays
 
 
+def kernel_times(prof, calls: int = 1, width: int = 90) -> dict:
+    """{kernel name (first `width` characters): [launches per call, GPU us per call]} from a finished
+    torch.profiler run that made `calls` calls of the code being profiled."""
+    out: dict = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            entry = out.setdefault(ev.name[:width], [0.0, 0.0])
+            entry[0] += 1 / calls
+            entry[1] += ev.device_time / calls
+    return out
+
+
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64."""
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()

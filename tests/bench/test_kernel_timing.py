@@ -26,3 +26,15 @@ def test_start_kernel_run_logs_device_validation_and_copy_ceiling(monkeypatch, c
     assert log.lines[1:] == ["validated", "VALIDATION FAILED: timing anyway, numbers below are not to be trusted",
                              "device-to-device copy: 2.50 TB/s (read + write)"]
     assert capsys.readouterr().out.splitlines() == log.lines
+
+
+def test_kernel_times_averages_cuda_events_per_call_and_skips_host_events():
+    from types import SimpleNamespace
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [SimpleNamespace(name="gemv_kernel_with_a_long_name", device_type=cuda, device_time=6.0),
+              SimpleNamespace(name="gemv_kernel_with_a_long_name", device_type=cuda, device_time=4.0),
+              SimpleNamespace(name="step", device_type=cuda, device_time=3.0),
+              SimpleNamespace(name="aten::linear", device_type=cpu, device_time=0.0)]
+    prof = SimpleNamespace(events=lambda: events)
+    assert kernel_timing.kernel_times(prof, calls=2, width=4) == {"gemv": [1.0, 5.0], "step": [0.5, 1.5]}
