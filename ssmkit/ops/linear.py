@@ -4,10 +4,10 @@ A batch-1 decode step multiplies one row by each of its layer's weights; cuBLAS 
 a reduce launch and reads a 4-34 MB weight at 1.1-2.5 TB/s. The GEMV is the norm + linear kernel of
 `ssmkit.ops.norm.triton.linear` without its norm: each program loads its whole block of the weight first, then
 the row, and is launched with programmatic dependent launch (ssmkit.ops.pdl), so the weight streams in while the
-launch before it finishes. On an H100 (benchmarks/results/norm-linear-h100-2026-12-07.md) it took 2.7-13.0 us
+launch before it finishes. On an H100 (benchmarks/results/norm-linear-h100-2026-12-07.md) it took 1.7-11.3 us
 against cuBLAS's 6.3-13.5 us at every projection of Transformer++ 1.3B and Mamba 1.4B.
 
-`LINEAR_AUTO = False` keeps F.linear everywhere.
+`LINEAR_AUTO = False` keeps F.linear everywhere under impl="auto".
 """
 
 from __future__ import annotations
@@ -15,25 +15,49 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import interpreting, records_autograd
+from .dispatch import check_triton_device, interpreting, records_autograd
+from .validate import check_impl
 
 LINEAR_AUTO = True
+IMPLS = ("auto", "reference", "triton")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           impl: str = "auto") -> torch.Tensor:
     """F.linear(x, weight, bias): x (..., K), weight (N, K), bias (N,) or None -> (..., N).
 
-    One row (x.numel() == K) on CUDA, without bias or autograd, goes through the Triton GEMV where it takes the
-    shape (K up to ssmkit.ops.norm.triton.linear.ONE_PASS_MAX_K, matching 16/32-bit float dtypes, unit inner
-    strides); everything else is F.linear, which also raises the usual errors for mismatched shapes or dtypes.
+    impl: "auto" (the Triton GEMV for one row on CUDA where it takes the call, see `gemv_takes`; else F.linear,
+    which also raises the usual errors for mismatched shapes or dtypes), "reference" (F.linear), "triton" (the
+    GEMV; a clear error for a call it cannot take).
     """
-    if (LINEAR_AUTO and x.is_cuda and not interpreting() and bias is None and x.dim() >= 1
-            and weight.dim() == 2 and x.numel() == x.shape[-1] == weight.shape[1] and x.dtype == weight.dtype
-            and x.dtype in _DTYPES and weight.device == x.device and weight.stride(1) == 1 and x.stride(-1) == 1
-            and not records_autograd(x, weight)):
-        from ssmkit.ops.norm.triton.linear import ONE_PASS_MAX_K, linear_fwd
-
-        if 0 < x.shape[-1] <= ONE_PASS_MAX_K and weight.shape[0] > 0:
-            return linear_fwd(x.reshape(1, -1), weight).reshape(*x.shape[:-1], weight.shape[0])
+    check_impl(impl, IMPLS)
+    if impl == "reference":
+        return F.linear(x, weight, bias)
+    if impl == "triton":
+        check_triton_device(x)
+        if not gemv_takes(x, weight, bias):
+            raise ValueError("impl: the Triton GEMV takes one row (x.numel() == K <= 8192) of float16/bfloat16/"
+                             "float32 matching the weight's dtype, unit inner strides, no bias and no autograd; "
+                             "use impl='auto'")
+        return _gemv(x, weight)
+    if LINEAR_AUTO and x.is_cuda and not interpreting() and gemv_takes(x, weight, bias):
+        return _gemv(x, weight)
     return F.linear(x, weight, bias)
+
+
+def gemv_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the GEMV takes the call: one row of K <= ONE_PASS_MAX_K channels, a non-empty (N, K) weight of
+    x's dtype (16/32-bit float) on x's device, unit inner strides, no bias, nothing for autograd to record."""
+    from ssmkit.ops.norm.triton.linear import ONE_PASS_MAX_K
+
+    return (bias is None and x.dim() >= 1 and weight.dim() == 2 and 0 < x.shape[-1] <= ONE_PASS_MAX_K
+            and x.numel() == x.shape[-1] == weight.shape[1] and weight.shape[0] > 0 and x.dtype == weight.dtype
+            and x.dtype in _DTYPES and weight.device == x.device and weight.stride(1) == 1 and x.stride(-1) == 1
+            and not records_autograd(x, weight))
+
+
+def _gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    from ssmkit.ops.norm.triton.linear import linear_fwd
+
+    return linear_fwd(x.reshape(1, -1), weight).reshape(*x.shape[:-1], weight.shape[0])

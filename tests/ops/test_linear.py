@@ -1,11 +1,14 @@
 """ssmkit.ops.linear: F.linear everywhere but one row on CUDA, where a Triton GEMV takes it.
 
-The GEMV's arithmetic runs under the interpreter in tests/ops/norm/test_norm_linear.py (case_linear_without_norm);
-here: the dispatch on CPU (exactly F.linear, errors included) and, on a GPU, the GEMV against float64 at the
-decode projections of the 1.3B presets, inside a CUDA graph too.
+The GEMV through the public op runs under the interpreter here (`case_*`, one child process with
+TRITON_INTERPRET=1, as in tests/ops/selective_scan/test_triton.py) against float64; on CPU the dispatch (exactly
+F.linear, errors included); on a GPU the GEMV against float64 at the decode projections of the 1.3B presets,
+inside a CUDA graph too.
 """
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
@@ -14,6 +17,46 @@ import torch.nn.functional as F
 import ssmkit.ops.linear
 from ssmkit.ops.linear import linear
 from tests.compare import assert_close
+from tests.ops.selective_scan.test_triton import expect, interpreted_main, run_interpreted
+
+INTERPRETER_CASES = ("one_row_through_the_gemv", "what_the_gemv_cannot_take")
+
+
+def case_one_row_through_the_gemv():
+    """impl="triton" on one row (2-D and 1-D, widths and output features off every block) against float64."""
+    for i, (k, n, dtype) in enumerate([(300, 70, torch.float16), (64, 9, torch.float32), (1000, 130, torch.float16)]):
+        g = torch.Generator().manual_seed(i)
+        x, w = torch.randn(1, k, generator=g).to(dtype), (torch.randn(n, k, generator=g) * k ** -0.5).to(dtype)
+        want = F.linear(x.double(), w.double())
+        assert_close(linear(x, w, impl="triton"), want, dtype, name=f"GEMV {k}->{n}")
+        assert_close(linear(x[0], w, impl="triton"), want[0], dtype, name=f"GEMV {k}->{n}, 1-D row")
+
+
+def case_what_the_gemv_cannot_take():
+    """impl="triton" names what it takes rather than computing something else: two rows, a bias, a mixed dtype."""
+    x, w = torch.randn(2, 32), torch.randn(8, 32)
+    for args in ((x, w, None), (x[:1], w, torch.zeros(8)), (x[:1].half(), w, None)):
+        with pytest.raises(ValueError, match="takes one row"):
+            linear(*args, impl="triton")
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    return run_interpreted("tests.ops.test_linear", INTERPRETER_CASES)
+
+
+@pytest.mark.parametrize("name", INTERPRETER_CASES)
+def test_interpreted_gemv(interpreted, name):
+    expect(interpreted, name)
+
+
+def test_reference_and_bad_impl():
+    x, w = torch.randn(1, 16), torch.randn(4, 16)
+    assert torch.equal(linear(x, w, impl="reference"), F.linear(x, w))
+    with pytest.raises(ValueError, match="impl"):
+        linear(x, w, impl="cublas")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        linear(x, w, impl="triton")  # no GPU and no interpreter here
 
 
 @pytest.mark.parametrize("rows", [1, 3])
@@ -55,3 +98,7 @@ def test_one_row_on_gpu_matches_float64(k, n, dtype):
         assert torch.equal(linear(x, w), F.linear(x, w))
     finally:
         ssmkit.ops.linear.LINEAR_AUTO = True
+
+
+if __name__ == "__main__":
+    interpreted_main(globals(), sys.argv[1:])
