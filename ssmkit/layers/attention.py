@@ -100,18 +100,23 @@ class Attention(nn.Module):
             return self.forward(hidden[:, None], state)[:, 0]
         return self.step_static(hidden, state, position)
 
-    def step_static(self, hidden: torch.Tensor, state: AttentionState, position: torch.Tensor) -> torch.Tensor:
+    def step_static(self, hidden: torch.Tensor | None, state: AttentionState, position: torch.Tensor,
+                    qkv: tuple | None = None) -> torch.Tensor:
         """One token with fixed shapes and no host synchronization: hidden (batch, d_model) -> (batch, d_model).
 
         position (1,) or (batch,) int64 on the device: the cache index of the new token (its RoPE position too).
         The key goes to kv at `position`; the query attends over all max_len cache positions under the mask
         `index <= position` and key_mask, so the shapes never change and the result equals the dynamic step's
         (masked keys get exactly zero weight). Neither position nor kv.length is advanced: the caller owns them.
+        qkv: q_proj, k_proj and v_proj's outputs already made (a block that fuses its pre-norm into them passes
+        them, hidden None).
         """
-        batch = hidden.shape[0]
-        q = linear(hidden, self.q_proj.weight, self.q_proj.bias).view(batch, self.n_heads, self.head_dim)
-        k = linear(hidden, self.k_proj.weight, self.k_proj.bias).view(batch, self.n_kv_heads, self.head_dim)
-        v = linear(hidden, self.v_proj.weight, self.v_proj.bias).view(batch, self.n_kv_heads, self.head_dim)
+        if qkv is None:
+            qkv = [linear(hidden, p.weight, p.bias) for p in (self.q_proj, self.k_proj, self.v_proj)]
+        batch = qkv[0].shape[0]
+        q = qkv[0].view(batch, self.n_heads, self.head_dim)
+        k = qkv[1].view(batch, self.n_kv_heads, self.head_dim)
+        v = qkv[2].view(batch, self.n_kv_heads, self.head_dim)
         table = self._rope_table(position, state.kv.max_len, q.dtype) if self.use_rope else None
         if state.kv.quantized or (self.use_rope and table is None):
             q = self._rope_and_write_unfused(q, k, v, position, state, table)

@@ -12,6 +12,11 @@ from torch import nn
 from ssmkit.layers import MLP, Attention, Mamba, Mamba2, MoE, RMSNorm, S4
 from ssmkit.ops.norm import add_rms_norm, norm_linear
 
+# The batch-1 decode fusions of Block.step_residual and LanguageModel.step (the norms redone inside each projection's
+# GEMV, the final norm inside the LM head's): off until their GPU tests and timing have run on a GPU (built on
+# 2026-12-07 without device time left; their CPU tests force them on: tests/models/test_lm.py).
+ONE_ROW_FUSIONS = False
+
 MIXER_CLASSES = {"mamba": Mamba, "mamba2": Mamba2, "attention": Attention, "s4": S4}
 FEED_FORWARD_CLASSES = {"mlp": MLP, "moe": MoE}
 
@@ -20,8 +25,10 @@ class Block(nn.Module):
     """Layer `layer_idx` of a ModelConfig. Submodules: norm, mixer, and (with a feed-forward) ff_norm, ff.
 
     fuse_in_proj: the decode step of a Mamba or Mamba-2 mixer without in_proj bias runs the block's pre-norm and
-    the mixer's in_proj as one op (ssmkit.ops.norm.norm_linear). The Profiler turns it off while it records, so
-    that a mixer's recorded step still includes its input projection.
+    the mixer's in_proj as one op (ssmkit.ops.norm.norm_linear). With ONE_ROW_FUSIONS, a batch-1 step on CUDA also
+    redoes the pre-norm inside each of an attention mixer's q, k, v projections and the feed-forward norm inside a
+    SwiGLU MLP's gate and up projections (one GEMV launch each, no norm launch). The Profiler turns fuse_in_proj off
+    while it records, so that a mixer's and a feed-forward's recorded steps still include their input projections.
     """
 
     fuse_in_proj = True
@@ -79,10 +86,18 @@ class Block(nn.Module):
         if self.residual_in_fp32:
             stream = torch.promote_types(stream, torch.float32)
         # isinstance, not mixer_kind: a wrapped mixer (tensor-parallel, ...) keeps its kind but not its in_proj
+        one_row = self.fuse_in_proj and ONE_ROW_FUSIONS and gemv_rows(delta)
         if self.fuse_in_proj and isinstance(self.mixer, (Mamba, Mamba2)) and self.mixer.in_proj.bias is None:
             projected, residual = norm_linear(delta, self.norm.weight, self.mixer.in_proj.weight, self.norm.eps,
                                               residual=residual, residual_dtype=stream, norm_dtype=dtype)
             out = self.mixer.step(projected, state, projected=True)
+        elif (one_row and position is not None and isinstance(self.mixer, Attention)
+              and self.mixer.q_proj.bias is None):  # the add + pre-norm redone inside each of q, k, v's GEMVs
+            qkv = [norm_linear(delta, self.norm.weight, p.weight, self.norm.eps, residual=residual,
+                               residual_dtype=stream, norm_dtype=dtype)
+                   for p in (self.mixer.q_proj, self.mixer.k_proj, self.mixer.v_proj)]
+            residual = qkv[0][1]
+            out = self.mixer.step_static(None, state, position, qkv=[t[0] for t in qkv])
         else:
             h, residual = add_rms_norm(delta, residual, self.norm.weight, self.norm.eps, residual_dtype=stream,
                                        norm_dtype=dtype)
@@ -90,11 +105,23 @@ class Block(nn.Module):
                 out = self.mixer.step(h, state, position)
             else:
                 out = self.mixer.step(h, state)
-        if self.ff_kind is not None:
-            h, residual = add_rms_norm(out, residual, self.ff_norm.weight, self.ff_norm.eps,
-                                       residual_dtype=residual.dtype, norm_dtype=dtype)
-            out = self.ff(h)
-        return residual, out
+        if self.ff_kind is None:
+            return residual, out
+        if one_row and isinstance(self.ff, MLP) and self.ff.activation == "swiglu" and self.ff.up_proj.bias is None:
+            gate, new_residual = norm_linear(out, self.ff_norm.weight, self.ff.gate_proj.weight, self.ff_norm.eps,
+                                             residual=residual, residual_dtype=residual.dtype, norm_dtype=dtype)
+            up = norm_linear(out, self.ff_norm.weight, self.ff.up_proj.weight, self.ff_norm.eps, residual=residual,
+                             residual_dtype=residual.dtype, norm_dtype=dtype)[0]
+            return new_residual, self.ff.down_gated(up, gate)
+        h, residual = add_rms_norm(out, residual, self.ff_norm.weight, self.ff_norm.eps,
+                                   residual_dtype=residual.dtype, norm_dtype=dtype)
+        return residual, self.ff(h)
+
+
+def gemv_rows(x: torch.Tensor) -> bool:
+    """Whether a step's rows x (batch, d_model) are one row on CUDA, where each projection is one GEMV launch that
+    can redo the norm before it (ssmkit.ops.norm.norm_linear); elsewhere the norm runs once and feeds them all."""
+    return x.is_cuda and x.shape[0] == 1
 
 
 def stream_dtype(residual: torch.Tensor | None, delta: torch.Tensor) -> torch.dtype:

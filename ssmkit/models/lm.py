@@ -12,8 +12,9 @@ from torch import nn
 
 from ssmkit.layers import MoE, RMSNorm
 from ssmkit.layers.packing import check_packed
-from ssmkit.ops.norm import add_rms_norm
+from ssmkit.ops.norm import add_rms_norm, norm_linear
 
+from . import block as block_module
 from .block import Block, stream_dtype
 from .config import ModelConfig
 
@@ -103,6 +104,10 @@ class LanguageModel(nn.Module):
             residual, delta = layer.step_residual(residual, delta, layer_state, position)
         self._collect_aux_loss()
         stream = stream_dtype(residual, delta)
+        if block_module.ONE_ROW_FUSIONS and block_module.gemv_rows(delta) and self.lm_head.bias is None:
+            # the last add, norm_f and the LM head as one GEMV launch
+            return norm_linear(delta, self.norm_f.weight, self.lm_head.weight, self.norm_f.eps, residual=residual,
+                               residual_dtype=stream, norm_dtype=stream)[0]
         h, _ = add_rms_norm(delta, residual, self.norm_f.weight, self.norm_f.eps, residual_dtype=stream,
                             norm_dtype=stream)  # norm_f normalizes the stream itself, uncast
         return self.lm_head(h.to(self.lm_head.weight.dtype))

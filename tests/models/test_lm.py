@@ -156,3 +156,34 @@ def test_step_with_the_pre_norm_fused_into_in_proj_equals_the_unfused_step(prese
     for block in model.layers:
         del block.fuse_in_proj
     assert Block.fuse_in_proj and torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-hybrid-moe", "jamba-like", "tiny-mamba2"])
+def test_one_row_fusions_give_the_unfused_step_exactly(preset, monkeypatch):
+    """ssmkit.models.block.ONE_ROW_FUSIONS (off by default until checked on a GPU): at batch 1 on CUDA a block redoes
+    its pre-norm inside each of q, k, v's projections and its feed-forward norm inside a SwiGLU MLP's gate and up,
+    silu(gate) * up goes into the down projection, and the last add + norm_f go into the LM head. Forced here on the
+    CPU, where each norm_linear is the norm then F.linear: the static step's logits equal the unfused path's."""
+    import ssmkit.models.block
+    from ssmkit.inference import allocate_cache
+
+    monkeypatch.setattr(ssmkit.models.block, "gemv_rows", lambda x: x.shape[0] == 1)
+    model = _model(preset, torch.float64)
+    ids = _ids(model, batch=1, seqlen=6)
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setattr(ssmkit.models.block, "ONE_ROW_FUSIONS", fused)
+        for layer in model.layers:
+            layer.fuse_in_proj = fused
+        state = allocate_cache(model, 1, 8)
+        position = torch.zeros(1, dtype=torch.long)
+        logits = []
+        with torch.no_grad():
+            for t in range(ids.shape[1]):
+                logits.append(model.step(ids[:, t], state, position))
+                position += 1
+        runs.append(torch.stack(logits))
+    for layer in model.layers:
+        del layer.fuse_in_proj
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0][0], runs[0][1])  # the steps moved on: not a constant

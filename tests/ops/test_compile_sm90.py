@@ -235,7 +235,8 @@ def _cases() -> list:
                       ("gated-groups8", dict(NORM_ROUND=0, NG=8, res_ptr=None, res_out_ptr=None)),
                       ("residual", dict(NORM_ROUND=1, NG=1, z_ptr=None))) if norm else
                      (("plain", dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None, z_ptr=None,
-                                     nw_ptr=None)),))
+                                     nw_ptr=None)),
+                      ("plain-gated", dict(NORM_ROUND=0, NG=1, res_ptr=None, res_out_ptr=None, nw_ptr=None))))
             for label, extra in forms:
                 cases.append((fused, name, dict(base, **extra), cfg.num_warps, cfg.num_stages,
                               f"{name}-{label}-rows{rows}-k{k}{'-persistent' * (gemv and persistent)}"))

@@ -23,21 +23,28 @@ INTERPRETER_CASES = ("one_row_through_the_gemv", "what_the_gemv_cannot_take")
 
 
 def case_one_row_through_the_gemv():
-    """impl="triton" on one row (2-D and 1-D, widths and output features off every block) against float64."""
+    """impl="triton" on one row (2-D and 1-D, widths and output features off every block), and with a SwiGLU gate,
+    against float64."""
     for i, (k, n, dtype) in enumerate([(300, 70, torch.float16), (64, 9, torch.float32), (1000, 130, torch.float16)]):
         g = torch.Generator().manual_seed(i)
         x, w = torch.randn(1, k, generator=g).to(dtype), (torch.randn(n, k, generator=g) * k ** -0.5).to(dtype)
         want = F.linear(x.double(), w.double())
         assert_close(linear(x, w, impl="triton"), want, dtype, name=f"GEMV {k}->{n}")
         assert_close(linear(x[0], w, impl="triton"), want[0], dtype, name=f"GEMV {k}->{n}, 1-D row")
+        gate = torch.randn(1, k, generator=g).to(dtype)
+        assert_close(linear(x, w, gate=gate, impl="triton"), F.linear(F.silu(gate.double()) * x.double(), w.double()),
+                     dtype, name=f"gated GEMV {k}->{n}")
 
 
 def case_what_the_gemv_cannot_take():
-    """impl="triton" names what it takes rather than computing something else: two rows, a bias, a mixed dtype."""
+    """impl="triton" names what it takes rather than computing something else: two rows, a bias, a mixed dtype, a
+    gate of another shape."""
     x, w = torch.randn(2, 32), torch.randn(8, 32)
     for args in ((x, w, None), (x[:1], w, torch.zeros(8)), (x[:1].half(), w, None)):
         with pytest.raises(ValueError, match="takes one row"):
             linear(*args, impl="triton")
+    with pytest.raises(ValueError, match="takes one row"):
+        linear(x[:1], w, gate=x[:1, :16], impl="triton")
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +74,8 @@ def test_cpu_is_exactly_f_linear(rows, bias):
     b = torch.randn(20, generator=g) if bias else None
     assert torch.equal(linear(x, w, b), F.linear(x, w, b))
     assert torch.equal(linear(x[0], w, b), F.linear(x[0], w, b))
+    gate = torch.randn(rows, 48, generator=g)
+    assert torch.equal(linear(x, w, b, gate=gate), F.linear(F.silu(gate) * x, w, b))
 
 
 def test_mismatched_shapes_raise_as_f_linear_does():
@@ -86,6 +95,9 @@ def test_one_row_on_gpu_matches_float64(k, n, dtype):
         got = linear(x, w)
         assert_close(got, want, dtype, name=f"GEMV {k}->{n}")
         assert_close(linear(x[0], w), want[0], dtype, name=f"GEMV {k}->{n}, 1-D row")
+        gate = torch.randn(1, k, generator=g).to("cuda", dtype)
+        assert_close(linear(x, w, gate=gate), F.linear(F.silu(gate.double()) * x.double(), w.double()), dtype,
+                     name=f"gated GEMV {k}->{n}")
         graph = torch.cuda.CUDAGraph()
         out = linear(x, w)  # warm-up outside the capture (compiles)
         with torch.cuda.graph(graph):

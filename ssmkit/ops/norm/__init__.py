@@ -83,7 +83,8 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
             ops with impl="auto"), "triton", "reference".
     Returns:
         (out (..., N) in weight.dtype, the new residual (..., K) when residual_dtype is given, else None). The
-        norm's output must have weight's dtype (the linear layer takes it as it is).
+        norm's output is cast to weight's dtype before the projection (as a model casts its final norm's float32
+        output for the LM head); the kernel takes it when that output has weight's dtype or is float32.
     """
     check_impl(impl, IMPLS)
     _check_norm_args(x, z, norm_weight, eps)
@@ -114,23 +115,24 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
             return out.reshape(*x.shape[:-1], -1), None if res is None else res.reshape(x.shape)
         if impl == "triton":
             raise ValueError("impl: the fused norm + linear kernel takes at most 16 rows of float32/float16/"
-                             "bfloat16 whose norm output has the weight's dtype; use impl='auto'")
+                             "bfloat16 whose norm output has the weight's dtype or float32; use impl='auto'")
     sub = "reference" if impl == "reference" else "auto"
     if residual_dtype is not None:
         normed, res = add_rms_norm(x, residual, norm_weight, eps, residual_dtype=residual_dtype,
                                    norm_dtype=norm_dtype, impl=sub)
     else:
         normed, res = gated_rms_norm(x, z, norm_weight, eps, group_size=group_size, impl=sub), None
-    return F.linear(normed, weight), res
+    return F.linear(normed.to(weight.dtype), weight), res
 
 
 def _norm_linear_kernel_takes(x, residual, z, norm_weight, weight, residual_dtype, norm_dtype) -> bool:
-    """The kernel's dtypes: 16/32-bit floats, the norm's output dtype equal to the projection's."""
+    """The kernel's dtypes: 16/32-bit floats; the norm's output dtype the projection's, or float32 (the kernel
+    multiplies by the norm weight in float32 and casts that product to the weight's dtype, as the ops do then)."""
     ok = (torch.float32, torch.float16, torch.bfloat16)
     dtypes = [t.dtype for t in (x, residual, z, norm_weight, weight) if t is not None]
     dtypes += [d for d in (residual_dtype, norm_dtype) if d is not None]
-    normed = norm_dtype if residual_dtype is not None else x.dtype
-    return all(d in ok for d in dtypes) and torch.promote_types(normed, norm_weight.dtype) == weight.dtype
+    normed = torch.promote_types(norm_dtype if residual_dtype is not None else x.dtype, norm_weight.dtype)
+    return all(d in ok for d in dtypes) and normed in (weight.dtype, torch.float32)
 
 
 def gated_rms_norm(

@@ -17,7 +17,8 @@ from ssmkit.ops.norm import add_rms_norm_ref, gated_rms_norm_ref, norm_linear
 from tests.compare import assert_close
 from tests.ops.selective_scan.test_triton import expect, interpreted_main, run_interpreted
 
-INTERPRETER_CASES = ("gated", "residual_and_plain", "awkward_shapes", "launch_shapes", "linear_without_norm")
+INTERPRETER_CASES = ("gated", "residual_and_plain", "awkward_shapes", "launch_shapes", "linear_without_norm",
+                     "float32_norm_into_half_weight")
 
 
 def make(rows, dim, n, dtype, *, gated=False, groups=1, residual=None, seed=0, device="cpu"):
@@ -123,7 +124,8 @@ def case_launch_shapes():
 
 
 def case_linear_without_norm():
-    """The kernel without a norm (linear_fwd): x @ weight^T against F.linear in float64, GEMV blocks of a few
+    """The kernel without a norm (linear_fwd): x @ weight^T and with a gate (x * silu(gate)) @ weight^T, against
+    float64, GEMV blocks of a few
     channels, the whole row in one pass and a persistent grid walking several blocks, widths and output features
     off every block."""
     from ssmkit.ops.norm.triton.linear import Config, linear_fwd
@@ -133,13 +135,31 @@ def case_linear_without_norm():
                                              (3, 130, 17, Config(2, 0, False, 8, 1)),
                                              (5, 64, 40, Config(32, 32, True, 4, 1)),
                                              (1, 200, 45, Config(4, 0, False, 4, 1, 3))]):
-        kw = make(rows, dim, n, torch.float16, seed=20 + i)
-        got = linear_fwd(kw["x"], kw["weight"], cfg)
-        assert got.dtype == torch.float16 and got.shape == (rows, n)
-        try:
-            assert_close(got, F.linear(kw["x"].double(), kw["weight"].double()), got.dtype, name="x @ w^T")
-        except AssertionError as e:
-            raise AssertionError(f"rows={rows} dim={dim} n={n} {cfg}: {e}") from None
+        kw = make(rows, dim, n, torch.float16, gated=True, seed=20 + i)
+        x, w, gate = kw["x"].double(), kw["weight"].double(), kw["z"].double()
+        for got, want, name in ((linear_fwd(kw["x"], kw["weight"], cfg), F.linear(x, w), "x @ w^T"),
+                                (linear_fwd(kw["x"], kw["weight"], cfg, gate=kw["z"]),
+                                 F.linear(F.silu(gate) * x, w), "(x * silu(gate)) @ w^T")):
+            assert got.dtype == torch.float16 and got.shape == (rows, n)
+            try:
+                assert_close(got, want, got.dtype, name=name)
+            except AssertionError as e:
+                raise AssertionError(f"rows={rows} dim={dim} n={n} {cfg}: {e}") from None
+
+
+def case_float32_norm_into_half_weight():
+    """A model's final norm into its LM head: the stream and the norm in float32, the norm weight and the head in
+    float16 (the norm's float32 output cast to the head's dtype), against the composed ops and float64."""
+    for rows, dim, n in ((1, 96, 300), (2, 200, 33)):
+        kw = make(rows, dim, n, torch.float16, residual="tensor", seed=dim)
+        kw["norm_dtype"] = torch.float32
+        out, res = norm_linear(**kw, eps=1e-5, impl="triton")
+        out_ref, res_ref = norm_linear(**kw, eps=1e-5, impl="reference")
+        assert out.dtype == out_ref.dtype == torch.float16 and torch.equal(res, res_ref)
+        r = kw["residual"].double() + kw["x"].double()
+        want = F.linear(gated_rms_norm_ref(r, None, kw["norm_weight"].double(), 1e-5), kw["weight"].double())
+        assert_close(out, out_ref, torch.float16, name="out vs the composed ops")
+        assert_close(out, want, torch.float16, name="out vs float64")
 
 
 # ---------------------------------------------------------------- tests

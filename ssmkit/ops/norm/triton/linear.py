@@ -256,6 +256,7 @@ def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residu
     return out, res_out
 
 
-def linear_fwd(x, weight, config: Config | None = None):
-    """x (M <= MAX_ROWS, K) @ weight (N, K)^T in weight.dtype, through the same kernels without a norm."""
-    return norm_linear_fwd(x, None, None, None, 0.0, x.shape[1], weight, None, x.dtype, config)[0]
+def linear_fwd(x, weight, config: Config | None = None, gate=None):
+    """x (M <= MAX_ROWS, K) @ weight (N, K)^T in weight.dtype, through the same kernels without a norm; with gate
+    (like x), (x * silu(gate)) @ weight^T."""
+    return norm_linear_fwd(x, None, gate, None, 0.0, x.shape[1], weight, None, x.dtype, config)[0]
