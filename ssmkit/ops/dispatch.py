@@ -20,14 +20,24 @@ from .validate import check_impl
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _properties(index: int):
+    return torch.cuda.get_device_properties(index)
+
+
+def _cuda_properties(device: torch.device):
+    """A CUDA device's properties, queried once per device (host-side: no synchronisation)."""
+    return _properties(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def cuda_sm_count(device: torch.device) -> int:
-    """A CUDA device's multiprocessor count, queried once per device (a host-side property: no synchronisation).
-    Each kernel module chooses its own count off CUDA (the interpreter)."""
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    """A CUDA device's multiprocessor count. Each kernel module chooses its own count off CUDA (the interpreter)."""
+    return _cuda_properties(device).multi_processor_count
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """A CUDA device's compute capability (major, minor)."""
+    props = _cuda_properties(device)
+    return props.major, props.minor
 
 
 def triton_module_available(package: str) -> bool:

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ssmkit.ops.pdl import let_next_start, pdl_options, wait_for_previous
+from ssmkit.ops.pdl import pdl_options, wait_for_previous
 
 BLOCK_D = 128
 
@@ -25,7 +25,6 @@ def _conv_step_kernel(state_ptr, x_ptr, w_ptr, bias_ptr, out_ptr, dim, s_b, s_d,
                       PDL: tl.constexpr):
     """state (batch, dim, WIDTH) any strides; x (batch, dim) unit channel stride; out (batch, dim) contiguous."""
     wait_for_previous(PDL)  # ssmkit.ops.pdl
-    let_next_start(PDL)
     b = tl.program_id(0)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = ds < dim

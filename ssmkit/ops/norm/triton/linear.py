@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ssmkit.ops.dispatch import cuda_sm_count
-from ssmkit.ops.pdl import let_next_start, pdl_options, wait_for_previous
+from ssmkit.ops.pdl import pdl_options, wait_for_previous
 
 from .kernels import ROUNDING, _round
 
@@ -118,7 +118,6 @@ def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr
     ns = n0 + tl.arange(0, BLOCK_N)
     w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=(ns < N)[:, None] & kmask[None, :], other=0.0)
     wait_for_previous(PDL)
-    let_next_start(PDL)
     h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out, pid == 0,
                    True, NORM_ROUND)
     rstd = _group_sumsq(h, ks, group_size, NG)  # the sums of squares: unused without a norm
@@ -157,7 +156,6 @@ def _norm_linear_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_p
     nmask = ns < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     wait_for_previous(PDL)
-    let_next_start(PDL)
     ss = tl.zeros((BLOCK_M, NG), dtype=tl.float32)
     if nw_ptr is not None:
         for k0 in range(0, K, BLOCK_K):

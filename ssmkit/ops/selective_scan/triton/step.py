@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ssmkit.ops.dispatch import check_triton_device, warn_once
-from ssmkit.ops.pdl import let_next_start, pdl_options, wait_for_previous
+from ssmkit.ops.pdl import pdl_options, wait_for_previous
 from ssmkit.ops.selective_scan.step import selective_scan_step
 from ssmkit.ops.ssd.triton.tiles import softplus
 
@@ -41,7 +41,6 @@ def _scan_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_pt
     A (dim, dstate), or A_log when A_IS_LOG; y (batch, dim) contiguous. PDL (ssmkit.ops.pdl): waits for the launch
     before it first thing."""
     wait_for_previous(PDL)
-    let_next_start(PDL)
     pid = tl.program_id(0)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
     if w_ptr is not None:  # dt = dt_low @ w^T, rounded to dt's dtype like the linear layer's output

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ssmkit.ops.pdl import let_next_start, pdl_options, wait_for_previous
+from ssmkit.ops.pdl import pdl_options, wait_for_previous
 
 from .fwd import dt_bounds
 from .plan import block_n, next_pow2, sm_count
@@ -36,7 +36,6 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
     contiguous; A (nheads,), or A_log when A_IS_LOG; idx (batch,) slot of each row, or None for slot = row.
     PDL (ssmkit.ops.pdl): waits for the launch before it first thing."""
     wait_for_previous(PDL)
-    let_next_start(PDL)
     pid = tl.program_id(0)
     pb = tl.program_id(1)
     b = pid // nheads
