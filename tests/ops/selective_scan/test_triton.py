@@ -77,9 +77,16 @@ def patch_interpreter_scan_by_slices():
 
 
 def interpreted_main(namespace: dict, names) -> None:
-    """Child side: runs namespace["case_" + name]() for each name and prints one JSON line per case."""
+    """Child side: runs namespace["case_" + name]() for each name and prints one JSON line per case. Hypothesis
+    draws a fixed sequence of examples here, as tests/conftest.py has it do under CI (this process does not load
+    the conftest): a random draw once gave a one-channel conv1d bias gradient that cancels to 1e-3 of its terms, whose
+    float32 error (8e-7) then failed the relative check at random."""
+    from hypothesis import settings
+
     from tests.ops.ssd.triton_cases import patch_interpreter_scalar_index
 
+    settings.register_profile("interpreter-child", derandomize=True, database=None)
+    settings.load_profile("interpreter-child")
     patch_interpreter_scalar_index()
     patch_interpreter_scan_by_slices()
     for name in names:
