@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.ops.conv1d import causal_conv1d_step
+from ssmkit.ops.conv1d import ConvStep, causal_conv1d_step
 from ssmkit.ops.linear import linear
 from ssmkit.ops.selective_scan import selective_scan, selective_scan_step
 
@@ -108,13 +108,22 @@ class Mamba(nn.Module):
             state.ssm_state.copy_(ssm_final)
         return self.out_proj(y)
 
-    def step(self, hidden: torch.Tensor, state: MambaState, *, projected: bool = False) -> torch.Tensor:
+    def conv_step(self, state: MambaState) -> ConvStep:
+        """The conv decode step that in_proj's x features (the first d_inner) go through, for a projection that
+        finishes it (ssmkit.ops.norm.norm_linear's `conv`)."""
+        return ConvStep(state.conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, 0, "silu")
+
+    def step(self, hidden: torch.Tensor, state: MambaState, *, projected: bool = False,
+             conv_done: bool = False) -> torch.Tensor:
         """One token: hidden (batch, d_model) -> (batch, d_model); updates `state` in place.
 
         projected: hidden is in_proj's output already (batch, 2 * d_inner), as a block that fuses its pre-norm
-        into in_proj passes it (ssmkit.ops.norm.norm_linear)."""
+        into in_proj passes it (ssmkit.ops.norm.norm_linear); conv_done: with its x features through the conv step
+        already (norm_linear's conv=self.conv_step(state))."""
         x, z = (hidden if projected else self.in_proj(hidden)).chunk(2, dim=-1)
-        x = causal_conv1d_step(state.conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
+        if not conv_done:
+            x = causal_conv1d_step(state.conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                   activation="silu")
         dt_low, B, C = self._dt_low_B_C(x)
         # A = -exp(A_log) and dt = dt_proj(dt_low) happen inside the step kernel (launches per token saved)
         y = selective_scan_step(state.ssm_state, x, dt_low, self.A_log, B[:, None], C[:, None], D=self.D, z=z,

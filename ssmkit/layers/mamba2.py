@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssmkit.ops.conv1d import causal_conv1d_step
+from ssmkit.ops.conv1d import ConvStep, causal_conv1d_step
 from ssmkit.ops.norm import norm_linear
 from ssmkit.ops.ssd import ssd, ssd_step
 
@@ -103,15 +103,23 @@ class Mamba2(nn.Module):
         y = self.norm(y.reshape(batch, seqlen, self.d_inner), z)
         return self.out_proj(y)
 
-    def step(self, hidden: torch.Tensor, state: Mamba2State, *, projected: bool = False) -> torch.Tensor:
+    def conv_step(self, state: Mamba2State) -> ConvStep:
+        """The conv decode step that in_proj's xBC features (after z's d_inner) go through, for a projection that
+        finishes it (ssmkit.ops.norm.norm_linear's `conv`)."""
+        return ConvStep(state.conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, self.d_inner, "silu")
+
+    def step(self, hidden: torch.Tensor, state: Mamba2State, *, projected: bool = False,
+             conv_done: bool = False) -> torch.Tensor:
         """One token: hidden (batch, d_model) -> (batch, d_model); updates `state` in place.
 
         projected: hidden is in_proj's output already (batch, in_proj.out_features), as a block that fuses its
-        pre-norm into in_proj passes it (ssmkit.ops.norm.norm_linear)."""
+        pre-norm into in_proj passes it (ssmkit.ops.norm.norm_linear); conv_done: with its xBC features through
+        the conv step already (norm_linear's conv=self.conv_step(state))."""
         zxbcdt = hidden if projected else self.in_proj(hidden)
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC = causal_conv1d_step(state.conv_state, xBC, self.conv1d.weight[:, 0], self.conv1d.bias,
-                                 activation="silu")
+        if not conv_done:
+            xBC = causal_conv1d_step(state.conv_state, xBC, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                     activation="silu")
         x, B, C = self._split_xBC(xBC)
         # A = -exp(A_log) happens inside the step kernel (launches per token saved)
         y = ssd_step(state.ssm_state, x, dt, self.A_log, B, C, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,

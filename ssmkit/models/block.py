@@ -24,10 +24,11 @@ FEED_FORWARD_CLASSES = {"mlp": MLP, "moe": MoE}
 class Block(nn.Module):
     """Layer `layer_idx` of a ModelConfig. Submodules: norm, mixer, and (with a feed-forward) ff_norm, ff.
 
-    fuse_in_proj: the decode step of a Mamba or Mamba-2 mixer without in_proj bias runs the block's pre-norm and
-    the mixer's in_proj as one op (ssmkit.ops.norm.norm_linear). With ONE_ROW_FUSIONS, a batch-1 step on CUDA also
-    redoes the pre-norm inside each of an attention mixer's q, k, v projections and the feed-forward norm inside a
-    SwiGLU MLP's gate and up projections (one GEMV launch each, no norm launch). The Profiler turns fuse_in_proj off
+    fuse_in_proj: the decode step of a Mamba or Mamba-2 mixer without in_proj bias runs the block's pre-norm, the
+    mixer's in_proj and its short conv's step as one op (ssmkit.ops.norm.norm_linear with conv=). With
+    ONE_ROW_FUSIONS, a batch-1 step on CUDA also redoes the pre-norm inside each of an attention mixer's q, k, v
+    projections and the feed-forward norm inside a SwiGLU MLP's gate and up projections (one GEMV launch each, no
+    norm launch). The Profiler turns fuse_in_proj off
     while it records, so that a mixer's and a feed-forward's recorded steps still include their input projections.
     """
 
@@ -88,9 +89,11 @@ class Block(nn.Module):
         # isinstance, not mixer_kind: a wrapped mixer (tensor-parallel, ...) keeps its kind but not its in_proj
         one_row = self.fuse_in_proj and ONE_ROW_FUSIONS and gemv_rows(delta)
         if self.fuse_in_proj and isinstance(self.mixer, (Mamba, Mamba2)) and self.mixer.in_proj.bias is None:
+            # the short conv's decode step too: inside the same launch where norm_linear runs one GEMV
             projected, residual = norm_linear(delta, self.norm.weight, self.mixer.in_proj.weight, self.norm.eps,
-                                              residual=residual, residual_dtype=stream, norm_dtype=dtype)
-            out = self.mixer.step(projected, state, projected=True)
+                                              residual=residual, residual_dtype=stream, norm_dtype=dtype,
+                                              conv=self.mixer.conv_step(state))
+            out = self.mixer.step(projected, state, projected=True, conv_done=True)
         elif (one_row and position is not None and isinstance(self.mixer, Attention)
               and self.mixer.q_proj.bias is None):  # the add + pre-norm redone inside each of q, k, v's GEMVs
             qkv = [norm_linear(delta, self.norm.weight, p.weight, self.norm.eps, residual=residual,

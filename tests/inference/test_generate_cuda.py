@@ -19,10 +19,12 @@ def steps_and_tokens(model, prompt, **kwargs):
     return steps, torch.cat([prompt, torch.stack([s.tokens for s in steps], dim=1)], dim=1)
 
 
+# batch 1: one-row GEMVs (the norm, in_proj and the conv step in one launch); batch 2: cuBLAS and separate launches
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_cuda_cached_decode_equals_full_forward_in_float32(name):
+def test_cuda_cached_decode_equals_full_forward_in_float32(name, batch):
     model = tiny_model(name, torch.float32).to(CUDA)
-    prompt = random_ids(model.config.vocab_size, 2, 11).to(CUDA)
+    prompt = random_ids(model.config.vocab_size, batch, 11).to(CUDA)
     steps, tokens = steps_and_tokens(model, prompt, max_new_tokens=9, temperature=1.0, seed=0)
     with torch.no_grad():
         full = model.eval()(tokens)[:, 10:-1]
@@ -31,13 +33,14 @@ def test_cuda_cached_decode_equals_full_forward_in_float32(name):
     assert_close(torch.stack([s.logits for s in steps], dim=1), full, name=f"{name} cuda step logits")
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_cuda_bfloat16_decode_error_is_within_twice_the_full_forward_error(name):
+def test_cuda_bfloat16_decode_error_is_within_twice_the_full_forward_error(name, batch):
     """bf16 decode and bf16 full forward round differently, so they are compared with a float64 full forward on
     the same tokens: the decode's error may be at most 2x the full forward's own error (plus one bf16 ulp of
     the logits' scale for near-exact cases)."""
     model = tiny_model(name, torch.float64)
-    prompt = random_ids(model.config.vocab_size, 2, 11)
+    prompt = random_ids(model.config.vocab_size, batch, 11)
     bf16 = tiny_model(name, torch.bfloat16).to(CUDA)
     steps, tokens = steps_and_tokens(bf16, prompt.to(CUDA), max_new_tokens=9)
     with torch.no_grad():

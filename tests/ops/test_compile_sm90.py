@@ -227,7 +227,9 @@ def _cases() -> list:
             persistent = cfg.programs_per_sm > 0 if persistent is None else persistent
             base = dict(NORMED_ROUND=1, BLOCK_N=cfg.block_n, BLOCK_K=block_k, PDL=True)
             if gemv:
-                name, base = "_norm_gemv_kernel", dict(base, BLOCK_M=1, PERSISTENT=persistent)
+                name, base = "_norm_gemv_kernel", dict(base, BLOCK_M=1, PERSISTENT=persistent, cs_ptr=None,
+                                                       cw_ptr=None, cb_ptr=None, CONV_W=1, BLOCK_W=1,
+                                                       CONV_SILU=False)
             else:
                 name, base = "_norm_linear_kernel", dict(base, DOT_PRECISION="tf32", USE_DOT=cfg.use_dot,
                                                          BLOCK_M=MAX_ROWS if cfg.use_dot else 1)
@@ -240,6 +242,15 @@ def _cases() -> list:
             for label, extra in forms:
                 cases.append((fused, name, dict(base, **extra), cfg.num_warps, cfg.num_stages,
                               f"{name}-{label}-rows{rows}-k{k}{'-persistent' * (gemv and persistent)}"))
+    # With a conv step in the epilogue (a Mamba / Mamba-2 in_proj after the residual add + norm): the row widths of
+    # the 130M, 1.3B and (plain) wider presets, a bf16 conv state, weight and bias, width 4.
+    for k, n in ((768, 3328), (2048, 8448), (2048, 8192), (5120, 16384)):
+        cfg = pick_config(1, k, n, True)
+        cases.append((fused, "_norm_gemv_kernel",
+                      dict(NORMED_ROUND=1, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(k), PDL=True,
+                           BLOCK_M=1, PERSISTENT=True, NORM_ROUND=1, NG=1, z_ptr=None, CONV_W=4, BLOCK_W=4,
+                           CONV_SILU=True), cfg.num_warps, cfg.num_stages,
+                      f"_norm_gemv_kernel-residual-conv-k{k}-n{n}"))
     rope = "ssmkit.ops.attention.triton.rope_cache"
     for block_d, has_rope in ((64, True), (128, True), (64, False)):
         cases.append((rope, "_rope_cache_kernel", dict(HAS_ROPE=has_rope, BLOCK_D=block_d), 1, 2,

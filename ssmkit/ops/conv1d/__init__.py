@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 
 from ssmkit.ops.conv1d.reference import causal_conv1d_ref
-from ssmkit.ops.conv1d.step import causal_conv1d_step_ref
+from ssmkit.ops.conv1d.step import ConvStep, causal_conv1d_step_ref
 from ssmkit.ops.dispatch import pick_impl
 from ssmkit.ops.validate import check_same_device, check_tensor
 
-__all__ = ["causal_conv1d", "causal_conv1d_step", "causal_conv1d_ref", "causal_conv1d_step_ref"]
+__all__ = ["ConvStep", "causal_conv1d", "causal_conv1d_step", "causal_conv1d_ref", "causal_conv1d_step_ref"]
 
 IMPLS = ("auto", "reference", "triton")
 ACTIVATIONS = (None, "silu")

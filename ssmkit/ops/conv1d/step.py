@@ -5,8 +5,22 @@ Equal to `causal_conv1d_ref` token by token; the state layout (batch, dim, width
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+
+
+class ConvStep(NamedTuple):
+    """A conv decode step for a projection to finish (ssmkit.ops.norm.norm_linear's `conv`): output features
+    start .. start + dim - 1 of the projection are this step's input x, replaced in the result by
+    causal_conv1d_step(state, x, weight, bias, activation), `state` (batch, dim, width) rolled in place."""
+
+    state: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    start: int
+    activation: str | None = "silu"
 
 
 def causal_conv1d_step_ref(

@@ -70,7 +70,7 @@ NORM_LINEAR_AUTO = True
 def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
                 z: torch.Tensor | None = None, group_size: int | None = None, residual: torch.Tensor | None = None,
                 residual_dtype: torch.dtype | None = None, norm_dtype: torch.dtype | None = None,
-                impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
+                conv=None, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """An RMSNorm and the bias-free linear layer after it, as one op for decode: F.linear(norm(h), weight).
 
     Args:
@@ -79,6 +79,10 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
             as `gated_rms_norm(..., norm_before_gate=False)`.
         residual, residual_dtype: a block's pre-norm after its residual add, as `add_rms_norm` (residual may be
             None with residual_dtype given: x starts the stream); norm_dtype as there (default norm_weight's).
+        conv: a ssmkit.ops.conv1d.ConvStep: the output features conv.start .. conv.start + dim - 1 (dim =
+            conv.state.shape[1]) go through that conv decode step, conv.state rolled in place (x must be
+            (batch, K) with conv.state's batch): a Mamba in_proj and its short conv. On the one-row GEMV path
+            (CUDA) the conv runs in the same launch, else `causal_conv1d_step` runs after the projection.
         impl: "auto" (one Triton launch on CUDA where it was measured faster, see NORM_LINEAR_AUTO, else the two
             ops with impl="auto"), "triton", "reference".
     Returns:
@@ -101,19 +105,25 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
     if residual is not None:
         check_tensor("residual", residual, shape=tuple(x.shape))
     check_same_device(x=x, z=z, residual=residual, norm_weight=norm_weight, weight=weight)
+    if conv is not None:
+        _check_conv_epilogue(conv, x, weight)
     norm_dtype = norm_weight.dtype if residual_dtype is not None and norm_dtype is None else norm_dtype
     rows = x.reshape(-1, dim)
     if impl == "triton" or (impl == "auto" and NORM_LINEAR_AUTO and x.is_cuda):
-        from ssmkit.ops.norm.triton.linear import MAX_ROWS, faster_than_unfused, norm_linear_fwd
+        from ssmkit.ops.norm.triton.linear import MAX_ROWS, faster_than_unfused, norm_linear_fwd, one_pass, pick_config
 
         fused = impl == "triton" or faster_than_unfused(rows.shape[0], dim, weight.shape[0])
-        if fused and rows.shape[0] <= MAX_ROWS and _norm_linear_kernel_takes(x, residual, z, norm_weight, weight,
-                                                                             residual_dtype, norm_dtype):
+        takes_conv = conv is None or (CONV_EPILOGUE_AUTO and one_pass(pick_config(rows.shape[0], dim,
+                                                                                  weight.shape[0]), dim))
+        if fused and takes_conv and rows.shape[0] <= MAX_ROWS and _norm_linear_kernel_takes(
+                x, residual, z, norm_weight, weight, residual_dtype, norm_dtype):
             flat = [None if t is None else t.reshape(-1, dim) for t in (residual, z)]
+            if conv is not None:
+                conv = conv._replace(weight=conv.weight.contiguous())
             out, res = norm_linear_fwd(rows, flat[0], flat[1], norm_weight, eps, group_size, weight,
-                                       residual_dtype, norm_dtype or x.dtype)
+                                       residual_dtype, norm_dtype or x.dtype, conv=conv)
             return out.reshape(*x.shape[:-1], -1), None if res is None else res.reshape(x.shape)
-        if impl == "triton":
+        if impl == "triton" and conv is None:
             raise ValueError("impl: the fused norm + linear kernel takes at most 16 rows of float32/float16/"
                              "bfloat16 whose norm output has the weight's dtype or float32; use impl='auto'")
     sub = "reference" if impl == "reference" else "auto"
@@ -122,7 +132,40 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
                                    norm_dtype=norm_dtype, impl=sub)
     else:
         normed, res = gated_rms_norm(x, z, norm_weight, eps, group_size=group_size, impl=sub), None
-    return F.linear(normed.to(weight.dtype), weight), res
+    out = F.linear(normed.to(weight.dtype), weight)
+    if conv is not None:
+        from ssmkit.ops.conv1d import causal_conv1d_step
+
+        piece = slice(conv.start, conv.start + conv.state.shape[1])
+        out[:, piece] = causal_conv1d_step(conv.state, out[:, piece], conv.weight, conv.bias,
+                                           activation=conv.activation, impl=sub)
+    return out, res
+
+
+# impl="auto" finishes a conv decode step (norm_linear's `conv`) inside the one-row GEMV on CUDA. False: the
+# projection, then the conv step's own launch.
+CONV_EPILOGUE_AUTO = True
+
+
+def _check_conv_epilogue(conv, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """norm_linear's `conv`: a ConvStep whose features fit in the projection's and whose state has x's rows."""
+    from ssmkit.ops.conv1d import ConvStep
+
+    if not isinstance(conv, ConvStep):
+        raise ValueError(f"conv: expected a ssmkit.ops.conv1d.ConvStep, got {type(conv).__name__}")
+    check_tensor("conv.state", conv.state, ndim=3)
+    batch, dim, width = conv.state.shape
+    if x.ndim != 2 or x.shape[0] != batch:
+        raise ValueError(f"conv: expected x of shape ({batch}, K) (conv.state's batch), got {tuple(x.shape)}")
+    if not isinstance(conv.start, int) or conv.start < 0 or conv.start + dim > weight.shape[0]:
+        raise ValueError(f"conv.start: expected 0 <= start and start + {dim} (conv.state.shape[1]) <= "
+                         f"{weight.shape[0]} (weight's output features), got {conv.start!r}")
+    check_tensor("conv.weight", conv.weight, shape=(dim, width))
+    if conv.bias is not None:
+        check_tensor("conv.bias", conv.bias, shape=(dim,))
+    if conv.activation not in (None, "silu"):
+        raise ValueError(f"conv.activation: expected None or 'silu', got {conv.activation!r}")
+    check_same_device(x=x, conv_state=conv.state, conv_weight=conv.weight, conv_bias=conv.bias)
 
 
 def _norm_linear_kernel_takes(x, residual, z, norm_weight, weight, residual_dtype, norm_dtype) -> bool:

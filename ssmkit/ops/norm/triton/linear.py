@@ -28,6 +28,11 @@ Version history
   (_norm_gemv_kernel) beside the two-pass one (_norm_linear_kernel, tensor cores or GEMV), so that each keeps
   few switches; helpers shared. Compiled for sm_90 on the CPU machine, the split left every config's registers
   and instruction count as they were.
+- v4: a conv decode step as the one-pass GEMV's epilogue (`conv`, ssmkit.ops.conv1d.ConvStep): the output features
+  of a Mamba / Mamba-2 in_proj that feed the mixer's short conv come out convolved (and SiLU'd), each feature's
+  conv state rolled by the one program that computes it (no other program reads it, so no launch boundary is
+  needed between the read and the write). The separate conv step launch per layer and token goes. Same roundings
+  as the two launches: the projection rounded to its dtype, then to the state's, the filter summed in float32.
 """
 
 from __future__ import annotations
@@ -99,16 +104,56 @@ def _times_weight(a, w, acc, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr)
 
 
 @triton.jit
+def _conv_window(cs_ptr, rows, rmask, ns, conv_lo, conv_dim, scs_b, scs_d, scs_w, CONV_W: tl.constexpr,
+                 BLOCK_W: tl.constexpr):
+    """The conv state of output features ns shifted by one (slot j holds state slot j + 1, the last slot 0: the
+    new input goes there), (BLOCK_M, BLOCK_N, BLOCK_W); zeros outside the conv's features conv_lo ..
+    conv_lo + conv_dim - 1."""
+    c = ns - conv_lo
+    j = tl.arange(0, BLOCK_W)
+    mask = rmask[:, None, None] & ((c >= 0) & (c < conv_dim))[None, :, None] & (j + 1 < CONV_W)[None, None, :]
+    offs = rows.to(tl.int64)[:, None, None] * scs_b + c[None, :, None] * scs_d + (j + 1)[None, None, :] * scs_w
+    return tl.load(cs_ptr + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _conv_epilogue(y, window, cs_ptr, cw_ptr, cb_ptr, rows, rmask, ns, conv_lo, conv_dim, scs_b, scs_d, scs_w,
+                   CONV_W: tl.constexpr, BLOCK_W: tl.constexpr, CONV_SILU: tl.constexpr):
+    """y (BLOCK_M, BLOCK_N), the projection rounded to its output dtype -> the same with the conv's features
+    replaced by the conv step's output (float32), their state rolled in place to end with y: the arithmetic of
+    ssmkit.ops.conv1d's step kernel. `window` from _conv_window for the same features."""
+    c = ns - conv_lo
+    cmask = (c >= 0) & (c < conv_dim)
+    j = tl.arange(0, BLOCK_W)
+    new = tl.where((j == CONV_W - 1)[None, None, :], y.to(cs_ptr.dtype.element_ty)[:, :, None], window)
+    w = tl.load(cw_ptr + c[:, None] * CONV_W + j[None, :], mask=cmask[:, None] & (j < CONV_W)[None, :], other=0.0)
+    v = tl.sum(new.to(tl.float32) * w.to(tl.float32)[None, :, :], 2)
+    if cb_ptr is not None:
+        v += tl.load(cb_ptr + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if CONV_SILU:
+        v = v * tl.sigmoid(v)
+    tl.debug_barrier()  # every thread's window read is done before any thread's write
+    offs = rows.to(tl.int64)[:, None, None] * scs_b + c[None, :, None] * scs_d + j[None, None, :] * scs_w
+    tl.store(cs_ptr + offs, new, mask=rmask[:, None, None] & cmask[None, :, None] & (j < CONV_W)[None, None, :])
+    return tl.where(cmask[None, :], v, y.to(tl.float32))
+
+
+@triton.jit
 def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr, M, K, N, group_size, eps,
-                      sx, sres, sz, sw, sout, sres_out, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr,
-                      NG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      PERSISTENT: tl.constexpr, PDL: tl.constexpr):
+                      sx, sres, sz, sw, sout, sres_out, cs_ptr, cw_ptr, cb_ptr, conv_lo, conv_dim, scs_b, scs_d,
+                      scs_w, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr, NG: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      PERSISTENT: tl.constexpr, PDL: tl.constexpr, CONV_W: tl.constexpr = 1,
+                      BLOCK_W: tl.constexpr = 1, CONV_SILU: tl.constexpr = False):
     """A few rows (a decode step's one) held whole (BLOCK_K >= K): the weight block is loaded before the rows and
     their statistics, so its bytes are in flight while they are computed; products summed in float32.
     Arguments as _norm_linear_kernel's. PERSISTENT: a grid smaller than the blocks of output features; each program
     normalizes the rows once and walks blocks pid, pid + grid, ..., loading the next block's weight before it
     multiplies by the current one (two blocks in registers). PDL (ssmkit.ops.pdl): the weight, which no launch
-    writes, is the only read before the wait."""
+    writes, is the only read before the wait. cs_ptr (conv state (M, conv_dim, CONV_W), strides scs_*) or None:
+    features conv_lo .. conv_lo + conv_dim - 1 go through a conv step (weight cw (conv_dim, CONV_W) contiguous,
+    bias cb or None, SiLU when CONV_SILU; BLOCK_W = CONV_W rounded up to a power of two), the next block's state
+    window read with its weight."""
     pid = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
     rmask = rows < M
@@ -118,6 +163,9 @@ def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr
     ns = n0 + tl.arange(0, BLOCK_N)
     w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=(ns < N)[:, None] & kmask[None, :], other=0.0)
     wait_for_previous(PDL)
+    window = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.float32)
+    if cs_ptr is not None:
+        window = _conv_window(cs_ptr, rows, rmask, ns, conv_lo, conv_dim, scs_b, scs_d, scs_w, CONV_W, BLOCK_W)
     h = _norm_rows(x_ptr, res_ptr, z_ptr, res_out_ptr, rows, rmask, ks, kmask, sx, sres, sz, sres_out, pid == 0,
                    True, NORM_ROUND)
     rstd = _group_sumsq(h, ks, group_size, NG)  # the sums of squares: unused without a norm
@@ -128,14 +176,22 @@ def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr
     while n0 < N:  # one block, or (PERSISTENT) blocks pid, pid + grid, ... with the next one's weight in flight
         nxt = n0 + step + tl.arange(0, BLOCK_N)
         w_next = w
+        window_next = window
         if PERSISTENT:
             w_next = tl.load(w_ptr + nxt[:, None] * sw + ks[None, :], mask=(nxt < N)[:, None] & kmask[None, :],
                              other=0.0)
+            if cs_ptr is not None:
+                window_next = _conv_window(cs_ptr, rows, rmask, nxt, conv_lo, conv_dim, scs_b, scs_d, scs_w,
+                                           CONV_W, BLOCK_W)
         out = _times_weight(a, w, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), "ieee", False)
         ns = n0 + tl.arange(0, BLOCK_N)
-        tl.store(out_ptr + rows[:, None] * sout + ns[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=rmask[:, None] & (ns < N)[None, :])
+        out = out.to(out_ptr.dtype.element_ty)
+        if cs_ptr is not None:
+            out = _conv_epilogue(out, window, cs_ptr, cw_ptr, cb_ptr, rows, rmask, ns, conv_lo, conv_dim, scs_b,
+                                 scs_d, scs_w, CONV_W, BLOCK_W, CONV_SILU).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rows[:, None] * sout + ns[None, :], out, mask=rmask[:, None] & (ns < N)[None, :])
         w = w_next
+        window = window_next
         n0 += step
 
 
@@ -222,16 +278,24 @@ def pick_config(m: int, k: int, n: int, norm: bool = True) -> Config:
     return Config(32, 256, True, 4, 3)
 
 
+def one_pass(config: Config, k: int) -> bool:
+    """Whether `config` runs _norm_gemv_kernel (the whole row in one block, no tensor cores) for rows of k."""
+    return not config.use_dot and (config.block_k or triton.next_power_of_2(k)) >= k
+
+
 def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residual_dtype, norm_dtype,
-                    config: Config | None = None):
+                    config: Config | None = None, conv=None):
     """Rows x (M <= MAX_ROWS, K); residual, z like x or None; norm_weight (K,) or None (no norm: x @ weight^T);
     weight (N, K). residual_dtype: None (no residual add) or the stream's dtype; norm_dtype: the dtype the norm
     rounds its normalized value to. config: the launch shape (None = pick_config's): a GEMV whose block holds the
-    whole row runs _norm_gemv_kernel, anything else _norm_linear_kernel. Returns (out (M, N) in weight.dtype, new
-    residual (M, K) or None)."""
+    whole row runs _norm_gemv_kernel, anything else _norm_linear_kernel. conv: a ssmkit.ops.conv1d.ConvStep (state
+    (M, dim, width), weight (dim, width) contiguous) finished in _norm_gemv_kernel's epilogue (a config that runs
+    _norm_linear_kernel is refused). Returns (out (M, N) in weight.dtype, new residual (M, K) or None)."""
     m, k = x.shape
     n = weight.shape[0]
     cfg = pick_config(m, k, n, norm_weight is not None) if config is None else config
+    if conv is not None and not one_pass(cfg, k):
+        raise ValueError(f"conv: the conv epilogue needs a one-pass GEMV config, got {cfg}")
     out = torch.empty(m, n, dtype=weight.dtype, device=x.device)
     res_out = None if residual_dtype is None else torch.empty(m, k, dtype=residual_dtype, device=x.device)
     block_k = cfg.block_k or triton.next_power_of_2(k)
@@ -242,11 +306,17 @@ def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residu
                 NORMED_ROUND=ROUNDING[norm_dtype], NG=triton.next_power_of_2(k // group_size), BLOCK_N=cfg.block_n,
                 BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(x.device))
     blocks = triton.cdiv(n, cfg.block_n)
-    if not cfg.use_dot and block_k >= k:
+    if one_pass(cfg, k):
         persistent = cfg.programs_per_sm > 0
         sms = cuda_sm_count(x.device) if x.is_cuda else 1  # the interpreter: programs_per_sm programs walk them all
         grid = min(blocks, cfg.programs_per_sm * sms) if persistent else blocks
-        _norm_gemv_kernel[(grid,)](*args, BLOCK_M=triton.next_power_of_2(m), PERSISTENT=persistent, **meta)
+        conv_args = (None, None, None, 0, 0, 0, 0, 0)
+        if conv is not None:
+            conv_args = (conv.state, conv.weight, conv.bias, conv.start, conv.state.shape[1], *conv.state.stride())
+            width = conv.state.shape[2]
+            meta.update(CONV_W=width, BLOCK_W=triton.next_power_of_2(width), CONV_SILU=conv.activation == "silu")
+        _norm_gemv_kernel[(grid,)](*args, *conv_args, BLOCK_M=triton.next_power_of_2(m), PERSISTENT=persistent,
+                                   **meta)
     else:
         _norm_linear_kernel[(blocks,)](*args, DOT_PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
                                        USE_DOT=cfg.use_dot, BLOCK_M=MAX_ROWS if cfg.use_dot else
