@@ -26,9 +26,9 @@ class Block(nn.Module):
 
     fuse_in_proj: the decode step of a Mamba or Mamba-2 mixer without in_proj bias runs the block's pre-norm, the
     mixer's in_proj and its short conv's step as one op (ssmkit.ops.norm.norm_linear with conv=). With
-    ONE_ROW_FUSIONS, a batch-1 step on CUDA also redoes the pre-norm inside each of an attention mixer's q, k, v
-    projections and the feed-forward norm inside a SwiGLU MLP's gate and up projections (one GEMV launch each, no
-    norm launch). The Profiler turns fuse_in_proj off
+    ONE_ROW_FUSIONS, a batch-1 step on CUDA also runs the pre-norm and an attention mixer's q, k, v projections as
+    one GEMV launch (stacked weights), and the feed-forward norm and a SwiGLU MLP's gate and up projections as
+    another. The Profiler turns fuse_in_proj off
     while it records, so that a mixer's and a feed-forward's recorded steps still include their input projections.
     """
 
@@ -95,12 +95,12 @@ class Block(nn.Module):
                                               conv=self.mixer.conv_step(state))
             out = self.mixer.step(projected, state, projected=True, conv_done=True)
         elif (one_row and position is not None and isinstance(self.mixer, Attention)
-              and self.mixer.q_proj.bias is None):  # the add + pre-norm redone inside each of q, k, v's GEMVs
-            qkv = [norm_linear(delta, self.norm.weight, p.weight, self.norm.eps, residual=residual,
-                               residual_dtype=stream, norm_dtype=dtype)
-                   for p in (self.mixer.q_proj, self.mixer.k_proj, self.mixer.v_proj)]
-            residual = qkv[0][1]
-            out = self.mixer.step_static(None, state, position, qkv=[t[0] for t in qkv])
+              and self.mixer.q_proj.bias is None):  # the add + pre-norm and q, k, v's GEMVs: one launch
+            projections = (self.mixer.q_proj, self.mixer.k_proj, self.mixer.v_proj)
+            qkv, residual = norm_linear(delta, self.norm.weight, tuple(p.weight for p in projections),
+                                        self.norm.eps, residual=residual, residual_dtype=stream, norm_dtype=dtype)
+            qkv = qkv.split([p.out_features for p in projections], dim=-1)
+            out = self.mixer.step_static(None, state, position, qkv=qkv)
         else:
             h, residual = add_rms_norm(delta, residual, self.norm.weight, self.norm.eps, residual_dtype=stream,
                                        norm_dtype=dtype)
@@ -111,10 +111,11 @@ class Block(nn.Module):
         if self.ff_kind is None:
             return residual, out
         if one_row and isinstance(self.ff, MLP) and self.ff.activation == "swiglu" and self.ff.up_proj.bias is None:
-            gate, new_residual = norm_linear(out, self.ff_norm.weight, self.ff.gate_proj.weight, self.ff_norm.eps,
-                                             residual=residual, residual_dtype=residual.dtype, norm_dtype=dtype)
-            up = norm_linear(out, self.ff_norm.weight, self.ff.up_proj.weight, self.ff_norm.eps, residual=residual,
-                             residual_dtype=residual.dtype, norm_dtype=dtype)[0]
+            gate_up, new_residual = norm_linear(out, self.ff_norm.weight, (self.ff.gate_proj.weight,
+                                                                           self.ff.up_proj.weight),
+                                                self.ff_norm.eps, residual=residual, residual_dtype=residual.dtype,
+                                                norm_dtype=dtype)
+            gate, up = gate_up.split([self.ff.gate_proj.out_features, self.ff.up_proj.out_features], dim=-1)
             return new_residual, self.ff.down_gated(up, gate)
         h, residual = add_rms_norm(out, residual, self.ff_norm.weight, self.ff_norm.eps,
                                    residual_dtype=residual.dtype, norm_dtype=dtype)

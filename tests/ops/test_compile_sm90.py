@@ -229,7 +229,7 @@ def _cases() -> list:
             if gemv:
                 name, base = "_norm_gemv_kernel", dict(base, BLOCK_M=1, PERSISTENT=persistent, cs_ptr=None,
                                                        cw_ptr=None, cb_ptr=None, CONV_W=1, BLOCK_W=1,
-                                                       CONV_SILU=False)
+                                                       CONV_SILU=False, w2_ptr=None, w3_ptr=None)
             else:
                 name, base = "_norm_linear_kernel", dict(base, DOT_PRECISION="tf32", USE_DOT=cfg.use_dot,
                                                          BLOCK_M=MAX_ROWS if cfg.use_dot else 1)
@@ -249,8 +249,18 @@ def _cases() -> list:
         cases.append((fused, "_norm_gemv_kernel",
                       dict(NORMED_ROUND=1, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(k), PDL=True,
                            BLOCK_M=1, PERSISTENT=True, NORM_ROUND=1, NG=1, z_ptr=None, CONV_W=4, BLOCK_W=4,
-                           CONV_SILU=True), cfg.num_warps, cfg.num_stages,
+                           CONV_SILU=True, w2_ptr=None, w3_ptr=None), cfg.num_warps, cfg.num_stages,
                       f"_norm_gemv_kernel-residual-conv-k{k}-n{n}"))
+    # Stacked weights after the residual add + norm (ONE_ROW_FUSIONS): q, k, v and gate, up of the 125M / 1.3B
+    # Transformer++ presets.
+    for k, n, parts in ((768, 2304, 3), (2048, 6144, 3), (768, 4096, 2), (2048, 11008, 2)):
+        cfg = pick_config(1, k, n, True)
+        cases.append((fused, "_norm_gemv_kernel",
+                      dict(NORMED_ROUND=1, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(k), PDL=True,
+                           BLOCK_M=1, PERSISTENT=True, NORM_ROUND=1, NG=1, z_ptr=None, CONV_W=1, BLOCK_W=1,
+                           CONV_SILU=False, cs_ptr=None, cw_ptr=None, cb_ptr=None,
+                           **({} if parts == 3 else dict(w3_ptr=None))), cfg.num_warps, cfg.num_stages,
+                      f"_norm_gemv_kernel-residual-stacked{parts}-k{k}-n{n}"))
     rope = "ssmkit.ops.attention.triton.rope_cache"
     for block_d, has_rope in ((64, True), (128, True), (64, False)):
         cases.append((rope, "_rope_cache_kernel", dict(HAS_ROPE=has_rope, BLOCK_D=block_d), 1, 2,

@@ -74,7 +74,9 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
     """An RMSNorm and the bias-free linear layer after it, as one op for decode: F.linear(norm(h), weight).
 
     Args:
-        x: (..., K). norm_weight: (K,). weight: (N, K), the projection (e.g. a mixer's out_proj or in_proj).
+        x: (..., K). norm_weight: (K,). weight: (N, K), the projection (e.g. a mixer's out_proj or in_proj); or a
+            tuple of up to three (N_i, K) weights of one dtype whose outputs come stacked, N = sum N_i (an
+            attention layer's q, k, v after its pre-norm: one launch on the one-row GEMV path).
         z, group_size: the gated, grouped norm of Mamba-2 (h = x * silu(z), normalized per group of channels),
             as `gated_rms_norm(..., norm_before_gate=False)`.
         residual, residual_dtype: a block's pre-norm after its residual add, as `add_rms_norm` (residual may be
@@ -93,8 +95,17 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
     check_impl(impl, IMPLS)
     _check_norm_args(x, z, norm_weight, eps)
     dim = x.shape[-1]
-    check_tensor("weight", weight, ndim=2)
-    check_tensor("weight", weight, shape=(None, dim))
+    weights = tuple(weight) if isinstance(weight, (tuple, list)) else (weight,)
+    if not 1 <= len(weights) <= 3:
+        raise ValueError(f"weight: expected a tensor or a tuple of 1 to 3 stacked weights, got {len(weights)}")
+    for i, w in enumerate(weights):
+        name = "weight" if len(weights) == 1 else f"weight[{i}]"
+        check_tensor(name, w, ndim=2)
+        check_tensor(name, w, shape=(None, dim))
+        if w.dtype != weights[0].dtype:
+            raise ValueError(f"{name}: expected dtype {weights[0].dtype} (weight[0]'s), got {w.dtype}")
+    weight = weights[0]
+    n_out = sum(w.shape[0] for w in weights)
     group_size = dim if group_size is None else group_size
     if not isinstance(group_size, int) or group_size < 1 or dim % group_size:
         raise ValueError(f"group_size: expected a positive divisor of dim={dim}, got {group_size!r}")
@@ -104,26 +115,28 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
         raise ValueError("z, group_size: the residual form is a plain RMSNorm (no gate, one group)")
     if residual is not None:
         check_tensor("residual", residual, shape=tuple(x.shape))
-    check_same_device(x=x, z=z, residual=residual, norm_weight=norm_weight, weight=weight)
+    check_same_device(x=x, z=z, residual=residual, norm_weight=norm_weight, weight=weight,
+                      **{f"weight[{i}]": w for i, w in enumerate(weights[1:], 1)})
     if conv is not None:
-        _check_conv_epilogue(conv, x, weight)
+        _check_conv_epilogue(conv, x, n_out)
     norm_dtype = norm_weight.dtype if residual_dtype is not None and norm_dtype is None else norm_dtype
     rows = x.reshape(-1, dim)
     if impl == "triton" or (impl == "auto" and NORM_LINEAR_AUTO and x.is_cuda):
         from ssmkit.ops.norm.triton.linear import MAX_ROWS, faster_than_unfused, norm_linear_fwd, one_pass, pick_config
 
-        fused = impl == "triton" or faster_than_unfused(rows.shape[0], dim, weight.shape[0])
-        takes_conv = conv is None or (CONV_EPILOGUE_AUTO and one_pass(pick_config(rows.shape[0], dim,
-                                                                                  weight.shape[0]), dim))
-        if fused and takes_conv and rows.shape[0] <= MAX_ROWS and _norm_linear_kernel_takes(
+        fused = impl == "triton" or faster_than_unfused(rows.shape[0], dim, n_out)
+        single_pass = one_pass(pick_config(rows.shape[0], dim, n_out), dim)
+        takes = ((conv is None or (CONV_EPILOGUE_AUTO and single_pass))
+                 and (len(weights) == 1 or single_pass and len({w.stride() for w in weights}) == 1))
+        if fused and takes and rows.shape[0] <= MAX_ROWS and _norm_linear_kernel_takes(
                 x, residual, z, norm_weight, weight, residual_dtype, norm_dtype):
             flat = [None if t is None else t.reshape(-1, dim) for t in (residual, z)]
             if conv is not None:
                 conv = conv._replace(weight=conv.weight.contiguous())
-            out, res = norm_linear_fwd(rows, flat[0], flat[1], norm_weight, eps, group_size, weight,
+            out, res = norm_linear_fwd(rows, flat[0], flat[1], norm_weight, eps, group_size, weights,
                                        residual_dtype, norm_dtype or x.dtype, conv=conv)
             return out.reshape(*x.shape[:-1], -1), None if res is None else res.reshape(x.shape)
-        if impl == "triton" and conv is None:
+        if impl == "triton" and conv is None and len(weights) == 1:
             raise ValueError("impl: the fused norm + linear kernel takes at most 16 rows of float32/float16/"
                              "bfloat16 whose norm output has the weight's dtype or float32; use impl='auto'")
     sub = "reference" if impl == "reference" else "auto"
@@ -132,7 +145,8 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
                                    norm_dtype=norm_dtype, impl=sub)
     else:
         normed, res = gated_rms_norm(x, z, norm_weight, eps, group_size=group_size, impl=sub), None
-    out = F.linear(normed.to(weight.dtype), weight)
+    normed = normed.to(weight.dtype)
+    out = F.linear(normed, weight) if len(weights) == 1 else torch.cat([F.linear(normed, w) for w in weights], -1)
     if conv is not None:
         from ssmkit.ops.conv1d import causal_conv1d_step
 
@@ -147,7 +161,7 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
 CONV_EPILOGUE_AUTO = True
 
 
-def _check_conv_epilogue(conv, x: torch.Tensor, weight: torch.Tensor) -> None:
+def _check_conv_epilogue(conv, x: torch.Tensor, n_out: int) -> None:
     """norm_linear's `conv`: a ConvStep whose features fit in the projection's and whose state has x's rows."""
     from ssmkit.ops.conv1d import ConvStep
 
@@ -157,9 +171,9 @@ def _check_conv_epilogue(conv, x: torch.Tensor, weight: torch.Tensor) -> None:
     batch, dim, width = conv.state.shape
     if x.ndim != 2 or x.shape[0] != batch:
         raise ValueError(f"conv: expected x of shape ({batch}, K) (conv.state's batch), got {tuple(x.shape)}")
-    if not isinstance(conv.start, int) or conv.start < 0 or conv.start + dim > weight.shape[0]:
+    if not isinstance(conv.start, int) or conv.start < 0 or conv.start + dim > n_out:
         raise ValueError(f"conv.start: expected 0 <= start and start + {dim} (conv.state.shape[1]) <= "
-                         f"{weight.shape[0]} (weight's output features), got {conv.start!r}")
+                         f"{n_out} (weight's output features), got {conv.start!r}")
     check_tensor("conv.weight", conv.weight, shape=(dim, width))
     if conv.bias is not None:
         check_tensor("conv.bias", conv.bias, shape=(dim,))

@@ -18,7 +18,7 @@ from tests.compare import assert_close
 from tests.ops.selective_scan.test_triton import expect, interpreted_main, run_interpreted
 
 INTERPRETER_CASES = ("gated", "residual_and_plain", "awkward_shapes", "launch_shapes", "linear_without_norm",
-                     "float32_norm_into_half_weight")
+                     "float32_norm_into_half_weight", "stacked_weights")
 
 
 def make(rows, dim, n, dtype, *, gated=False, groups=1, residual=None, seed=0, device="cpu"):
@@ -162,6 +162,32 @@ def case_float32_norm_into_half_weight():
         assert_close(out, want, torch.float16, name="out vs float64")
 
 
+def case_stacked_weights():
+    """Two and three weights in one launch (q, k, v; gate, up): their outputs side by side, each block of output
+    features straddling a boundary between weights somewhere (sizes off the block), persistent and not."""
+    import ssmkit.ops.norm.triton.linear as kernel
+
+    picked = kernel.pick_config
+    try:
+        for cfg in (kernel.Config(4, 0, False, 4, 1, 2), kernel.Config(2, 0, False, 4, 1),
+                    kernel.Config(16, 0, False, 8, 1, 1)):
+            kernel.pick_config = lambda m, k, n, norm=True, cfg=cfg: cfg
+            for sizes in ((37, 13, 13), (30, 45)):
+                kw = make(1, 96, sum(sizes), torch.float16, residual="tensor", seed=len(sizes) + cfg.block_n)
+                full = kw["weight"]
+                parts = tuple(p.clone() for p in full.split(sizes))
+                out, res = norm_linear(**dict(kw, weight=parts), eps=1e-5, impl="triton")
+                out_ref, res_ref = norm_linear(**dict(kw, weight=parts), eps=1e-5, impl="reference")
+                try:
+                    assert out.shape == (1, sum(sizes)) and torch.equal(res, res_ref)
+                    assert_close(out, spec64(kw), out.dtype, name="stacked vs float64 of the whole weight")
+                    assert_close(out, out_ref, out.dtype, name="stacked vs the composed ops")
+                except AssertionError as e:
+                    raise AssertionError(f"{cfg}, sizes {sizes}: {e}") from None
+    finally:
+        kernel.pick_config = picked
+
+
 # ---------------------------------------------------------------- tests
 
 @pytest.fixture(scope="module")
@@ -195,6 +221,23 @@ def test_bad_arguments_are_named():
         norm_linear(kw["x"], kw["norm_weight"], kw["weight"], residual=kw["x"])
     with pytest.raises(ValueError, match="z, group_size"):
         norm_linear(kw["x"], kw["norm_weight"], kw["weight"], z=kw["z"], residual_dtype=torch.float32)
+    w = kw["weight"]
+    with pytest.raises(ValueError, match=r"weight\[1\]"):
+        norm_linear(kw["x"], kw["norm_weight"], (w, w[:, :16]))
+    with pytest.raises(ValueError, match=r"weight\[2\]: expected dtype"):
+        norm_linear(kw["x"], kw["norm_weight"], (w, w, w.double()))
+    with pytest.raises(ValueError, match="1 to 3 stacked weights"):
+        norm_linear(kw["x"], kw["norm_weight"], (w,) * 4)
+
+
+def test_stacked_weights_compose_to_the_whole_weight():
+    """CPU (the composed ops): weights (q, k, v) give F.linear of their concatenation."""
+    kw = make(3, 40, 30, torch.float64, residual="tensor")
+    parts = kw["weight"].split([10, 5, 15])
+    out, res = norm_linear(**dict(kw, weight=parts), eps=1e-5)
+    want, res_want = norm_linear(**kw, eps=1e-5)
+    assert torch.equal(res, res_want)
+    assert_close(out, want, torch.float64, name="stacked")
 
 
 @pytest.mark.gpu

@@ -33,6 +33,8 @@ Version history
   conv state rolled by the one program that computes it (no other program reads it, so no launch boundary is
   needed between the read and the write). The separate conv step launch per layer and token goes. Same roundings
   as the two launches: the projection rounded to its dtype, then to the state's, the filter summed in float32.
+  Up to three weights stacked in one launch (an attention layer's q, k, v, a SwiGLU's gate and up after the same
+  norm): each output feature's weight row is picked by its index, so nothing is concatenated in memory.
 """
 
 from __future__ import annotations
@@ -104,6 +106,18 @@ def _times_weight(a, w, acc, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr)
 
 
 @triton.jit
+def _weight_rows(w_ptr, w2_ptr, w3_ptr, ns, n1, n2, sw):
+    """Row pointers of output features ns in up to three stacked weights of one row stride: features 0 .. n1 - 1
+    are w's rows, the next n2 w2's, the rest w3's (a layer's q, k, v or gate, up: one launch for all)."""
+    rows = w_ptr + ns * sw
+    if w2_ptr is not None:
+        rows = tl.where(ns >= n1, w2_ptr + (ns - n1) * sw, rows)
+    if w3_ptr is not None:
+        rows = tl.where(ns >= n1 + n2, w3_ptr + (ns - n1 - n2) * sw, rows)
+    return rows
+
+
+@triton.jit
 def _conv_window(cs_ptr, rows, rmask, ns, conv_lo, conv_dim, scs_b, scs_d, scs_w, CONV_W: tl.constexpr,
                  BLOCK_W: tl.constexpr):
     """The conv state of output features ns shifted by one (slot j holds state slot j + 1, the last slot 0: the
@@ -140,8 +154,8 @@ def _conv_epilogue(y, window, cs_ptr, cw_ptr, cb_ptr, rows, rmask, ns, conv_lo, 
 
 @triton.jit
 def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr, M, K, N, group_size, eps,
-                      sx, sres, sz, sw, sout, sres_out, cs_ptr, cw_ptr, cb_ptr, conv_lo, conv_dim, scs_b, scs_d,
-                      scs_w, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr, NG: tl.constexpr,
+                      sx, sres, sz, sw, sout, sres_out, w2_ptr, w3_ptr, n1, n2, cs_ptr, cw_ptr, cb_ptr, conv_lo,
+                      conv_dim, scs_b, scs_d, scs_w, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr, NG: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       PERSISTENT: tl.constexpr, PDL: tl.constexpr, CONV_W: tl.constexpr = 1,
                       BLOCK_W: tl.constexpr = 1, CONV_SILU: tl.constexpr = False):
@@ -150,7 +164,8 @@ def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr
     Arguments as _norm_linear_kernel's. PERSISTENT: a grid smaller than the blocks of output features; each program
     normalizes the rows once and walks blocks pid, pid + grid, ..., loading the next block's weight before it
     multiplies by the current one (two blocks in registers). PDL (ssmkit.ops.pdl): the weight, which no launch
-    writes, is the only read before the wait. cs_ptr (conv state (M, conv_dim, CONV_W), strides scs_*) or None:
+    writes, is the only read before the wait. w2_ptr, w3_ptr: None, or weights stacked after w (_weight_rows;
+    N = n1 + n2 + the third's rows). cs_ptr (conv state (M, conv_dim, CONV_W), strides scs_*) or None:
     features conv_lo .. conv_lo + conv_dim - 1 go through a conv step (weight cw (conv_dim, CONV_W) contiguous,
     bias cb or None, SiLU when CONV_SILU; BLOCK_W = CONV_W rounded up to a power of two), the next block's state
     window read with its weight."""
@@ -161,7 +176,8 @@ def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr
     kmask = ks < K
     n0 = pid * BLOCK_N
     ns = n0 + tl.arange(0, BLOCK_N)
-    w = tl.load(w_ptr + ns[:, None] * sw + ks[None, :], mask=(ns < N)[:, None] & kmask[None, :], other=0.0)
+    w = tl.load(_weight_rows(w_ptr, w2_ptr, w3_ptr, ns, n1, n2, sw)[:, None] + ks[None, :],
+                mask=(ns < N)[:, None] & kmask[None, :], other=0.0)
     wait_for_previous(PDL)
     window = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.float32)
     if cs_ptr is not None:
@@ -178,8 +194,8 @@ def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr
         w_next = w
         window_next = window
         if PERSISTENT:
-            w_next = tl.load(w_ptr + nxt[:, None] * sw + ks[None, :], mask=(nxt < N)[:, None] & kmask[None, :],
-                             other=0.0)
+            w_next = tl.load(_weight_rows(w_ptr, w2_ptr, w3_ptr, nxt, n1, n2, sw)[:, None] + ks[None, :],
+                             mask=(nxt < N)[:, None] & kmask[None, :], other=0.0)
             if cs_ptr is not None:
                 window_next = _conv_window(cs_ptr, rows, rmask, nxt, conv_lo, conv_dim, scs_b, scs_d, scs_w,
                                            CONV_W, BLOCK_W)
@@ -286,16 +302,21 @@ def one_pass(config: Config, k: int) -> bool:
 def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residual_dtype, norm_dtype,
                     config: Config | None = None, conv=None):
     """Rows x (M <= MAX_ROWS, K); residual, z like x or None; norm_weight (K,) or None (no norm: x @ weight^T);
-    weight (N, K). residual_dtype: None (no residual add) or the stream's dtype; norm_dtype: the dtype the norm
+    weight (N, K), or a tuple of up to three (N_i, K) of one dtype and row stride whose outputs come stacked (the
+    one-pass GEMV only). residual_dtype: None (no residual add) or the stream's dtype; norm_dtype: the dtype the norm
     rounds its normalized value to. config: the launch shape (None = pick_config's): a GEMV whose block holds the
     whole row runs _norm_gemv_kernel, anything else _norm_linear_kernel. conv: a ssmkit.ops.conv1d.ConvStep (state
     (M, dim, width), weight (dim, width) contiguous) finished in _norm_gemv_kernel's epilogue (a config that runs
     _norm_linear_kernel is refused). Returns (out (M, N) in weight.dtype, new residual (M, K) or None)."""
     m, k = x.shape
-    n = weight.shape[0]
+    stacked = tuple(weight) if isinstance(weight, (tuple, list)) else (weight,)
+    weight = stacked[0]
+    n = sum(w.shape[0] for w in stacked)
     cfg = pick_config(m, k, n, norm_weight is not None) if config is None else config
-    if conv is not None and not one_pass(cfg, k):
-        raise ValueError(f"conv: the conv epilogue needs a one-pass GEMV config, got {cfg}")
+    if (conv is not None or len(stacked) > 1) and not one_pass(cfg, k):
+        raise ValueError(f"conv, stacked weights: the one-pass GEMV's alone, not config {cfg}")
+    if len(stacked) > 3 or any(w.stride(0) != weight.stride(0) or w.dtype != weight.dtype for w in stacked):
+        raise ValueError("weight: expected at most three stacked weights of one dtype and row stride")
     out = torch.empty(m, n, dtype=weight.dtype, device=x.device)
     res_out = None if residual_dtype is None else torch.empty(m, k, dtype=residual_dtype, device=x.device)
     block_k = cfg.block_k or triton.next_power_of_2(k)
@@ -310,13 +331,15 @@ def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residu
         persistent = cfg.programs_per_sm > 0
         sms = cuda_sm_count(x.device) if x.is_cuda else 1  # the interpreter: programs_per_sm programs walk them all
         grid = min(blocks, cfg.programs_per_sm * sms) if persistent else blocks
+        rest = stacked[1:] + (None,) * (3 - len(stacked))
+        stack_args = (*rest, stacked[0].shape[0], stacked[1].shape[0] if len(stacked) > 2 else 0)
         conv_args = (None, None, None, 0, 0, 0, 0, 0)
         if conv is not None:
             conv_args = (conv.state, conv.weight, conv.bias, conv.start, conv.state.shape[1], *conv.state.stride())
             width = conv.state.shape[2]
             meta.update(CONV_W=width, BLOCK_W=triton.next_power_of_2(width), CONV_SILU=conv.activation == "silu")
-        _norm_gemv_kernel[(grid,)](*args, *conv_args, BLOCK_M=triton.next_power_of_2(m), PERSISTENT=persistent,
-                                   **meta)
+        _norm_gemv_kernel[(grid,)](*args, *stack_args, *conv_args, BLOCK_M=triton.next_power_of_2(m),
+                                   PERSISTENT=persistent, **meta)
     else:
         _norm_linear_kernel[(blocks,)](*args, DOT_PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
                                        USE_DOT=cfg.use_dot, BLOCK_M=MAX_ROWS if cfg.use_dot else
