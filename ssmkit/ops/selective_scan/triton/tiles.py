@@ -5,12 +5,15 @@ Version history
   same bytes and round dt the same way (the backward recomputes states the forward produced).
 - v2: exp2_approx, the decay without subnormal handling, and row_inputs, one row's unmasked loads (the
   forward's LOOP variant, fwd.py v3, and the row-walking backward, bwd_rows.py).
+- v3: silu_approx (the z gate) and widen (bf16 pairs to float32 in two instructions) for the forward's rows
+  (fwd.py v4); row_inputs' softplus takes PTX, so the row-walking backward recomputes dt' as the forward's rows
+  compute it; exp2_approx moved to ssd/triton/tiles.py beside softplus, which uses it (re-exported here).
 """
 
 import triton
 import triton.language as tl
 
-from ssmkit.ops.ssd.triton.tiles import softplus
+from ssmkit.ops.ssd.triton.tiles import exp2_approx, rcp_approx, softplus  # noqa: F401 (re-exported)
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -32,18 +35,6 @@ def channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D: tl.constexpr, BLOCK_N
     ns = tl.arange(0, BLOCK_N)
     nmask = ns < dstate
     return b, g, ds, dmask, ns, nmask, dmask[:, None] & nmask[None, :]
-
-
-@triton.jit
-def exp2_approx(x, PTX: tl.constexpr):
-    """2^x by the hardware's approximation, flushing results below 2^-126 to 0 (ex2.approx.ftz): tl.exp2 adds
-    three instructions an element to keep those as subnormals, which a decay of a state never needs. PTX=False
-    (the interpreter, which runs no PTX) uses tl.exp2."""
-    if PTX:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.exp2(x)
 
 
 @triton.jit
@@ -90,17 +81,41 @@ def last_row(t, rows_local, LAST: tl.constexpr):
 
 @triton.jit
 def row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc, sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g,
-               SOFTPLUS: tl.constexpr):
+               SOFTPLUS: tl.constexpr, PTX: tl.constexpr = False):
     """Row `row` of dt' (channels,), dt' x (channels,), x (channels,), B (dstate,) and dt + bias (channels,), in
     float32, for the kernels that walk rows with a thread per channel. Loads take no masks (each mask costs
     predicate instructions in every row): channels `dc` and states `nc` are clamped in bounds by the caller,
-    and a row at or past `end` reads row end - 1 and gets dt' = dt' x = 0, so it leaves the state as it is."""
+    and a row at or past `end` reads row end - 1 and gets dt' = dt' x = 0, so it leaves the state as it is.
+    PTX: softplus by the hardware's approximations, as the forward's row walk computes it (fwd.py v4)."""
     r = tl.minimum(row, end - 1)
     raw = tl.load(dt_ptr + b * sdt_b + r * sdt_l + dc).to(tl.float32) + bias
     dtv = raw
     if SOFTPLUS:
-        dtv = softplus(raw)
+        dtv = softplus(raw, PTX)
     dtv = tl.where(row < end, dtv, 0.0)
     x = tl.load(x_ptr + b * sx_b + r * sx_l + dc).to(tl.float32)
     Bt = tl.load(B_ptr + b * sB_b + g * sB_g + r * sB_l + nc).to(tl.float32)
     return dtv, tl.where(row < end, dtv * x, 0.0), x, Bt, raw
+
+
+@triton.jit
+def silu_approx(z, PTX: tl.constexpr):
+    """z sigmoid(z) = z / (1 + 2^(-z log2 e)) by ex2.approx.ftz and rcp.approx.ftz (PTX; tl.sigmoid otherwise):
+    tl.sigmoid's exp and IEEE division add a subnormal check and a range check an element. z -> -inf gives
+    z * 0 = -0, z -> +inf gives z, as the exact form."""
+    if PTX:
+        return z * rcp_approx(1.0 + exp2_approx(z * -1.4426950408889634, PTX), PTX)
+    else:
+        return z * tl.sigmoid(z)
+
+
+@triton.jit
+def widen(v, PTX: tl.constexpr):
+    """v in float32. A bf16 tensor whose elements sit in pairs in one thread's registers (B and C of a row,
+    dstate in-thread) widens a pair per two instructions (shl and and of the 32-bit word the vector load gave);
+    the compiler's conversion spends three (a byte permute for the upper half first)."""
+    if PTX and v.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("shl.b32 $0, $2, 16;\n\tand.b32 $1, $2, 0xffff0000;", "=r,=r,r", [v],
+                                         dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        return v.to(tl.float32)
