@@ -226,10 +226,12 @@ def _check_forward_feeds_backward(name, inp, dout, dfinal, refs, fwd_config, **f
 
 def case_loop_forward():
     """The forward's row-by-row variant (LOOP): y, final state and checkpoints equal the float64 reference on
-    odd shapes (a partial last tile, channel blocks wider than a group, no D/z/bias), and the tile-parallel
+    odd shapes (a partial last tile, channel blocks wider than a group, no D/z/bias), on whole tiles only (no
+    partial tile to walk with bounds) at dstate 16 (B and C read without a state clamp), and the tile-parallel
     backward, recomputing from its checkpoints, gives the reference gradients."""
     shapes = {"odd_two_groups": (2, 37, 8, 4, 2, dict()), "length_one": (1, 1, 4, 16, 1, dict()),
-              "bare": (1, 9, 6, 3, 6, dict(D=False, z=False, dt_bias=False, initial_state=False))}
+              "bare": (1, 9, 6, 3, 6, dict(D=False, z=False, dt_bias=False, initial_state=False)),
+              "whole_tiles_dstate16": (2, 24, 8, 16, 1, dict())}
     for name, (*shape, flags) in shapes.items():
         inp = scan_inputs(*shape, seed=shape[1], **flags)
         batch, seqlen, dim, dstate, _ = shape
