@@ -163,19 +163,21 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         Cb = C_ptr + b * sC_b + g * sC_g
         yb = y_ptr + b * seqlen * dim
         c_full = end // BLOCK_T  # tiles whose rows are all before the end: no bounds work in their rows
+        next_ck = c_first  # segments start on checkpoint tiles
         for c in range(c_first, c_full):
-            _save_checkpoint(ckpt_ptr, h, c, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
+            next_ck = _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
             h = _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c, BLOCK_T, ds, dmask, dc, nc, nmask, dim,
                            sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, False, PTX)
         if c_full * BLOCK_T < end:  # the last tile is partial
-            _save_checkpoint(ckpt_ptr, h, c_full, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
+            _save_checkpoint(ckpt_ptr, h, c_full, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
             h = _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c_full, end - c_full * BLOCK_T, ds, dmask, dc,
                            nc, nmask, dim, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, True, PTX)
         h_out = tl.trans(h)
     else:
         tloc = tl.arange(0, BLOCK_T)
+        next_ck = c_first
         for c in range(c_first, tl.cdiv(end, BLOCK_T)):
-            _save_checkpoint(ckpt_ptr, h, c, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
+            next_ck = _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
             rows = c * BLOCK_T + tloc
             rmask = rows < end
             dtv, _ = step_size(dt_ptr, b * sdt_b, rows, rmask, sdt_l, ds, dmask, bias, SOFTPLUS)
@@ -199,12 +201,16 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
 
 
 @triton.jit
-def _save_checkpoint(ckpt_ptr, h, c, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP: tl.constexpr):
-    """The state entering tile c, stored when c starts a checkpoint interval (LOOP: h is (dstate, channels))."""
+def _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP: tl.constexpr):
+    """Stores the state entering tile c when c is the next checkpoint tile `next_ck` (LOOP: h is (dstate,
+    channels)); returns the next one after c. A counter, not c % ck_tiles: the remainder by a run-time divisor
+    cost ~20 instructions a tile."""
     if ckpt_ptr is not None:
-        if c % ck_tiles == 0:
+        if c == next_ck:
             tl.store(ckpt_ptr + (b * nck + c // ck_tiles) * dim * dstate + soffs, tl.trans(h) if LOOP else h,
                      mask=smask)
+            next_ck += ck_tiles
+    return next_ck
 
 
 @triton.jit
