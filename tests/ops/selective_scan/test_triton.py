@@ -162,7 +162,7 @@ def check_scan(inp, grads=True, oracle=None, seed=1):
 # ---------------------------------------------------------------- interpreter cases (child process)
 
 INTERPRETER_CASES = ("shapes", "checkpoints", "loop_forward", "segments", "backward_rows", "float16",
-                     "strided_inputs", "awkward_shapes", "step", "dispatch")
+                     "strided_inputs", "awkward_shapes", "step", "dispatch", "softplus_fast")
 
 SHAPES = {
     # name: (batch, seqlen, dim, dstate, ngroups, flags)
@@ -336,6 +336,23 @@ def case_awkward_shapes():
     run_one()
 
 
+def case_softplus_fast():
+    """softplus_fast (dt' of the row-walking kernels) against float64 softplus on [-30, 30]: within 4 float32 ulp
+    plus the rounding of its exponent's argument (relative 2^-24 |v| log2 e)."""
+    import triton
+
+    from tests.ops.selective_scan.pointwise_kernels import apply_softplus_fast
+
+    v = torch.linspace(-30, 30, 120001)
+    out = torch.empty_like(v)
+    apply_softplus_fast[(triton.cdiv(v.numel(), 4096),)](v, out, v.numel(), BLOCK=4096)
+    ref = torch.nn.functional.softplus(v.double())
+    rel = ((out.double() - ref) / ref).abs()
+    tol = 2.0 ** -24 * (4 + v.double().abs() * 1.4426950408889634)
+    worst = int((rel / tol).argmax())
+    assert (rel <= tol).all(), f"relative error {rel[worst]:.3g} at v={v[worst]:.6g} (tolerance {tol[worst]:.3g})"
+
+
 def check_step(device="cpu", state_dtype=torch.float32, steps=5):
     """The step updates a strided state in place like selective_scan_step, and token by token it reproduces the
     full scan's outputs and final state."""
@@ -462,6 +479,10 @@ def test_interpreted_scan_step_updates_strided_state_in_place_and_matches_full_s
 
 def test_interpreted_selective_scan_dispatch_runs_triton(interpreted):
     expect(interpreted, "dispatch")
+
+
+def test_interpreted_softplus_fast_matches_float64_softplus_to_float32_rounding(interpreted):
+    expect(interpreted, "softplus_fast")
 
 
 def _tiny_inputs():

@@ -13,8 +13,8 @@ Version history
   (rows, channels) register tiles stored once per tile (a store between rows would hold back the next row's
   loads); dB and dC are summed over the program's channels (a reduction across the warp) and written as
   per-program partials, summed on the host like bwd.py's.
-- v2: dt' recomputed with softplus by the hardware's approximations (PTX), as the forward's rows compute it
-  (fwd.py v4), so the states walked here are the ones the forward walked.
+- v2: dt' recomputed by tiles.softplus_fast (through row_inputs), as the forward's rows compute it (fwd.py v4),
+  so the states walked here are the ones the forward walked.
 """
 
 from __future__ import annotations

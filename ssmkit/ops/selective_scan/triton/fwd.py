@@ -44,8 +44,10 @@ Version history
   per-channel loads were vectorized in a layout of their own and every row paid 4 shuffles and ~10 selects to
   bring them to the state's (and a shared-memory round trip for y); now they stay in it. (d) B and C read
   unclamped when dstate == BLOCK_N, two 16-byte loads each instead of 16 2-byte ones, widened to float32 a pair
-  per 2 instructions (tiles.widen). (e) softplus and the z gate by ex2.approx.ftz and rcp.approx.ftz (6 and 8
-  instructions fewer per channel and row; results equal to float32 rounding, as the tests check).
+  per 2 instructions (tiles.widen). (e) dt' by tiles.softplus_fast (log1p by a fitted polynomial, no division: one
+  multifunction-unit (MUFU) instruction fewer) and the z gate by ex2/rcp.approx.ftz (8 instructions fewer);
+  results equal to float32 rounding, as the tests check. (f) Checkpoint tiles found by a counter, not
+  c % ck_tiles (~20 instructions a tile).
   Hot loop per channel-row, --aligned, v3 -> v4 (registers, warps an SM by registers; no LDL/STL in the loop
   either way): (4, 64, 1, 128) 209.8 -> 151.2 (128, 16); (2, 64, 1, 128) 209.5 -> 158.0 (128, 16);
   (4, 32, 1, 128) 266.8 -> 185.2 (128, 16); uncapped (4, 64, 1) 216.6 -> 153.0 (254, 8), (4, 32, 1) 266.2 ->
@@ -64,7 +66,7 @@ from ssmkit.ops.ssd.triton.plan import pick
 
 from .plan import CHECKPOINT_ROWS, block_n, configs, launch_options, multiprocessors, segment_length
 from .tiles import (LOG2E, channel_params, channel_tile, combine, exp2_approx, last_row, load_rows, silu_approx,
-                    softplus, step_size, widen)
+                    softplus_fast, step_size, widen)
 
 
 @triton.jit
@@ -276,7 +278,7 @@ def _row_update(h, A2, bias, xt, dtt, Bt, r, valid, dc, nc, sx_l, sdt_l, sB_l, S
     raw = tl.load(dtt + r * sdt_l + dc).to(tl.float32) + bias
     dtv = raw
     if SOFTPLUS:
-        dtv = softplus(raw, PTX)
+        dtv = softplus_fast(raw, PTX)
     if BOUNDED:
         dtv = tl.where(valid, dtv, 0.0)
     x = tl.load(xt + r * sx_l + dc).to(tl.float32)

@@ -10,9 +10,6 @@ Version history
   opened with (five kernels, the same 15-25 lines each).
 - v4: softplus through a short atanh series instead of the library log and an IEEE division (same float32
   result to rounding; the selective scan evaluates it for every channel of every row).
-- v5: exp2_approx (moved here from the selective scan's tiles) and rcp_approx, the hardware's approximations
-  without subnormal and range handling, behind a PTX flag; softplus(v, PTX=True) uses them (the selective
-  scan forward's rows, fwd.py v4). The SSD kernels call softplus as before.
 """
 
 import triton
@@ -70,43 +67,13 @@ def load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P: tl.constexpr):
 
 
 @triton.jit
-def exp2_approx(x, PTX: tl.constexpr):
-    """2^x by the hardware's approximation, flushing results below 2^-126 to 0 (ex2.approx.ftz): tl.exp2 adds
-    three instructions an element to keep those as subnormals, which a decay never needs. PTX=False (the
-    interpreter, which runs no PTX) uses tl.exp2."""
-    if PTX:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.exp2(x)
-
-
-@triton.jit
-def rcp_approx(x, PTX: tl.constexpr):
-    """1 / x by the hardware's reciprocal (rcp.approx.ftz, within 1 ulp): tl.fdiv and 1.0 / x add a range
-    check and two scalings an element for |x| > 2^126, which the callers' denominators (1 + e, 2 + u) never
-    reach except as infinity, where both give 0. PTX=False uses 1.0 / x."""
-    if PTX:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return 1.0 / x
-
-
-@triton.jit
-def softplus(v, PTX: tl.constexpr = False):
+def softplus(v):
     """log(1 + e^v) = max(v, 0) + log1p(u), u = e^-|v| <= 1, with log1p(u) = 2 atanh(s), s = u / (2 + u) <= 1/3,
     summed as the odd series of atanh to s^15 (truncation below 2e-9 relative). One exp and one approximate
     division: the library log and IEEE division it replaces cost ~50 instructions an element, a third of a
-    Mamba-1 scan's per-channel row (v4). Equals torch's softplus (threshold 20) to float32 rounding.
-    PTX=True: u by ex2.approx.ftz and the division by rcp.approx.ftz (v5), 7 instructions fewer; u flushes to
-    0 below 2^-126, where softplus(v) < 1.2e-38 is 0 to float32 dt's use."""
-    if PTX:
-        u = exp2_approx(-tl.abs(v) * 1.4426950408889634, PTX)
-        s = u * rcp_approx(2.0 + u, PTX)
-    else:
-        u = tl.exp(-tl.abs(v))
-        s = tl.fdiv(u, 2.0 + u)
+    Mamba-1 scan's per-channel row (v4). Equals torch's softplus (threshold 20) to float32 rounding."""
+    u = tl.exp(-tl.abs(v))
+    s = tl.fdiv(u, 2.0 + u)
     s2 = s * s
     p = 1.0 / 15.0
     p = p * s2 + 1.0 / 13.0
