@@ -34,7 +34,7 @@ Version history
   library log and IEEE division; 1, 2 or 4 channels a thread share each row's B and C loads; register-capped
   configs (maxnreg) trade a few spills for resident warps. On an H100, 16K tokens at dim 2048: 1.15-3.87 ms
   (v2) -> 0.58-0.79 ms.
-- v4: the LOOP walk's instructions per channel and row cut from ~210 to ~151 (sm_90 SASS of the tile loop, config
+- v4: the LOOP walk's instructions per channel and row cut from ~210 to ~145 (sm_90 SASS of the tile loop, config
   (4, 64, 1, maxnreg 128), compiled as a launch on contiguous bf16 tensors is specialized: 16-byte aligned
   pointers and strides; benchmarks/kernel_resources_cpu.py --aligned, whose "hot loop" column counts them).
   (a) Whole tiles walk without bounds: the row clamp and the selects of dt' are only in the last, partial tile
@@ -44,16 +44,19 @@ Version history
   per-channel loads were vectorized in a layout of their own and every row paid 4 shuffles and ~10 selects to
   bring them to the state's (and a shared-memory round trip for y); now they stay in it. (d) B and C read
   unclamped when dstate == BLOCK_N, two 16-byte loads each instead of 16 2-byte ones, widened to float32 a pair
-  per 2 instructions (tiles.widen). (e) dt' by tiles.softplus_fast (log1p by a fitted polynomial, no division: one
-  multifunction-unit (MUFU) instruction fewer) and the z gate by ex2/rcp.approx.ftz (8 instructions fewer);
+  per 2 instructions (tiles.widen). (e) dt' by tiles.softplus_fast (log1p by a fitted polynomial, no division:
+  one multifunction-unit (MUFU) instruction fewer) and the z gate by ex2/rcp.approx.ftz (8 instructions fewer);
   results equal to float32 rounding, as the tests check. (f) Checkpoint tiles found by a counter, not
   c % ck_tiles (~20 instructions a tile).
-  Hot loop per channel-row, --aligned, v3 -> v4 (registers, warps an SM by registers; no LDL/STL in the loop
-  either way): (4, 64, 1, 128) 209.8 -> 151.2 (128, 16); (2, 64, 1, 128) 209.5 -> 158.0 (128, 16);
-  (4, 32, 1, 128) 266.8 -> 185.2 (128, 16); uncapped (4, 64, 1) 216.6 -> 153.0 (254, 8), (4, 32, 1) 266.2 ->
-  187.0 (96 -> 168 registers: 21 -> 12 warps), (4, 256, 8) 259.0 -> 188.0 (128 -> 176: 16 -> 8 warps). The
-  segment pass (4, 64), uncapped: 137.1 -> 105.0, its registers 161 -> 243 (a capped config caps it too).
-  MUFU stays at 20 per channel-row (16 decays, 2 for softplus, 2 for the gate). H100 times: not yet measured.
+  Hot loop per channel-row, --aligned, v3 -> v4 (registers a thread; warps an SM by registers; LDL/STL in the
+  loop): capped (4, 64, 1, 128) 209.8 -> 144.8 (128; 16; 2 -> 0), (2, 64, 1, 128) 209.5 -> 150.2 (128; 16;
+  2 -> 5), (4, 32, 1, 128) 266.8 -> 176.2 (128; 16; 0); uncapped (4, 64, 1) 216.6 -> 146.0 (254 -> 255; 8; 0),
+  (8, 64, 1) 211.2 -> 144.9 (249 -> 255; 8; 0), (4, 128, 2) 216.0 -> 150.0 (254 -> 255; 8; 0), (4, 32, 1)
+  266.2 -> 177.8 (96 -> 168; 21 -> 12; 0), (4, 256, 8) 259.0 -> 177.8 (128 -> 174; 16 -> 8; 0), (4, 128, 1)
+  174.8 -> 146.6 (255; 8; 0 -> 170). MUFU 20 -> 19 per channel-row (16 decays, 1 for softplus, 2 for the gate).
+  The segment pass: 136.4 -> 103.5 at (4, 64) and (2, 64) capped at 128 as those configs launch it (MUFU 18 ->
+  17), 152.3 -> 119.5 at (4, 32); uncapped (4, 64) 137.1 -> 100.9 with 161 -> 245 registers (12 -> 8 warps).
+  Tables: benchmarks/results/selective-scan-fwd-sm90-cpu-2026-12-07.md. H100 times: not yet measured.
 """
 
 from __future__ import annotations
