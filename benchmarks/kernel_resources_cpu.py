@@ -51,7 +51,7 @@ def resources(cubin: bytes) -> dict:
 
 def hot_loop(sass: str) -> list[str]:
     """The opcodes of one pass of the longest loop (a backward branch's span) on its common path: each forward
-    branch inside it is taken. Empty without a loop."""
+    branch inside it is taken. Empty without a loop (0 in the table)."""
     items, labels = [], {}
     for line in sass.splitlines():
         label = re.match(r"^(\.L_x_\d+):", line)
@@ -62,7 +62,8 @@ def hot_loop(sass: str) -> list[str]:
         if ins:
             target = re.search(r"\.L_x_\d+", ins.group(2)) if ins.group(1) == "BRA" else None
             items.append((ins.group(1), target.group(0) if target else None))
-    loops = [(labels[t], i) for i, (op, t) in enumerate(items) if t is not None and labels[t] <= i]
+    # a backward branch spans a loop; the branch to itself after EXIT that ends every kernel is not one
+    loops = [(labels[t], i) for i, (op, t) in enumerate(items) if t is not None and labels[t] < i]
     if not loops:
         return []
     start, stop = max(loops, key=lambda span: span[1] - span[0])
