@@ -4,9 +4,13 @@ each through Triton's front end and the triton wheel's ptxas, then read back wit
 
 What it shows without a GPU: which configs spill to local memory (STACK > 0), how many warps fit an SM by
 registers (65,536 registers an SM), and the instruction mix of the hot loops (exp2 = MUFU.EX2; SHFL and BAR are
-the cross-thread traffic). What it cannot show: time. Writes a markdown table with --out.
+the cross-thread traffic), and "hot loop": the instructions of one pass of the kernel's longest loop on its
+common path (every forward branch inside it taken, which skips a rarely run block such as a checkpoint store;
+per row and channel it is this / (rows a pass x channels a thread)). What it cannot show: time. --aligned
+compiles as a launch on contiguous tensors is specialized (pointers and sizes multiples of 16), which can change
+the code. Writes a markdown table with --out.
 
-    python benchmarks/kernel_resources_cpu.py [--match scan] [--ssd-grid | --gemv-grid] [--out FILE]
+    python benchmarks/kernel_resources_cpu.py [--match scan] [--aligned] [--ssd-grid | --gemv-grid] [--out FILE]
 """
 
 from __future__ import annotations
@@ -42,7 +46,33 @@ def resources(cubin: bytes) -> dict:
     ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M)
     return dict(regs=int(re.search(r"REG:(\d+)", usage).group(1)), stack=int(re.search(r"STACK:(\d+)", usage).group(1)),
                 instructions=len(ops), mufu=ops.count("MUFU"), shfl=ops.count("SHFL"), bar=ops.count("BAR"),
-                ldl_stl=ops.count("LDL") + ops.count("STL"))
+                ldl_stl=ops.count("LDL") + ops.count("STL"), hot_loop=len(hot_loop(sass)))
+
+
+def hot_loop(sass: str) -> list[str]:
+    """The opcodes of one pass of the longest loop (a backward branch's span) on its common path: each forward
+    branch inside it is taken. Empty without a loop (0 in the table)."""
+    items, labels = [], {}
+    for line in sass.splitlines():
+        label = re.match(r"^(\.L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = len(items)
+            continue
+        ins = re.match(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)\S*\s*(.*)$", line)
+        if ins:
+            target = re.search(r"\.L_x_\d+", ins.group(2)) if ins.group(1) == "BRA" else None
+            items.append((ins.group(1), target.group(0) if target else None))
+    # a backward branch spans a loop; the branch to itself after EXIT that ends every kernel is not one
+    loops = [(labels[t], i) for i, (op, t) in enumerate(items) if t is not None and labels[t] < i]
+    if not loops:
+        return []
+    start, stop = max(loops, key=lambda span: span[1] - span[0])
+    path, i = [], start
+    while i <= stop:
+        op, target = items[i]
+        path.append(op)
+        i = labels[target] if target is not None and i != stop and labels[target] > i else i + 1
+    return path
 
 
 def ssd_grid() -> list:
@@ -93,6 +123,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--match", default="", help="only cases whose label contains this text")
     p.add_argument("--out", default=None, help="write the markdown table here")
+    p.add_argument("--aligned", action="store_true",
+                   help="compile as a launch on contiguous tensors is specialized (pointers and sizes multiples of 16)")
     p.add_argument("--ssd-grid", action="store_true",
                    help="instead of the test's cases: the SSD forward and backward kernels at headdim 64 over "
                         "dstate 64/128/256, BLOCK_P 16/32/64, 4/8 warps, 2/3 stages (candidates for the tables)")
@@ -105,21 +137,22 @@ def main() -> None:
                                                        else CASES):
         if a.match not in label:
             continue
-        compiled = compile_for_h100(_kernel(module, name), consts, warps, stages)
+        compiled = compile_for_h100(_kernel(module, name), consts, warps, stages, aligned=a.aligned)
         r = resources(compiled.asm["cubin"])
         regs = max(r["regs"], 1)
         fit = min(MAX_WARPS_PER_SM, REGS_PER_SM // (regs * 32) // warps * warps)
         rows.append((label, warps, stages, r["regs"], r["stack"], compiled.metadata.shared, fit, r["instructions"],
-                     r["mufu"], r["shfl"], r["bar"], r["ldl_stl"]))
+                     r["mufu"], r["shfl"], r["bar"], r["ldl_stl"], r["hot_loop"]))
         print(" ".join(str(v) for v in rows[-1]), flush=True)
     head = ("| kernel config | warps | stages | registers | spill stack B | shared B | warps an SM (by registers) "
-            "| instructions | MUFU | SHFL | BAR | LDL/STL |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| instructions | MUFU | SHFL | BAR | LDL/STL | hot loop |\n" + "|---" * 13 + "|")
     table = head + "\n" + "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in rows)
     if a.out:
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         cases = ("the SSD grid (--ssd-grid)" if a.ssd_grid else "the one-row GEMV grid (--gemv-grid)" if a.gemv_grid
                  else "every config of tests/ops/test_compile_sm90.py")
         cmd = "python benchmarks/kernel_resources_cpu.py" + (f" --match {a.match}" if a.match else "") + \
+            (" --aligned" if a.aligned else "") + \
             (" --ssd-grid" if a.ssd_grid else "") + (" --gemv-grid" if a.gemv_grid else "")
         Path(a.out).write_text(
             f"# Triton kernels compiled for sm_90 on a CPU machine: registers, spills, instruction mix\n\n"

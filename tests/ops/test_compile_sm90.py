@@ -83,14 +83,22 @@ def signature(kernel, constexprs: dict) -> tuple[dict, dict]:
     return sig, const
 
 
-def compile_for_h100(kernel, constexprs: dict, num_warps: int, num_stages: int = 2):
-    """constexprs may carry "maxnreg", a config's register cap: a compile option, not a kernel argument."""
+def compile_for_h100(kernel, constexprs: dict, num_warps: int, num_stages: int = 2, aligned: bool = False):
+    """constexprs may carry "maxnreg", a config's register cap: a compile option, not a kernel argument.
+    aligned: every pointer and every integer argument the launcher specializes (not in do_not_specialize) is
+    taken as a multiple of 16, as a launch on contiguous tensors with such strides and sizes sees them (Triton
+    specializes on that); it can change the code (vectorized loads and stores, and the layouts they pick)."""
     constexprs = dict(constexprs)
     options = dict(num_warps=num_warps, num_stages=num_stages)
     if "maxnreg" in constexprs:
         options["maxnreg"] = constexprs.pop("maxnreg")
     sig, const = signature(kernel, constexprs)
-    return triton.compile(ASTSource(kernel, sig, const), target=H100, options=options)
+    attrs = {}
+    if aligned:
+        skip = set(kernel.do_not_specialize or ())
+        attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(kernel.params)
+                 if sig[p.name] not in ("constexpr", "fp32") and i not in skip and p.name not in skip}
+    return triton.compile(ASTSource(kernel, sig, const, attrs), target=H100, options=options)
 
 
 def _kernel(module: str, name: str):

@@ -162,7 +162,7 @@ def check_scan(inp, grads=True, oracle=None, seed=1):
 # ---------------------------------------------------------------- interpreter cases (child process)
 
 INTERPRETER_CASES = ("shapes", "checkpoints", "loop_forward", "segments", "backward_rows", "float16",
-                     "strided_inputs", "awkward_shapes", "step", "dispatch")
+                     "strided_inputs", "awkward_shapes", "step", "dispatch", "softplus_fast")
 
 SHAPES = {
     # name: (batch, seqlen, dim, dstate, ngroups, flags)
@@ -226,10 +226,12 @@ def _check_forward_feeds_backward(name, inp, dout, dfinal, refs, fwd_config, **f
 
 def case_loop_forward():
     """The forward's row-by-row variant (LOOP): y, final state and checkpoints equal the float64 reference on
-    odd shapes (a partial last tile, channel blocks wider than a group, no D/z/bias), and the tile-parallel
+    odd shapes (a partial last tile, channel blocks wider than a group, no D/z/bias), on whole tiles only (no
+    partial tile to walk with bounds) at dstate 16 (B and C read without a state clamp), and the tile-parallel
     backward, recomputing from its checkpoints, gives the reference gradients."""
     shapes = {"odd_two_groups": (2, 37, 8, 4, 2, dict()), "length_one": (1, 1, 4, 16, 1, dict()),
-              "bare": (1, 9, 6, 3, 6, dict(D=False, z=False, dt_bias=False, initial_state=False))}
+              "bare": (1, 9, 6, 3, 6, dict(D=False, z=False, dt_bias=False, initial_state=False)),
+              "whole_tiles_dstate16": (2, 24, 8, 16, 1, dict())}
     for name, (*shape, flags) in shapes.items():
         inp = scan_inputs(*shape, seed=shape[1], **flags)
         batch, seqlen, dim, dstate, _ = shape
@@ -332,6 +334,23 @@ def case_awkward_shapes():
         check_scan(scan_inputs(1, seqlen, dim, dstate, ngroups, seed=seqlen, dt_softplus=softplus), grads=False)
 
     run_one()
+
+
+def case_softplus_fast():
+    """softplus_fast (dt' of the row-walking kernels) against float64 softplus on [-30, 30]: within 4 float32 ulp
+    plus the rounding of its exponent's argument (relative 2^-24 |v| log2 e)."""
+    import triton
+
+    from tests.ops.selective_scan.pointwise_kernels import apply_softplus_fast
+
+    v = torch.linspace(-30, 30, 120001)
+    out = torch.empty_like(v)
+    apply_softplus_fast[(triton.cdiv(v.numel(), 4096),)](v, out, v.numel(), BLOCK=4096)
+    ref = torch.nn.functional.softplus(v.double())
+    rel = ((out.double() - ref) / ref).abs()
+    tol = 2.0 ** -24 * (4 + v.double().abs() * 1.4426950408889634)
+    worst = int((rel / tol).argmax())
+    assert (rel <= tol).all(), f"relative error {rel[worst]:.3g} at v={v[worst]:.6g} (tolerance {tol[worst]:.3g})"
 
 
 def check_step(device="cpu", state_dtype=torch.float32, steps=5):
@@ -460,6 +479,10 @@ def test_interpreted_scan_step_updates_strided_state_in_place_and_matches_full_s
 
 def test_interpreted_selective_scan_dispatch_runs_triton(interpreted):
     expect(interpreted, "dispatch")
+
+
+def test_interpreted_softplus_fast_matches_float64_softplus_to_float32_rounding(interpreted):
+    expect(interpreted, "softplus_fast")
 
 
 def _tiny_inputs():

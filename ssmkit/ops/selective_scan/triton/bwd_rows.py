@@ -13,6 +13,8 @@ Version history
   (rows, channels) register tiles stored once per tile (a store between rows would hold back the next row's
   loads); dB and dC are summed over the program's channels (a reduction across the warp) and written as
   per-program partials, summed on the host like bwd.py's.
+- v2: dt' recomputed by tiles.softplus_fast (through row_inputs), as the forward's rows compute it (fwd.py v4),
+  so the states walked here are the ones the forward walked.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _scan_bwd_rows_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_p
                 for i in tl.static_range(BLOCK_T):
                     row = tl.cast((c0 + j) * BLOCK_T + i, tl.int64)
                     dtv, u, _, Bt, _ = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, seqlen, dc, nc,
-                                                  sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
+                                                  sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS, PTX=PTX)
                     h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]
         tl.debug_barrier()
         # 2. the tiles of the interval, last first
@@ -82,7 +84,7 @@ def _scan_bwd_rows_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_p
             for i in tl.static_range(BLOCK_T):
                 row = tl.cast(t0 + i, tl.int64)
                 dtv, u, _, Bt, _ = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, seqlen, dc, nc,
-                                              sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
+                                              sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS, PTX=PTX)
                 h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]
                 H = tl.where(tloc[:, None, None] == i, h[None, :, :], H)
             DX = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
@@ -96,7 +98,7 @@ def _scan_bwd_rows_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_p
                 valid = row < seqlen
                 rc = tl.minimum(row, seqlen - 1)
                 dtv, u, x, Bt, raw = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, seqlen, dc, nc,
-                                                sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
+                                                sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS, PTX=PTX)
                 u = tl.where(dmask, u, 0.0)  # a padding channel must not reach the dB sum
                 a = exp2_approx(dtv[None, :] * A2, PTX)
                 h_t = _pick_row(H, tloc, ir)

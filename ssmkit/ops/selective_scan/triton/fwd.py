@@ -34,6 +34,29 @@ Version history
   library log and IEEE division; 1, 2 or 4 channels a thread share each row's B and C loads; register-capped
   configs (maxnreg) trade a few spills for resident warps. On an H100, 16K tokens at dim 2048: 1.15-3.87 ms
   (v2) -> 0.58-0.79 ms.
+- v4: the LOOP walk's instructions per channel and row cut from ~210 to ~145 (sm_90 SASS of the tile loop, config
+  (4, 64, 1, maxnreg 128), compiled as a launch on contiguous bf16 tensors is specialized: 16-byte aligned
+  pointers and strides; benchmarks/kernel_resources_cpu.py --aligned, whose "hot loop" column counts them).
+  (a) Whole tiles walk without bounds: the row clamp and the selects of dt' are only in the last, partial tile
+  (_loop_tile's BOUNDED; one row body, _row_update, for both and for the segment pass, whose tiles are all
+  whole). (b) Rows addressed from a pointer per input and tile, not b s_b + r s_l in int64 per row and input.
+  (c) The channels' contiguity hidden (`unit`, as dstate's stride since v3): launched on aligned tensors, v3's
+  per-channel loads were vectorized in a layout of their own and every row paid 4 shuffles and ~10 selects to
+  bring them to the state's (and a shared-memory round trip for y); now they stay in it. (d) B and C read
+  unclamped when dstate == BLOCK_N, two 16-byte loads each instead of 16 2-byte ones, widened to float32 a pair
+  per 2 instructions (tiles.widen). (e) dt' by tiles.softplus_fast (log1p by a fitted polynomial, no division:
+  one multifunction-unit (MUFU) instruction fewer) and the z gate by ex2/rcp.approx.ftz (8 instructions fewer);
+  results equal to float32 rounding, as the tests check. (f) Checkpoint tiles found by a counter, not
+  c % ck_tiles (~20 instructions a tile).
+  Hot loop per channel-row, --aligned, v3 -> v4 (registers a thread; warps an SM by registers; LDL/STL in the
+  loop): capped (4, 64, 1, 128) 209.8 -> 144.8 (128; 16; 2 -> 0), (2, 64, 1, 128) 209.5 -> 150.2 (128; 16;
+  2 -> 5), (4, 32, 1, 128) 266.8 -> 176.2 (128; 16; 0); uncapped (4, 64, 1) 216.6 -> 146.0 (254 -> 255; 8; 0),
+  (8, 64, 1) 211.2 -> 144.9 (249 -> 255; 8; 0), (4, 128, 2) 216.0 -> 150.0 (254 -> 255; 8; 0), (4, 32, 1)
+  266.2 -> 177.8 (96 -> 168; 21 -> 12; 0), (4, 256, 8) 259.0 -> 177.8 (128 -> 174; 16 -> 8; 0), (4, 128, 1)
+  174.8 -> 146.6 (255; 8; 0 -> 170). MUFU 20 -> 19 per channel-row (16 decays, 1 for softplus, 2 for the gate).
+  The segment pass: 136.4 -> 103.5 at (4, 64) and (2, 64) capped at 128 as those configs launch it (MUFU 18 ->
+  17), 152.3 -> 119.5 at (4, 32); uncapped (4, 64) 137.1 -> 100.9 with 161 -> 245 registers (12 -> 8 warps).
+  Tables: benchmarks/results/selective-scan-fwd-sm90-cpu-2026-12-07.md. H100 times: not yet measured.
 """
 
 from __future__ import annotations
@@ -45,7 +68,8 @@ import triton.language as tl
 from ssmkit.ops.ssd.triton.plan import pick
 
 from .plan import CHECKPOINT_ROWS, block_n, configs, launch_options, multiprocessors, segment_length
-from .tiles import LOG2E, channel_params, channel_tile, combine, exp2_approx, last_row, load_rows, row_inputs, step_size
+from .tiles import (LOG2E, channel_params, channel_tile, combine, exp2_approx, last_row, load_rows, silu_approx,
+                    softplus_fast, step_size, widen)
 
 
 @triton.jit
@@ -78,22 +102,29 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
-    soffs = ds[:, None] * dstate + (ns * unit)[None, :]  # unit: see the forward kernel
+    ds = ds * unit  # unit: see the forward kernel
+    ns = ns * unit
+    soffs = ds[:, None] * dstate + ns[None, :]
     A2 = tl.trans(tl.load(A_ptr + soffs, mask=smask, other=0.0).to(tl.float32) * LOG2E)
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if bias_ptr is not None:
         bias = tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    end = tl.minimum(seqlen, (seg + 1) * seg_len)
-    dc = tl.where(dmask, ds, g * dpg)
-    nc = tl.minimum(tl.arange(0, BLOCK_N), dstate - 1)
-    for c in range(seg * (seg_len // BLOCK_T), tl.cdiv(end, BLOCK_T)):
+    dc, nc = _row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
+    xb = x_ptr + b * sx_b
+    dtb = dt_ptr + b * sdt_b
+    Bb = B_ptr + b * sB_b + g * sB_g
+    # every segment this pass walks ends before the sequence does (the last one is not walked here), on a tile
+    # boundary (segments are whole checkpoint intervals): all its tiles are full
+    for c in range(seg * (seg_len // BLOCK_T), (seg + 1) * (seg_len // BLOCK_T)):
+        row0 = tl.cast(c, tl.int64) * BLOCK_T
+        xt = xb + row0 * sx_l
+        dtt = dtb + row0 * sdt_l
+        Bt = Bb + row0 * sB_l
         for i in tl.static_range(BLOCK_T):
-            row = tl.cast(c * BLOCK_T + i, tl.int64)
-            dtv, u, _, Bt, _ = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc,
-                                          sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
-            h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]
+            h, dtv, _ = _row_update(h, A2, bias, xt, dtt, Bt, i, True, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, False,
+                                    PTX)
             dsum += dtv
     tl.store(segst_ptr + (b * nseg + seg) * dim * dstate + soffs, tl.trans(h), mask=smask)
     tl.store(segdt_ptr + (b * nseg + seg) * dim + ds, dsum, mask=dmask)
@@ -112,41 +143,48 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
-    # unit == 1 at run time, hidden from the compiler: with dstate's stride unknown it spreads the LOOP state by
-    # channel, each thread holding whole states (v3)
-    soffs = ds[:, None] * dstate + (ns * unit if LOOP else ns)[None, :]
+    if LOOP:
+        # unit == 1 at run time, hidden from the compiler: with dstate's stride unknown it spreads the state by
+        # channel, each thread holding whole states (v3); with the channels' contiguity unknown every
+        # per-channel load and store keeps the state's layout (a vectorized one would cost shuffles each row)
+        ds = ds * unit
+        ns = ns * unit
+    soffs = ds[:, None] * dstate + ns[None, :]
     A2, h = _state_in(A_ptr, init_ptr, segst_ptr, segdt_ptr, b, seg, nseg, dim, dstate, ds, dmask, soffs, smask)
     if LOOP:  # the state as (dstate, channels)
         A2 = tl.trans(A2)
         h = tl.trans(h)
     bias, Dv = channel_params(bias_ptr, D_ptr, ds, dmask, BLOCK_D)
-    tloc = tl.arange(0, BLOCK_T)
     end = tl.minimum(seqlen, (seg + 1) * seg_len)
-    dc = tl.where(dmask, ds, g * dpg)  # channels and states clamped in bounds for the LOOP's unmasked loads
-    nc = tl.minimum(tl.arange(0, BLOCK_N), dstate - 1)
-    for c in range(seg * (seg_len // BLOCK_T), tl.cdiv(end, BLOCK_T)):
-        if ckpt_ptr is not None:
-            if c % ck_tiles == 0:
-                tl.store(ckpt_ptr + (b * nck + c // ck_tiles) * dim * dstate + soffs, tl.trans(h) if LOOP else h,
-                         mask=smask)
-        rows = c * BLOCK_T + tloc
-        rmask = rows < end
-        if LOOP:
-            Y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-            for i in tl.static_range(BLOCK_T):
-                row = tl.cast(c * BLOCK_T + i, tl.int64)
-                dtv, u, x, Bt, _ = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, end, dc, nc,
-                                              sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS)
-                r = tl.minimum(row, end - 1)  # as in row_inputs: rows past the end are computed, not stored
-                Ct = tl.load(C_ptr + b * sC_b + g * sC_g + r * sC_l + nc).to(tl.float32)
-                Ct = tl.where(nmask, Ct, 0.0)  # a padding state (clamped read) must not reach y
-                h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]  # ZOH A, Euler B
-                y = tl.sum(h * Ct[:, None], 0) + Dv * x
-                if z_ptr is not None:
-                    zt = tl.load(z_ptr + b * sz_b + r * sz_l + dc).to(tl.float32)
-                    y *= zt * tl.sigmoid(zt)
-                Y = tl.where(tloc[:, None] == i, y[None, :], Y)
-        else:
+    c_first = seg * (seg_len // BLOCK_T)
+    if LOOP:
+        dc, nc = _row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
+        xb = x_ptr + b * sx_b  # each input at this program's batch row (and group)
+        dtb = dt_ptr + b * sdt_b
+        zb = z_ptr
+        if z_ptr is not None:
+            zb = z_ptr + b * sz_b
+        Bb = B_ptr + b * sB_b + g * sB_g
+        Cb = C_ptr + b * sC_b + g * sC_g
+        yb = y_ptr + b * seqlen * dim
+        c_full = end // BLOCK_T  # tiles whose rows are all before the end: no bounds work in their rows
+        next_ck = c_first  # segments start on checkpoint tiles
+        for c in range(c_first, c_full):
+            next_ck = _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
+            h = _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c, BLOCK_T, ds, dmask, dc, nc, nmask, dim,
+                           sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, False, PTX)
+        if c_full * BLOCK_T < end:  # the last tile is partial
+            _save_checkpoint(ckpt_ptr, h, c_full, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
+            h = _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c_full, end - c_full * BLOCK_T, ds, dmask, dc,
+                           nc, nmask, dim, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, True, PTX)
+        h_out = tl.trans(h)
+    else:
+        tloc = tl.arange(0, BLOCK_T)
+        next_ck = c_first
+        for c in range(c_first, tl.cdiv(end, BLOCK_T)):
+            next_ck = _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
+            rows = c * BLOCK_T + tloc
+            rmask = rows < end
             dtv, _ = step_size(dt_ptr, b * sdt_b, rows, rmask, sdt_l, ds, dmask, bias, SOFTPLUS)
             x = load_rows(x_ptr, b * sx_b, rows, rmask, sx_l, ds, dmask)
             Bt = load_rows(B_ptr, b * sB_b + g * sB_g, rows, rmask, sB_l, ns, nmask)
@@ -160,14 +198,96 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
             if z_ptr is not None:
                 zt = load_rows(z_ptr, b * sz_b, rows, rmask, sz_l, ds, dmask)
                 Y *= zt * tl.sigmoid(zt)
-        offs = (b * seqlen + rows)[:, None] * dim + ds[None, :]
-        tl.store(y_ptr + offs, Y.to(y_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
-    if LOOP:
-        h_out = tl.trans(h)
-    else:
+            offs = (b * seqlen + rows)[:, None] * dim + ds[None, :]
+            tl.store(y_ptr + offs, Y.to(y_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
         h_out = h
     if seg == nseg - 1:
         tl.store(final_ptr + b * dim * dstate + soffs, h_out, mask=smask)
+
+
+@triton.jit
+def _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP: tl.constexpr):
+    """Stores the state entering tile c when c is the next checkpoint tile `next_ck` (LOOP: h is (dstate,
+    channels)); returns the next one after c. A counter, not c % ck_tiles: the remainder by a run-time divisor
+    cost ~20 instructions a tile."""
+    if ckpt_ptr is not None:
+        if c == next_ck:
+            tl.store(ckpt_ptr + (b * nck + c // ck_tiles) * dim * dstate + soffs, tl.trans(h) if LOOP else h,
+                     mask=smask)
+            next_ck += ck_tiles
+    return next_ck
+
+
+@triton.jit
+def _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c, nrows, ds, dmask, dc, nc, nmask, dim, sx_l, sdt_l, sz_l,
+               sB_l, sC_l, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+               BOUNDED: tl.constexpr, PTX: tl.constexpr):
+    """Tile c of the LOOP variant: its rows walked one by one, unrolled, the state h (dstate, channels) in
+    registers; returns the state after the tile. xb, dtb, zb, Bb, Cb, yb point at the program's batch row (zb
+    None without z). BOUNDED: only the first `nrows` rows exist (the last, partial tile); the others read the
+    last one and leave the state as it is. Full tiles (BOUNDED=False) have no clamp or select in their rows."""
+    row0 = tl.cast(c, tl.int64) * BLOCK_T
+    xt = xb + row0 * sx_l
+    dtt = dtb + row0 * sdt_l
+    Bt = Bb + row0 * sB_l
+    Ct = Cb + row0 * sC_l
+    yt = yb + row0 * dim
+    zt = zb
+    if zb is not None:
+        zt = zb + row0 * sz_l
+    tloc = tl.arange(0, BLOCK_T)
+    Y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    for i in tl.static_range(BLOCK_T):
+        r = i
+        if BOUNDED:
+            r = tl.minimum(i, nrows - 1)
+        h, dtv, x = _row_update(h, A2, bias, xt, dtt, Bt, r, i < nrows, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BOUNDED,
+                                PTX)
+        Cv = widen(tl.load(Ct + r * sC_l + nc), PTX)
+        Cv = tl.where(nmask, Cv, 0.0)  # a padding state (clamped read) must not reach y
+        y = tl.sum(h * Cv[:, None], 0) + Dv * x
+        if zt is not None:
+            zv = tl.load(zt + r * sz_l + dc).to(tl.float32)
+            y *= silu_approx(zv, PTX)
+        Y = tl.where(tloc[:, None] == i, y[None, :], Y)
+    offs = tloc[:, None] * dim + ds[None, :]
+    if BOUNDED:
+        tl.store(yt + offs, Y.to(yt.dtype.element_ty), mask=(tloc < nrows)[:, None] & dmask[None, :])
+    else:
+        tl.store(yt + offs, Y.to(yt.dtype.element_ty), mask=dmask[None, :])
+    return h
+
+
+@triton.jit
+def _row_indices(ds, dmask, g, dpg, dstate: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The channels and states the row walk reads, clamped in bounds so that its loads need no masks: channels
+    past the group read its first one, padding states the last state (dstate == BLOCK_N: no clamp, which keeps
+    the loads of B and C contiguous, one vector load each)."""
+    dc = tl.where(dmask, ds, g * dpg)
+    if dstate == BLOCK_N:
+        nc = tl.arange(0, BLOCK_N)
+    else:
+        nc = tl.minimum(tl.arange(0, BLOCK_N), dstate - 1)
+    return dc, nc
+
+
+@triton.jit
+def _row_update(h, A2, bias, xt, dtt, Bt, r, valid, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS: tl.constexpr,
+                BOUNDED: tl.constexpr, PTX: tl.constexpr):
+    """One row of the walk, row r of the tile whose first row xt, dtt, Bt point at: h <- exp(dt' A) h + dt' B x
+    (ZOH for A, Euler for B) on the state h (dstate, channels); returns (h, dt', x) (channels,) float32.
+    BOUNDED: a row that is not `valid` (at or past the end; r then repeats the last row) gets dt' = 0 and leaves
+    h as it is; otherwise no select is spent. A2 = A log2(e) as (dstate, channels)."""
+    raw = tl.load(dtt + r * sdt_l + dc).to(tl.float32) + bias
+    dtv = raw
+    if SOFTPLUS:
+        dtv = softplus_fast(raw, PTX)
+    if BOUNDED:
+        dtv = tl.where(valid, dtv, 0.0)
+    x = tl.load(xt + r * sx_l + dc).to(tl.float32)
+    Bv = widen(tl.load(Bt + r * sB_l + nc), PTX)
+    h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bv[:, None] * (dtv * x)[None, :]
+    return h, dtv, x
 
 
 def strides(t, ndim_lead: int):

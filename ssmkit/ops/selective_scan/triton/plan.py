@@ -34,10 +34,11 @@ FWD_TABLE = [(16, 32, 4), (32, 32, 8), (16, 64, 8), (8, 64, 4), (32, 16, 4), (32
 # states of BLOCK_D / (32 num_warps) channels: (BLOCK_T, BLOCK_D, num_warps). Two or four channels a thread share
 # the row's B and C loads (32 loads and conversions a row); short tiles keep the unrolled loads in registers.
 LOOP_TABLE = [(4, 64, 1), (8, 64, 1), (4, 128, 1), (4, 128, 2), (8, 128, 2), (4, 256, 4), (4, 256, 8), (4, 32, 1)]
-# LOOP configs also timed with a register cap (maxnreg): (4, 64, 1) holds 168 registers a thread, 12 warps an SM;
-# capped at 128 it spills 80 bytes a thread (sm_90 compile) and 16 warps fit. An H100 sweep (b16 L1K and b1 L16K,
-# dim 2048) had 128 best of {none, 128, 96, 80, 64} for every block shape it tried: (2, 64, 1) 0.58 ms at b16,
-# (4, 32, 1) 0.71 ms at b1, (4, 64, 1) 0.61 / 0.78 ms.
+# LOOP configs also timed with a register cap (maxnreg): with fwd.py v4, compiled for sm_90 as a launch on aligned
+# tensors is specialized, (4, 64, 1) holds 255 registers a thread, 8 warps an SM; capped at 128, 16 warps fit and
+# its tile loop keeps no spill (kernel_resources_cpu.py --aligned). An H100 sweep of fwd.py v3 (b16 L1K and b1
+# L16K, dim 2048) had 128 best of {none, 128, 96, 80, 64} for every block shape it tried: (2, 64, 1) 0.58 ms at
+# b16, (4, 32, 1) 0.71 ms at b1, (4, 64, 1) 0.61 / 0.78 ms.
 LOOP_CAPPED = [(2, 64, 1, 128), (4, 64, 1, 128), (4, 32, 1, 128)]
 # The row-walking backward (bwd_rows.py): a thread per channel (its register tile of BLOCK_T states per channel
 # leaves no room for two), (BLOCK_T, BLOCK_D, num_warps, maxnreg). sm_90 compile: 248-255 registers a thread at
