@@ -89,11 +89,12 @@ class Block(nn.Module):
         # isinstance, not mixer_kind: a wrapped mixer (tensor-parallel, ...) keeps its kind but not its in_proj
         one_row = self.fuse_in_proj and ONE_ROW_FUSIONS and gemv_rows(delta)
         if self.fuse_in_proj and isinstance(self.mixer, (Mamba, Mamba2)) and self.mixer.in_proj.bias is None:
-            # the short conv's decode step too: inside the same launch where norm_linear runs one GEMV
+            # one row on CUDA: the short conv's decode step too, in the same GEMV launch (elsewhere the mixer's own
+            # conv step, which a composed norm_linear would run as well, plus a copy into its output)
+            conv = self.mixer.conv_step(state) if gemv_rows(delta) else None
             projected, residual = norm_linear(delta, self.norm.weight, self.mixer.in_proj.weight, self.norm.eps,
-                                              residual=residual, residual_dtype=stream, norm_dtype=dtype,
-                                              conv=self.mixer.conv_step(state))
-            out = self.mixer.step(projected, state, projected=True, conv_done=True)
+                                              residual=residual, residual_dtype=stream, norm_dtype=dtype, conv=conv)
+            out = self.mixer.step(projected, state, projected=True, conv_done=conv is not None)
         elif (one_row and position is not None and isinstance(self.mixer, Attention)
               and self.mixer.q_proj.bias is None):  # the add + pre-norm and q, k, v's GEMVs: one launch
             projections = (self.mixer.q_proj, self.mixer.k_proj, self.mixer.v_proj)
