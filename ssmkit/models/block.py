@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers import MLP, Attention, Mamba, Mamba2, MoE, RMSNorm, S4
+import ssmkit.ops.norm as norm_ops
 from ssmkit.ops.norm import add_rms_norm, norm_linear
 
 # The batch-1 decode fusions of Block.step_residual and LanguageModel.step (the norms redone inside each projection's
@@ -91,7 +92,7 @@ class Block(nn.Module):
         if self.fuse_in_proj and isinstance(self.mixer, (Mamba, Mamba2)) and self.mixer.in_proj.bias is None:
             # one row on CUDA: the short conv's decode step too, in the same GEMV launch (elsewhere the mixer's own
             # conv step, which a composed norm_linear would run as well, plus a copy into its output)
-            conv = self.mixer.conv_step(state) if gemv_rows(delta) else None
+            conv = self.mixer.conv_step(state) if gemv_rows(delta) and norm_ops.CONV_EPILOGUE_AUTO else None
             projected, residual = norm_linear(delta, self.norm.weight, self.mixer.in_proj.weight, self.norm.eps,
                                               residual=residual, residual_dtype=stream, norm_dtype=dtype, conv=conv)
             out = self.mixer.step(projected, state, projected=True, conv_done=conv is not None)
