@@ -16,8 +16,6 @@ Version history
 - v4: tuning can be frozen (tuning_frozen(), freeze_tuning()): a key not tuned yet then takes its first config
   untimed. Tuning a key cost about 4 s on an H100 (16 keys, 62.8 s in one replayed workload), so a server or a
   benchmark tunes during its warm-up and freezes after it rather than stalling a request on a new shape bucket.
-- v5: the forward offers (BLOCK_P 16, 8 warps) at dstate 256, the config that spills least there when compiled for
-  sm_90 (every dstate-256 forward config spills; the tuner picked one taking 5.0 ms at L = 4K on an H100).
 """
 
 from __future__ import annotations
@@ -105,8 +103,6 @@ def configs(headdim: int, dstate: int, kind: str) -> list[dict]:
     # num_stages=1 with BLOCK_P < 64 miscompiles under Triton 3.6 on an H100 (wrong y, illegal addresses).
     if kind == "fwd":
         table = [(64, 4, 2), (64, 8, 2), (32, 4, 2), (16, 4, 2), (64, 4, 3)]
-        if bn >= 256:  # sm_90: the fewest spills at dstate 256 (768 B a thread; (32, 8, 2) 1184, (16, 4, 2) 1528)
-            table.append((16, 8, 2))
     else:
         table = [(64, 4, 2), (64, 8, 2), (32, 4, 2), (32, 8, 2)]
     seen, out = set(), []
