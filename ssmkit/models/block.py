@@ -13,10 +13,13 @@ from ssmkit.layers import MLP, Attention, Mamba, Mamba2, MoE, RMSNorm, S4
 import ssmkit.ops.norm as norm_ops
 from ssmkit.ops.norm import add_rms_norm, norm_linear
 
-# The batch-1 decode fusions of Block.step_residual and LanguageModel.step (the norms redone inside each projection's
-# GEMV, the final norm inside the LM head's): off until their GPU tests and timing have run on a GPU (built on
-# 2026-12-07 without device time left; their CPU tests force them on: tests/models/test_lm.py).
-ONE_ROW_FUSIONS = False
+# The batch-1 decode fusions of Block.step_residual and LanguageModel.step: one GEMV launch for the pre-norm and an
+# attention layer's q, k, v (stacked weights), one for the feed-forward norm and a SwiGLU's gate and up, silu(gate) *
+# up inside the down projection's GEMV, the last add + norm_f inside the LM head's. On an H100 (2026-12-07, 2nd
+# session) their GPU tests passed (every generate_cuda test, batch 1 and 2, with the switch on) and a Transformer++
+# 125M step went from 449 to 314 us (172 -> 87 kernels; benchmarks/results/decode-fusions-h100-2026-12-07.md).
+# False: the unfused steps.
+ONE_ROW_FUSIONS = True
 
 MIXER_CLASSES = {"mamba": Mamba, "mamba2": Mamba2, "attention": Attention, "s4": S4}
 FEED_FORWARD_CLASSES = {"mlp": MLP, "moe": MoE}

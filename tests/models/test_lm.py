@@ -160,8 +160,8 @@ def test_step_with_the_pre_norm_fused_into_in_proj_equals_the_unfused_step(prese
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-hybrid-moe", "jamba-like", "tiny-mamba2", "tiny-mamba"])
 def test_one_row_fusions_give_the_unfused_step_exactly(preset, monkeypatch):
-    """ssmkit.models.block.ONE_ROW_FUSIONS (off by default until checked on a GPU): at batch 1 on CUDA a block redoes
-    its pre-norm inside each of q, k, v's projections and its feed-forward norm inside a SwiGLU MLP's gate and up,
+    """ssmkit.models.block.ONE_ROW_FUSIONS: at batch 1 on CUDA a block runs its pre-norm and q, k, v's projections
+    as one launch (stacked weights) and its feed-forward norm and a SwiGLU MLP's gate and up as another,
     silu(gate) * up goes into the down projection, and the last add + norm_f go into the LM head; and (whatever the
     switch) a Mamba / Mamba-2 in_proj finishes the short conv's step (norm_linear conv=). Forced here on the CPU,
     where each norm_linear is the norm then F.linear (then the conv step): the static step's logits equal the

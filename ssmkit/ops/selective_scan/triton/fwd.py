@@ -56,7 +56,10 @@ Version history
   174.8 -> 146.6 (255; 8; 0 -> 170). MUFU 20 -> 19 per channel-row (16 decays, 1 for softplus, 2 for the gate).
   The segment pass: 136.4 -> 103.5 at (4, 64) and (2, 64) capped at 128 as those configs launch it (MUFU 18 ->
   17), 152.3 -> 119.5 at (4, 32); uncapped (4, 64) 137.1 -> 100.9 with 161 -> 245 registers (12 -> 8 warps).
-  Tables: benchmarks/results/selective-scan-fwd-sm90-cpu-2026-12-07.md. H100 times: not yet measured.
+  Tables: benchmarks/results/selective-scan-fwd-sm90-cpu-2026-12-07.md. On an H100 (its GPU tests passed) config
+  (4, 64, 1, 128) ran 16K tokens at dim 2048 in 0.560 ms at b16 L1K (v3: 0.619, tuned) and 0.745 ms at b1 L16K
+  (v3: 0.790): 6-10% for 30% fewer instructions, so the walk is bound by latency rather than issue; more segments
+  did not help (128-row segments: 0.605 / 1.094 ms). mamba1-fwd-v4-h100-2026-12-07.md.
 """
 
 from __future__ import annotations
