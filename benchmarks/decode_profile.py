@@ -4,7 +4,7 @@ mean durations from torch.profiler, which sees the kernels inside a graph replay
 one prefill of the prompt (eager: wall time against GPU time tells launch-bound from GPU-bound).
 
     python3 benchmarks/decode_profile.py mamba2-130m,mamba-130m,llama-125m [--prefill] [--no-pdl]
-        [--one-row-fusions] [--no-conv-epilogue]    # needs a CUDA device
+        [--no-one-row-fusions] [--no-conv-epilogue]    # needs a CUDA device
 """
 
 from __future__ import annotations
@@ -154,17 +154,17 @@ if __name__ == "__main__":
                              "them against a run without this flag")
     parser.add_argument("--no-pdl", action="store_true",
                         help="launch the decode kernels without programmatic dependent launch (ssmkit.ops.pdl)")
-    parser.add_argument("--one-row-fusions", action="store_true",
-                        help="set ssmkit.models.block.ONE_ROW_FUSIONS (norms redone inside q/k/v and gate/up, "
+    parser.add_argument("--no-one-row-fusions", action="store_true",
+                        help="clear ssmkit.models.block.ONE_ROW_FUSIONS (the norm + q/k/v and norm + gate/up GEMVs, "
                              "silu(gate) * up inside down, the final norm inside the LM head)")
     parser.add_argument("--no-conv-epilogue", action="store_true",
                         help="run the short conv's decode step as its own launch, not in in_proj's GEMV "
                              "(ssmkit.ops.norm.CONV_EPILOGUE_AUTO = False)")
     cli = parser.parse_args()
-    if cli.one_row_fusions:
+    if cli.no_one_row_fusions:
         import ssmkit.models.block
 
-        ssmkit.models.block.ONE_ROW_FUSIONS = True
+        ssmkit.models.block.ONE_ROW_FUSIONS = False
     if cli.no_conv_epilogue:
         import ssmkit.ops.norm
 
