@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import ssmkit.ops.linear
 from ssmkit.ops.linear import linear
 from tests.compare import assert_close
-from tests.ops.selective_scan.test_triton import expect, interpreted_main, run_interpreted
+from tests.ops.selective_scan.test_triton import interpreted_main, interpreter_cases_test
 
 INTERPRETER_CASES = ("one_row_through_the_gemv", "what_the_gemv_cannot_take")
 
@@ -47,14 +47,7 @@ def case_what_the_gemv_cannot_take():
         linear(x[:1], w, gate=x[:1, :16], impl="triton")
 
 
-@pytest.fixture(scope="module")
-def interpreted():
-    return run_interpreted("tests.ops.test_linear", INTERPRETER_CASES)
-
-
-@pytest.mark.parametrize("name", INTERPRETER_CASES)
-def test_interpreted_gemv(interpreted, name):
-    expect(interpreted, name)
+test_interpreted_gemv = interpreter_cases_test("tests.ops.test_linear", INTERPRETER_CASES)
 
 
 def test_reference_and_bad_impl():

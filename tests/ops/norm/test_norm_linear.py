@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops.norm import add_rms_norm_ref, gated_rms_norm_ref, norm_linear
 from tests.compare import assert_close
-from tests.ops.selective_scan.test_triton import expect, interpreted_main, run_interpreted
+from tests.ops.selective_scan.test_triton import interpreted_main, interpreter_cases_test
 
 INTERPRETER_CASES = ("gated", "residual_and_plain", "awkward_shapes", "launch_shapes", "linear_without_norm",
                      "float32_norm_into_half_weight", "stacked_weights")
@@ -190,14 +190,7 @@ def case_stacked_weights():
 
 # ---------------------------------------------------------------- tests
 
-@pytest.fixture(scope="module")
-def interpreted():
-    return run_interpreted("tests.ops.norm.test_norm_linear", INTERPRETER_CASES)
-
-
-@pytest.mark.parametrize("name", INTERPRETER_CASES)
-def test_interpreted_kernel_matches_the_composed_ops_and_float64(interpreted, name):
-    expect(interpreted, name)
+test_interpreted_kernel_matches_the_composed_ops_and_float64 = interpreter_cases_test("tests.ops.norm.test_norm_linear", INTERPRETER_CASES)
 
 
 def test_reference_is_the_norm_then_the_linear_layer():

@@ -21,7 +21,7 @@ from ssmkit.ops.conv1d import ConvStep
 from ssmkit.ops.norm import norm_linear
 from tests.compare import assert_close
 from tests.ops.norm.test_norm_linear import make, spec64
-from tests.ops.selective_scan.test_triton import expect, interpreted_main, run_interpreted
+from tests.ops.selective_scan.test_triton import interpreted_main, interpreter_cases_test
 
 INTERPRETER_CASES = ("mamba_layouts", "launch_shapes", "state_and_bias_forms")
 
@@ -118,14 +118,7 @@ def case_state_and_bias_forms():
 
 # ---------------------------------------------------------------- tests
 
-@pytest.fixture(scope="module")
-def interpreted():
-    return run_interpreted("tests.ops.norm.test_norm_linear_conv", INTERPRETER_CASES)
-
-
-@pytest.mark.parametrize("name", INTERPRETER_CASES)
-def test_interpreted_kernel_matches_float64_and_the_composed_ops(interpreted, name):
-    expect(interpreted, name)
+test_interpreted_kernel_matches_float64_and_the_composed_ops = interpreter_cases_test("tests.ops.norm.test_norm_linear_conv", INTERPRETER_CASES)
 
 
 def test_composed_path_matches_float64():

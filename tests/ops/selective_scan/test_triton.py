@@ -8,6 +8,7 @@ and norm Triton tests. GPU tests carry the `gpu` mark.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -102,6 +103,21 @@ def interpreted_main(namespace: dict, names) -> None:
 def expect(results: dict, name: str) -> None:
     ok, message = results[name]
     assert ok, message
+
+
+def interpreter_cases_test(module: str, names: tuple):
+    """A test parametrized over the interpreter cases `names` of `module`: the first case a worker runs starts one
+    child process for all of them (run_interpreted), each case then passes or fails on its own result."""
+    @pytest.mark.parametrize("name", names)
+    def test(name):
+        expect(_interpreted_once(module, tuple(names)), name)
+
+    return test
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreted_once(module: str, names: tuple) -> dict:
+    return run_interpreted(module, names)
 
 
 # ---------------------------------------------------------------- selective scan inputs and references
