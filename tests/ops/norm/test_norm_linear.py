@@ -190,7 +190,8 @@ def case_stacked_weights():
 
 # ---------------------------------------------------------------- tests
 
-test_interpreted_kernel_matches_the_composed_ops_and_float64 = interpreter_cases_test("tests.ops.norm.test_norm_linear", INTERPRETER_CASES)
+test_interpreted_kernel_matches_the_composed_ops_and_float64 = interpreter_cases_test(
+    "tests.ops.norm.test_norm_linear", INTERPRETER_CASES)
 
 
 def test_reference_is_the_norm_then_the_linear_layer():

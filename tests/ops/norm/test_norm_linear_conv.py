@@ -118,7 +118,8 @@ def case_state_and_bias_forms():
 
 # ---------------------------------------------------------------- tests
 
-test_interpreted_kernel_matches_float64_and_the_composed_ops = interpreter_cases_test("tests.ops.norm.test_norm_linear_conv", INTERPRETER_CASES)
+test_interpreted_kernel_matches_float64_and_the_composed_ops = interpreter_cases_test(
+    "tests.ops.norm.test_norm_linear_conv", INTERPRETER_CASES)
 
 
 def test_composed_path_matches_float64():
