@@ -6,7 +6,6 @@ import inspect
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.models.bamba.modeling_bamba import BambaRMSNormGated
