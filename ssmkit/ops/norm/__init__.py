@@ -67,7 +67,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
 NORM_LINEAR_AUTO = True
 
 
-def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
+def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor | tuple, eps: float = 1e-6, *,
                 z: torch.Tensor | None = None, group_size: int | None = None, residual: torch.Tensor | None = None,
                 residual_dtype: torch.dtype | None = None, norm_dtype: torch.dtype | None = None,
                 conv=None, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
