@@ -125,7 +125,8 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
         from ssmkit.ops.norm.triton.linear import MAX_ROWS, faster_than_unfused, norm_linear_fwd, one_pass, pick_config
 
         fused = impl == "triton" or faster_than_unfused(rows.shape[0], dim, n_out)
-        single_pass = one_pass(pick_config(rows.shape[0], dim, n_out), dim)
+        config = pick_config(rows.shape[0], dim, n_out)  # picked once: norm_linear_fwd launches with it
+        single_pass = one_pass(config, dim)
         takes = ((conv is None or (CONV_EPILOGUE_AUTO and single_pass))
                  and (len(weights) == 1 or single_pass and len({w.stride() for w in weights}) == 1))
         if fused and takes and rows.shape[0] <= MAX_ROWS and _norm_linear_kernel_takes(
@@ -134,7 +135,7 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
             if conv is not None:
                 conv = conv._replace(weight=conv.weight.contiguous())
             out, res = norm_linear_fwd(rows, flat[0], flat[1], norm_weight, eps, group_size, weights,
-                                       residual_dtype, norm_dtype or x.dtype, conv=conv)
+                                       residual_dtype, norm_dtype or x.dtype, config, conv=conv)
             return out.reshape(*x.shape[:-1], -1), None if res is None else res.reshape(x.shape)
         if impl == "triton" and conv is None and len(weights) == 1:
             raise ValueError("impl: the fused norm + linear kernel takes at most 16 rows of float32/float16/"
