@@ -27,8 +27,8 @@ import triton.language as tl
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
-from .tiles import (chunk_decay, dot_split, head_tiles, incoming_state, load_skip, load_tile, outgoing_adjoint,
-                    program_segment, seq_bounds, state_tile_offsets)
+from .tiles import (chunk_decay, dot_split, dot_split_lhs, head_tiles, incoming_state, load_skip, load_tile,
+                    outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
 
 
 @triton.jit
@@ -86,6 +86,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
     if seg < nseg_seq:
         g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
         causal = qs[:, None] >= qs[None, :]
+        strict = qs[:, None] > qs[None, :]
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = x_ptr.dtype.element_ty
         S = incoming_state(init_ptr, segst_ptr, seglog_ptr, seq, seg, nseg, h, nheads, ps, ns, pmask, nmask,
@@ -100,40 +101,47 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
             Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
             Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            dout = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
-            Ldt = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))) * dtv[None, :]
-            Sd = S.to(dtype)
-            CB = tl.dot(Ct, tl.trans(Bt), input_precision=PREC)
-            y_off = tl.exp(cum)[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share
-            xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
-            xy_mask = rmask[:, None] & pmask[None, :]
+            dy = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
             if z_ptr is not None:
+                dout = dy
                 zt = load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
                 sig = tl.sigmoid(zt)
                 dy = dout * zt * sig
-                y = tl.dot((CB * Ldt).to(dtype), x, input_precision=PREC) + y_off
-                if D_ptr is not None:
-                    y += x.to(tl.float32) * Dv
-                dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
-                tl.store(dz_ptr + xy_offs, dz.to(dz_ptr.dtype.element_ty), mask=xy_mask)
-            else:
-                dy = dout
-            dyd = dy.to(dtype)
-            dyx = tl.trans(dot_split(x, tl.trans(dy), dtype, SPLIT, PREC))  # [j, i] = dy_j . x_i
-            dC = tl.dot((dyx * Ldt).to(dtype), Bt, input_precision=PREC)
-            dC += tl.exp(cum)[:, None] * tl.dot(dyd, tl.trans(Sd), input_precision=PREC)
+            ecum = tl.exp(cum)
+            # The (Q, Q) tiles live only here, each folded into what needs it before the next chunk-sized work:
+            # dyx[j, i] = dy_j . x_i (dy split: it feeds the decay gradient), CB[j, i] = C_j . B_i,
+            # Ldt[j, i] = exp(cum_j - cum_i) dt_i for i <= j.
+            CB = tl.dot(Ct, tl.trans(Bt), input_precision=PREC)
+            dyx = dot_split_lhs(dy, tl.trans(x), dtype, SPLIT, PREC)
+            Ldt = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))) * dtv[None, :]
+            dyxL = dyx * Ldt
+            # Decay gradient, intra-chunk pairs (i < k <= j) of M[j, i] = dyx CB Ldt (i < j): sum_{i<k} of the
+            # column sums minus sum_{j<k} of the row sums (the pairs with i < j < k cancel) -- two reductions and
+            # a scan of Q sums instead of a scan along each row of M.
+            M = tl.where(strict, dyxL * CB, 0.0)
+            d = tl.sum(M, 0) - tl.sum(M, 1)
+            T1 = tl.cumsum(d, 0) - d
+            if z_ptr is not None:
+                CBL = (CB * Ldt).to(dtype)
+            dC = tl.dot(dyxL.to(dtype), Bt, input_precision=PREC)
+            dC += ecum[:, None] * tl.dot(dy.to(dtype), tl.trans(S.to(dtype)), input_precision=PREC)
             n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
             tl.store(dC_ptr + n_offs, dC, mask=rmask[:, None] & nmask[None, :])
-            # Decay gradient, intra-chunk pairs (i < k <= j) summed directly, and pairs (i before the chunk,
-            # j >= k): sum_j dy_j . y_off_j. The chunk's total of the latter is taken back out (bwd_dt.py).
-            M = dyx * CB * Ldt
-            W = tl.cumsum(M, 1) - M  # W[j, k] = sum_{i<k} M[j, i]
-            T1 = tl.sum(tl.where(causal, W, 0.0), 0)
+            y_off = ecum[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share of y
+            # ... and pairs (i before the chunk, j >= k): sum_j dy_j . y_off_j. The chunk's total of the latter
+            # is taken back out (bwd_dt.py).
             v = tl.sum(dy * y_off, 1)
             T2 = tl.cumsum(v, 0, reverse=True)
             pbase = (pb * 5 * nheads + h) * ntok + rows
             tl.store(parts_ptr + pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
             tl.store(parts_ptr + pbase + nheads * ntok, v, mask=rmask)
+            if z_ptr is not None:
+                y = tl.dot(CBL, x, input_precision=PREC) + y_off
+                if D_ptr is not None:
+                    y += x.to(tl.float32) * Dv
+                dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
+                xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
+                tl.store(dz_ptr + xy_offs, dz.to(dz_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
             w = tl.exp(total - cum) * dtv
             S = tl.exp(total) * S + dot_split(tl.trans(Bt), x.to(tl.float32) * w[:, None], dtype, SPLIT, PREC)
         if dfinal_ptr is not None:
@@ -181,33 +189,36 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                 dy = _gated_dy(dy, load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps,
                                              pmask).to(tl.float32))
             dyd = dy.to(dtype)
-            Gd = G.to(dtype)
-            # Lt[i, j] = exp(cum_j - cum_i) for j >= i: how far position i's input reaches output j
-            Lt = tl.exp(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")))
-            tail = tl.exp(total - cum)[:, None]
+            ecum = tl.exp(cum)
+            tail = tl.exp(total - cum)[:, None]  # decay from each position to the chunk's end
+            # (Q, Q) tiles go to bf16 operands as soon as they are made: BC[i, j] = B_i . C_j, xdy[i, j] = x_i . dy_j
+            # (below), Lt[i, j] = exp(cum_j - cum_i) for j >= i (how far input i reaches output j).
             BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
-            BG = tail * dot_split(Bt, G, dtype, SPLIT, PREC)  # outputs after the chunk
-            gB = dot_split((BC * Lt).to(dtype), dy, dtype, SPLIT, PREC) + BG  # (Q, P): g_i B_i
+            Lt = tl.exp(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")))
+            BCL = (BC * Lt).to(dtype)
             xf = x.to(tl.float32)
+            BG = tail * dot_split(Bt, G, dtype, SPLIT, PREC)  # outputs after the chunk
+            # Decay gradient: pairs (i < k, j after the chunk), and q_t = x_t . g_t B_t for d dt.
+            s_inter = dtv * tl.sum(xf * BG, 1)
+            gB = dot_split(BCL, dy, dtype, SPLIT, PREC, BG)  # (Q, P): g_i B_i
             dx = dtv[:, None] * gB
             if D_ptr is not None:
                 dx += Dv * dy
                 dD += tl.sum(dy * xf, 0)
             xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
             tl.store(dx_ptr + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
-            # Decay gradient: pairs (i < k, j after the chunk), and q_t = x_t . g_t B_t for d dt.
-            s_inter = dtv * tl.sum(xf * BG, 1)
             pbase = ((pb * 5 + 2) * nheads + h) * ntok + rows
             tl.store(parts_ptr + pbase, tl.cumsum(s_inter, 0) - s_inter, mask=rmask)
             tl.store(parts_ptr + pbase + nheads * ntok, s_inter, mask=rmask)
             tl.store(parts_ptr + pbase + 2 * nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
-            xdy = tl.dot(x, tl.trans(dyd), input_precision=PREC)  # [i, j] = x_i . dy_j
-            dB = tl.dot((xdy * Lt).to(dtype), Ct, input_precision=PREC)
-            dB += tail * tl.dot(x, tl.trans(Gd), input_precision=PREC)
+            xdy = tl.dot(x, tl.trans(dyd), input_precision=PREC)
+            xdyL = (xdy * Lt).to(dtype)
+            dB = tl.dot(xdyL, Ct, acc=tail * tl.dot(x, tl.trans(G.to(dtype)), input_precision=PREC),
+                        input_precision=PREC)
             dB *= dtv[:, None]
             n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
             tl.store(dB_ptr + n_offs, dB, mask=rmask[:, None] & nmask[None, :])
-            G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * tl.exp(cum)[:, None], dtype, SPLIT, PREC)
+            G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * ecum[:, None], dtype, SPLIT, PREC)
         if D_ptr is not None:
             tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, dD, mask=pmask)
         if dinit_ptr is not None:

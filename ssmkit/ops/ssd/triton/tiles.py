@@ -106,16 +106,27 @@ def load_tile(ptr, rows, rmask, row_stride, col0, cols, cmask):
 
 
 @triton.jit
-def dot_split(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
-    """a @ b for a float32 `b` rounded to `dtype` as hi + lo (two products, near-float32 accuracy) when SPLIT.
+def dot_split(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, acc=None):
+    """acc + a @ b for a float32 `b` rounded to `dtype` as hi + lo (two products, near-float32 accuracy) when
+    SPLIT; acc None starts from zero.
 
     The decay gradient subtracts sums of many state-sized terms; one bf16 rounding of the states or of dy
     leaves it ~1e-1 off, so every state update and state product that feeds it goes through here.
     """
     hi = b.to(dtype)
-    out = tl.dot(a, hi, input_precision=PREC)
+    out = tl.dot(a, hi, acc=acc, input_precision=PREC)
     if SPLIT:
-        out += tl.dot(a, (b - hi.to(tl.float32)).to(dtype), input_precision=PREC)
+        out = tl.dot(a, (b - hi.to(tl.float32)).to(dtype), acc=out, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def dot_split_lhs(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """a @ b for a float32 `a` rounded to `dtype` as hi + lo (as dot_split, the split on the left operand)."""
+    hi = a.to(dtype)
+    out = tl.dot(hi, b, input_precision=PREC)
+    if SPLIT:
+        out = tl.dot((a - hi.to(tl.float32)).to(dtype), b, acc=out, input_precision=PREC)
     return out
 
 
