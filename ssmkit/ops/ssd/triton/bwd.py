@@ -27,8 +27,8 @@ import triton.language as tl
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
-from .tiles import (chunk_decay, dot_split, dot_split_lhs, head_tiles, incoming_state, load_skip, load_tile,
-                    outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
+from .tiles import (chunk_decay, chunk_rows, dot_split, dot_split_lhs, head_tiles, incoming_state, load_skip,
+                    load_tile, outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
 
 
 @triton.jit
@@ -50,19 +50,20 @@ def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_
     nchunks = tl.cdiv(end - start, Q)
     if (seg > 0) & (seg < tl.cdiv(nchunks, seg_chunks)):
         g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
+        xs, bs = nheads * headdim, ngroups * dstate  # row strides of x, dout, z and of B, C
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = dout_ptr.dtype.element_ty
         G = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
         offset = 0.0
         c1 = tl.minimum(seg * seg_chunks + seg_chunks, nchunks)
         for c in range(seg * seg_chunks, c1):
-            rows = start + c * Q + qs
-            rmask = rows < end
-            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
-            Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            dy = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+            row0, rmask = chunk_rows(start, end, c, qs, Q)
+            dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
+                                             A, SOFTPLUS)
+            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
             if z_ptr is not None:
-                dy = _gated_dy(dy, load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps,
+                dy = _gated_dy(dy, load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps,
                                              pmask).to(tl.float32))
             G += dot_split(tl.trans(Ct), dy * tl.exp(offset + cum)[:, None], dtype, SPLIT, PREC)
             offset += total
@@ -85,6 +86,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
     nseg_seq = tl.maximum(tl.cdiv(nchunks, seg_chunks), 1)  # an empty sequence still has its h_T = h0
     if seg < nseg_seq:
         g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
+        xs, bs = nheads * headdim, ngroups * dstate  # row strides of x, dout, z and of B, C
         causal = qs[:, None] >= qs[None, :]
         strict = qs[:, None] > qs[None, :]
         A = tl.load(A_ptr + h).to(tl.float32)
@@ -95,53 +97,54 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             Dv = load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P)
         c1 = tl.minimum(seg * seg_chunks + seg_chunks, nchunks)
         for c in range(seg * seg_chunks, c1):
-            rows = start + c * Q + qs
-            rmask = rows < end
-            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
-            x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
-            Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            dy = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+            row0, rmask = chunk_rows(start, end, c, qs, Q)
+            dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
+                                             A, SOFTPLUS)
+            x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask)
+            Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
             if z_ptr is not None:
                 dout = dy
-                zt = load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+                zt = load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
                 sig = tl.sigmoid(zt)
                 dy = dout * zt * sig
             ecum = tl.exp(cum)
+            y_off = ecum[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share of y
+            # Decay gradient, pairs (i before the chunk, j >= k): sum_j dy_j . y_off_j (the chunk's total is taken
+            # back out in bwd_dt.py) ...
+            v = tl.sum(dy * y_off, 1)
             # The (Q, Q) tiles live only here, each folded into what needs it before the next chunk-sized work:
             # dyx[j, i] = dy_j . x_i (dy split: it feeds the decay gradient), CB[j, i] = C_j . B_i,
             # Ldt[j, i] = exp(cum_j - cum_i) dt_i for i <= j.
             CB = tl.dot(Ct, tl.trans(Bt), input_precision=PREC)
+            if z_ptr is not None:  # y for the gate's gradient, first: then y_off need not outlive the (Q, Q) work
+                Ldt = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))) * dtv[None, :]
+                y = tl.dot((CB * Ldt).to(dtype), x, input_precision=PREC) + y_off
+                if D_ptr is not None:
+                    y += x.to(tl.float32) * Dv
+                dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
+                xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
+                tl.store(dz_ptr + row0 * xs + xy_offs, dz.to(dz_ptr.dtype.element_ty),
+                         mask=rmask[:, None] & pmask[None, :])
             dyx = dot_split_lhs(dy, tl.trans(x), dtype, SPLIT, PREC)
             Ldt = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))) * dtv[None, :]
             dyxL = dyx * Ldt
-            # Decay gradient, intra-chunk pairs (i < k <= j) of M[j, i] = dyx CB Ldt (i < j): sum_{i<k} of the
+            # ... and the intra-chunk pairs (i < k <= j) of M[j, i] = dyx CB Ldt (i < j): sum_{i<k} of the
             # column sums minus sum_{j<k} of the row sums (the pairs with i < j < k cancel) -- two reductions and
             # a scan of Q sums instead of a scan along each row of M.
             M = tl.where(strict, dyxL * CB, 0.0)
             d = tl.sum(M, 0) - tl.sum(M, 1)
             T1 = tl.cumsum(d, 0) - d
-            if z_ptr is not None:
-                CBL = (CB * Ldt).to(dtype)
-            dC = tl.dot(dyxL.to(dtype), Bt, input_precision=PREC)
-            dC += ecum[:, None] * tl.dot(dy.to(dtype), tl.trans(S.to(dtype)), input_precision=PREC)
-            n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
-            tl.store(dC_ptr + n_offs, dC, mask=rmask[:, None] & nmask[None, :])
-            y_off = ecum[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share of y
-            # ... and pairs (i before the chunk, j >= k): sum_j dy_j . y_off_j. The chunk's total of the latter
-            # is taken back out (bwd_dt.py).
-            v = tl.sum(dy * y_off, 1)
+            dC = ecum[:, None] * tl.dot(dy.to(dtype), tl.trans(S.to(dtype)), input_precision=PREC)
+            dC = tl.dot(dyxL.to(dtype), Bt, acc=dC, input_precision=PREC)
+            n_offs = qs[:, None] * (nheads * dstate) + ns[None, :]
+            tl.store(dC_ptr + ((pb * ntok + row0) * nheads + h) * dstate + n_offs, dC,
+                     mask=rmask[:, None] & nmask[None, :])
             T2 = tl.cumsum(v, 0, reverse=True)
-            pbase = (pb * 5 * nheads + h) * ntok + rows
-            tl.store(parts_ptr + pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
-            tl.store(parts_ptr + pbase + nheads * ntok, v, mask=rmask)
-            if z_ptr is not None:
-                y = tl.dot(CBL, x, input_precision=PREC) + y_off
-                if D_ptr is not None:
-                    y += x.to(tl.float32) * Dv
-                dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
-                xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
-                tl.store(dz_ptr + xy_offs, dz.to(dz_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
+            pbase = parts_ptr + (pb * 5 * nheads + h).to(tl.int64) * ntok + row0 + qs
+            tl.store(pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
+            tl.store(pbase + nheads * ntok, v, mask=rmask)
             w = tl.exp(total - cum) * dtv
             S = tl.exp(total) * S + dot_split(tl.trans(Bt), x.to(tl.float32) * w[:, None], dtype, SPLIT, PREC)
         if dfinal_ptr is not None:
@@ -166,6 +169,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
     nseg_seq = tl.maximum(tl.cdiv(nchunks, seg_chunks), 1)
     if seg < nseg_seq:
         g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
+        xs, bs = nheads * headdim, ngroups * dstate  # row strides of x, dout, z and of B, C
         anticausal = qs[:, None] <= qs[None, :]
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = x_ptr.dtype.element_ty
@@ -178,15 +182,15 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
         c1 = tl.minimum(c0 + seg_chunks, nchunks)
         for i in range(0, c1 - c0):
             c = c1 - 1 - i
-            rows = start + c * Q + qs
-            rmask = rows < end
-            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
-            x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
-            Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            dy = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+            row0, rmask = chunk_rows(start, end, c, qs, Q)
+            dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
+                                             A, SOFTPLUS)
+            x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask)
+            Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
             if z_ptr is not None:
-                dy = _gated_dy(dy, load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps,
+                dy = _gated_dy(dy, load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps,
                                              pmask).to(tl.float32))
             dyd = dy.to(dtype)
             ecum = tl.exp(cum)
@@ -205,19 +209,20 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             if D_ptr is not None:
                 dx += Dv * dy
                 dD += tl.sum(dy * xf, 0)
-            xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
-            tl.store(dx_ptr + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
-            pbase = ((pb * 5 + 2) * nheads + h) * ntok + rows
-            tl.store(parts_ptr + pbase, tl.cumsum(s_inter, 0) - s_inter, mask=rmask)
-            tl.store(parts_ptr + pbase + nheads * ntok, s_inter, mask=rmask)
-            tl.store(parts_ptr + pbase + 2 * nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
+            xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
+            tl.store(dx_ptr + row0 * xs + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
+            pbase = parts_ptr + ((pb * 5 + 2) * nheads + h).to(tl.int64) * ntok + row0 + qs
+            tl.store(pbase, tl.cumsum(s_inter, 0) - s_inter, mask=rmask)
+            tl.store(pbase + nheads * ntok, s_inter, mask=rmask)
+            tl.store(pbase + 2 * nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
             xdy = tl.dot(x, tl.trans(dyd), input_precision=PREC)
             xdyL = (xdy * Lt).to(dtype)
             dB = tl.dot(xdyL, Ct, acc=tail * tl.dot(x, tl.trans(G.to(dtype)), input_precision=PREC),
                         input_precision=PREC)
             dB *= dtv[:, None]
-            n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
-            tl.store(dB_ptr + n_offs, dB, mask=rmask[:, None] & nmask[None, :])
+            n_offs = qs[:, None] * (nheads * dstate) + ns[None, :]
+            tl.store(dB_ptr + ((pb * ntok + row0) * nheads + h) * dstate + n_offs, dB,
+                     mask=rmask[:, None] & nmask[None, :])
             G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * ecum[:, None], dtype, SPLIT, PREC)
         if D_ptr is not None:
             tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, dD, mask=pmask)

@@ -49,6 +49,15 @@ def head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P: tl.constexpr, B
 
 
 @triton.jit
+def chunk_rows(start, end, c, qs, Q: tl.constexpr):
+    """Chunk c's first row (int64) and the mask of its rows inside [start, end). Tiles are addressed from a
+    pointer moved to the first row plus int32 offsets: the offsets are then the same in every chunk, half the
+    registers of int64 ones when the compiler keeps them across the chunk loop."""
+    row0 = start + c * Q
+    return row0, qs < tl.minimum(end - row0, Q).to(tl.int32)
+
+
+@triton.jit
 def chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS: tl.constexpr):
     """A chunk's effective dt, its log-decays a = dt A, their running sum within the chunk and the chunk's total."""
     dtv = effective_dt(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, SOFTPLUS)
