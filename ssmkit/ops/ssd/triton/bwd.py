@@ -195,15 +195,14 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             dyd = dy.to(dtype)
             ecum = tl.exp(cum)
             tail = tl.exp(total - cum)[:, None]  # decay from each position to the chunk's end
-            # (Q, Q) tiles go to bf16 operands as soon as they are made: BC[i, j] = B_i . C_j, xdy[i, j] = x_i . dy_j
-            # (below), Lt[i, j] = exp(cum_j - cum_i) for j >= i (how far input i reaches output j).
-            BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
-            Lt = tl.exp(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")))
-            BCL = (BC * Lt).to(dtype)
             xf = x.to(tl.float32)
             BG = tail * dot_split(Bt, G, dtype, SPLIT, PREC)  # outputs after the chunk
-            # Decay gradient: pairs (i < k, j after the chunk), and q_t = x_t . g_t B_t for d dt.
+            # Decay gradient: pairs (i < k, j after the chunk), and q_t = x_t . g_t B_t for d dt (below).
             s_inter = dtv * tl.sum(xf * BG, 1)
+            # (Q, Q) tiles go to bf16 operands as soon as they are made: Lt[i, j] = exp(cum_j - cum_i) for j >= i
+            # (how far input i reaches output j) times B_i . C_j here and times x_i . dy_j for dB.
+            Lt = tl.exp(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")))
+            BCL = (tl.dot(Bt, tl.trans(Ct), input_precision=PREC) * Lt).to(dtype)
             gB = dot_split(BCL, dy, dtype, SPLIT, PREC, BG)  # (Q, P): g_i B_i
             dx = dtv[:, None] * gB
             if D_ptr is not None:
@@ -215,8 +214,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             tl.store(pbase, tl.cumsum(s_inter, 0) - s_inter, mask=rmask)
             tl.store(pbase + nheads * ntok, s_inter, mask=rmask)
             tl.store(pbase + 2 * nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
-            xdy = tl.dot(x, tl.trans(dyd), input_precision=PREC)
-            xdyL = (xdy * Lt).to(dtype)
+            xdyL = (tl.dot(x, tl.trans(dyd), input_precision=PREC) * Lt).to(dtype)
             dB = tl.dot(xdyL, Ct, acc=tail * tl.dot(x, tl.trans(G.to(dtype)), input_precision=PREC),
                         input_precision=PREC)
             dB *= dtv[:, None]
