@@ -80,8 +80,8 @@ def ssd_grid() -> list:
     from ssmkit.ops.ssd.triton.plan import block_n
 
     kernels = (("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False)),
-               ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True)),
-               ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True)))
+               ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True)),
+               ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True)))
     cases = []
     for dstate in (64, 128, 256):
         base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None)

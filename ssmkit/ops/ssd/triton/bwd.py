@@ -24,11 +24,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmkit.ops.dispatch import interpreting
+
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
-from .tiles import (chunk_decay, chunk_rows, dot_split, dot_split_lhs, head_tiles, incoming_state, load_skip,
-                    load_tile, outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
+from .tiles import (chunk_decay, chunk_rows, dot_split, dot_split_lhs, exp_ftz, head_tiles, incoming_state,
+                    load_skip, load_tile, outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
 
 
 @triton.jit
@@ -77,7 +79,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                    seglog_ptr, dout_ptr, dfinal_ptr, dC_ptr, parts_ptr, cfinal_ptr, dz_ptr,
                    seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr):
     """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1,
     and this block's share of <dfinal, h_T> from the recomputed final state (cfinal, (nseq, npb, nheads))."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
@@ -119,7 +121,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             # Ldt[j, i] = exp(cum_j - cum_i) dt_i for i <= j.
             CB = tl.dot(Ct, tl.trans(Bt), input_precision=PREC)
             if z_ptr is not None:  # y for the gate's gradient, first: then y_off need not outlive the (Q, Q) work
-                Ldt = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))) * dtv[None, :]
+                Ldt = exp_ftz(tl.where(causal, cum[:, None] - cum[None, :], float("-inf")), PTX) * dtv[None, :]
                 y = tl.dot((CB * Ldt).to(dtype), x, input_precision=PREC) + y_off
                 if D_ptr is not None:
                     y += x.to(tl.float32) * Dv
@@ -128,7 +130,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                 tl.store(dz_ptr + row0 * xs + xy_offs, dz.to(dz_ptr.dtype.element_ty),
                          mask=rmask[:, None] & pmask[None, :])
             dyx = dot_split_lhs(dy, tl.trans(x), dtype, SPLIT, PREC)
-            Ldt = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))) * dtv[None, :]
+            Ldt = exp_ftz(tl.where(causal, cum[:, None] - cum[None, :], float("-inf")), PTX) * dtv[None, :]
             dyxL = dyx * Ldt
             # ... and the intra-chunk pairs (i < k <= j) of M[j, i] = dyx CB Ldt (i < j): sum_{i<k} of the
             # column sums minus sum_{j<k} of the row sums (the pairs with i < j < k cancel) -- two reductions and
@@ -161,7 +163,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                    dfinal_ptr, dout_ptr, dx_ptr, dB_ptr, parts_ptr, dD_ptr, dinit_ptr,
                    seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr):
     """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2-4."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
@@ -201,7 +203,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             s_inter = dtv * tl.sum(xf * BG, 1)
             # (Q, Q) tiles go to bf16 operands as soon as they are made: Lt[i, j] = exp(cum_j - cum_i) for j >= i
             # (how far input i reaches output j) times B_i . C_j here and times x_i . dy_j for dB.
-            Lt = tl.exp(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")))
+            Lt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX)
             BCL = (tl.dot(Bt, tl.trans(Ct), input_precision=PREC) * Lt).to(dtype)
             gB = dot_split(BCL, dy, dtype, SPLIT, PREC, BG)  # (Q, P): g_i B_i
             dx = dtv[:, None] * gB
@@ -244,6 +246,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
     lo, hi = dt_bounds(dt_limit)
     bn = block_n(dstate)
     prec = dot_precision(x.dtype)
+    ptx = x.device.type == "cuda" and not interpreting()  # inline PTX (exp_ftz) only where it is compiled
     f32 = dict(device=x.device, dtype=torch.float32)
     segadj = None
     if plan.nseg > 1:
@@ -272,10 +275,10 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
                                           SOFTPLUS=dt_softplus, SPLIT=split, **meta)
         _bwd_dc_kernel[grid](x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, dout,
                              dfinal, parts["dC"], parts["dt"], parts["cfinal"], dz, *scalars, ntok,
-                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, **meta)
+                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, PTX=ptx, **meta)
         _bwd_dx_kernel[grid](x, dt, A, B, C, D, z, dt_bias, cu_seqlens, segadj, seglog, dfinal, dout, dx,
                              parts["dB"], parts["dt"], dD_part, dinit, *scalars, ntok, SOFTPLUS=dt_softplus,
-                             D_PER_P=d_per_p, SPLIT=split, **meta)
+                             D_PER_P=d_per_p, SPLIT=split, PTX=ptx, **meta)
 
     if config is None:
         key = (x.dtype, tuning_shape(plan), headdim, dstate, ngroups, nheads, D is not None, z is not None)

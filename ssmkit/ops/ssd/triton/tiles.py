@@ -49,6 +49,18 @@ def head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P: tl.constexpr, B
 
 
 @triton.jit
+def exp_ftz(x, PTX: tl.constexpr):
+    """e^x as tl.exp computes it (ex2.approx of x log2(e)) but flushing results below 2^-126 to 0
+    (ex2.approx.ftz): tl.exp spends three more instructions an element keeping those as subnormals, which a
+    decay factor never needs. PTX=False (the interpreter runs no PTX) uses tl.exp."""
+    if PTX:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * 1.4426950408889634],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
 def chunk_rows(start, end, c, qs, Q: tl.constexpr):
     """Chunk c's first row (int64) and the mask of its rows inside [start, end). Tiles are addressed from a
     pointer moved to the first row plus int32 offsets: the offsets are then the same in every chunk, half the
