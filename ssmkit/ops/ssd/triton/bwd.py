@@ -89,8 +89,8 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
     if seg < nseg_seq:
         g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
         xs, bs = nheads * headdim, ngroups * dstate  # row strides of x, dout, z and of B, C
-        causal = qs[:, None] >= qs[None, :]
-        strict = qs[:, None] > qs[None, :]
+        anticausal = qs[:, None] <= qs[None, :]
+        strict = qs[:, None] < qs[None, :]
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = x_ptr.dtype.element_ty
         S = incoming_state(init_ptr, segst_ptr, seglog_ptr, seq, seg, nseg, h, nheads, ps, ns, pmask, nmask,
@@ -116,30 +116,31 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             # Decay gradient, pairs (i before the chunk, j >= k): sum_j dy_j . y_off_j (the chunk's total is taken
             # back out in bwd_dt.py) ...
             v = tl.sum(dy * y_off, 1)
-            # The (Q, Q) tiles live only here, each folded into what needs it before the next chunk-sized work:
-            # dyx[j, i] = dy_j . x_i (dy split: it feeds the decay gradient), CB[j, i] = C_j . B_i,
-            # Ldt[j, i] = exp(cum_j - cum_i) dt_i for i <= j.
-            CB = tl.dot(Ct, tl.trans(Bt), input_precision=PREC)
+            # The (Q, Q) tiles, indexed [input i, output j] so that dt_i scales rows (as a column factor, dt was
+            # recomputed, softplus and all, for every column a thread holds): BC[i, j] = B_i . C_j, xdy[i, j] =
+            # x_i . dy_j (dy split: it feeds the decay gradient), Ldt[i, j] = exp(cum_j - cum_i) dt_i for j >= i.
+            # Each is folded into what needs it before the next chunk-sized work.
+            BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
             if z_ptr is not None:  # y for the gate's gradient, first: then y_off need not outlive the (Q, Q) work
-                Ldt = exp_ftz(tl.where(causal, cum[:, None] - cum[None, :], float("-inf")), PTX) * dtv[None, :]
-                y = tl.dot((CB * Ldt).to(dtype), x, input_precision=PREC) + y_off
+                Ldt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX) * dtv[:, None]
+                y = tl.dot(tl.trans((BC * Ldt).to(dtype)), x, input_precision=PREC) + y_off
                 if D_ptr is not None:
                     y += x.to(tl.float32) * Dv
                 dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
                 xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
                 tl.store(dz_ptr + row0 * xs + xy_offs, dz.to(dz_ptr.dtype.element_ty),
                          mask=rmask[:, None] & pmask[None, :])
-            dyx = dot_split_lhs(dy, tl.trans(x), dtype, SPLIT, PREC)
-            Ldt = exp_ftz(tl.where(causal, cum[:, None] - cum[None, :], float("-inf")), PTX) * dtv[None, :]
-            dyxL = dyx * Ldt
-            # ... and the intra-chunk pairs (i < k <= j) of M[j, i] = dyx CB Ldt (i < j): sum_{i<k} of the
-            # column sums minus sum_{j<k} of the row sums (the pairs with i < j < k cancel) -- two reductions and
-            # a scan of Q sums instead of a scan along each row of M.
-            M = tl.where(strict, dyxL * CB, 0.0)
-            d = tl.sum(M, 0) - tl.sum(M, 1)
+            xdy = dot_split(x, tl.trans(dy), dtype, SPLIT, PREC)
+            Ldt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX) * dtv[:, None]
+            xdyL = xdy * Ldt
+            # ... and the intra-chunk pairs (i < k <= j) of M[i, j] = xdy BC Ldt (i < j): sum_{i<k} of the sums over
+            # outputs minus sum_{j<k} of the sums over inputs (the pairs with i < j < k cancel) -- two reductions
+            # and a scan of Q sums instead of a scan along each output's row.
+            M = tl.where(strict, xdyL * BC, 0.0)
+            d = tl.sum(M, 1) - tl.sum(M, 0)
             T1 = tl.cumsum(d, 0) - d
             dC = ecum[:, None] * tl.dot(dy.to(dtype), tl.trans(S.to(dtype)), input_precision=PREC)
-            dC = tl.dot(dyxL.to(dtype), Bt, acc=dC, input_precision=PREC)
+            dC = tl.dot(tl.trans(xdyL.to(dtype)), Bt, acc=dC, input_precision=PREC)
             n_offs = qs[:, None] * (nheads * dstate) + ns[None, :]
             tl.store(dC_ptr + ((pb * ntok + row0) * nheads + h) * dstate + n_offs, dC,
                      mask=rmask[:, None] & nmask[None, :])
