@@ -130,7 +130,10 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                 xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
                 tl.store(dz_ptr + row0 * xs + xy_offs, dz.to(dz_ptr.dtype.element_ty),
                          mask=rmask[:, None] & pmask[None, :])
-            xdy = dot_split(x, tl.trans(dy), dtype, SPLIT, PREC)
+            if z_ptr is None:  # dy is dout, already in dtype: the low part of its split would be zero
+                xdy = tl.dot(x, tl.trans(dy.to(dtype)), input_precision=PREC)
+            else:
+                xdy = dot_split(x, tl.trans(dy), dtype, SPLIT, PREC)
             Ldt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX) * dtv[:, None]
             xdyL = xdy * Ldt
             # ... and the intra-chunk pairs (i < k <= j) of M[i, j] = xdy BC Ldt (i < j): sum_{i<k} of the sums over
@@ -206,7 +209,10 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             # (how far input i reaches output j) times B_i . C_j here and times x_i . dy_j for dB.
             Lt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX)
             BCL = (tl.dot(Bt, tl.trans(Ct), input_precision=PREC) * Lt).to(dtype)
-            gB = dot_split(BCL, dy, dtype, SPLIT, PREC, BG)  # (Q, P): g_i B_i
+            if z_ptr is None:  # dy is dout, already in dtype: the low part of its split would be zero
+                gB = tl.dot(BCL, dyd, acc=BG, input_precision=PREC)  # (Q, P): g_i B_i
+            else:
+                gB = dot_split(BCL, dy, dtype, SPLIT, PREC, BG)
             dx = dtv[:, None] * gB
             if D_ptr is not None:
                 dx += Dv * dy
