@@ -16,6 +16,21 @@ Version history
   state instead of the forward kernel's single-rounded final state: bf16 dA was still 3.6e-2..2.0e-1 off in 4 of
   the H100 GPU tests (float16 under the interpreter: 1.1e-2 -> 3.2e-5 at the same shape); one dot-free reduction
   per (sequence, head, head-dim block), and the autograd Function no longer saves the final state.
+- v4: fewer live tiles and instructions a chunk in both walks (same values up to float32 rounding). dc: the
+  (Q, Q) tiles are indexed [input i, output j] (xdy = x dyᵀ, BC, Ldt), so dt_i scales rows: as a column factor,
+  Triton recomputed the whole effective dt (load, softplus, clamp) for every column a thread holds; the
+  intra-chunk decay-gradient pairs are the sums over outputs minus the sums over inputs of the strictly causal
+  M, then one scan of Q sums, instead of a cumsum along every row of M (two (Q, Q) round trips through shared
+  memory); y_off and its sums come first and the dC accumulator starts from exp(cum) dy Sᵀ, so the entering
+  state's products never meet a (Q, Q) tile; with a gate, y and dz come before the (Q, Q) work. dx: BG first,
+  B·C Lt straight to its bf16 operand, gB accumulated onto BG, dB last. Both: the Q² decay factors by
+  ex2.approx.ftz (tiles.exp_ftz), tiles addressed from the chunk's first row (tiles.chunk_rows), dot_split's two
+  products in one accumulator, and no split of dy without a gate (dy is then dout, already in the dtype: the
+  low part was zero). sm_90 compiled on a CPU machine (kernel_resources_cpu.py --ssd-bwd-grid --aligned; no GPU
+  timing yet), ungated as the Mamba-2 layer calls it, headdim 64, dstate 64, hot-loop instructions a thread /
+  LDL+STL among them / spill bytes: dc (64,4,2) 3603/284/744 -> 1890/20/88, (32,4,2) 3168/56/240 -> 1522/0/0,
+  (32,8,2) 2295/27/120 -> 1407/0/0; dx (64,4,2) 2370/277/776 -> 2043/172/568, (32,4,2) 1829/44/200 ->
+  1547/36/184. Every config, gated too: benchmarks/results/ssd-bwd-sm90-cpu-2026-12-07.md.
 """
 
 from __future__ import annotations
@@ -29,8 +44,8 @@ from ssmkit.ops.dispatch import interpreting
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
-from .tiles import (chunk_decay, chunk_rows, dot_split, dot_split_lhs, exp_ftz, head_tiles, incoming_state,
-                    load_skip, load_tile, outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
+from .tiles import (chunk_decay, chunk_rows, dot_split, exp_ftz, head_tiles, incoming_state, load_skip, load_tile,
+                    outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
 
 
 @triton.jit
@@ -118,7 +133,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             v = tl.sum(dy * y_off, 1)
             # The (Q, Q) tiles, indexed [input i, output j] so that dt_i scales rows (as a column factor, dt was
             # recomputed, softplus and all, for every column a thread holds): BC[i, j] = B_i . C_j, xdy[i, j] =
-            # x_i . dy_j (dy split: it feeds the decay gradient), Ldt[i, j] = exp(cum_j - cum_i) dt_i for j >= i.
+            # x_i . dy_j (a gated dy split: it feeds the decay gradient), Ldt[i, j] = exp(cum_j - cum_i) dt_i, j >= i.
             # Each is folded into what needs it before the next chunk-sized work.
             BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
             if z_ptr is not None:  # y for the gate's gradient, first: then y_off need not outlive the (Q, Q) work

@@ -10,6 +10,11 @@ Version history
   opened with (five kernels, the same 15-25 lines each).
 - v4: softplus through a short atanh series instead of the library log and an IEEE division (same float32
   result to rounding; the selective scan evaluates it for every channel of every row).
+- v5: for the backward walks (bwd.py v4): dot_split with an accumulator (its two products chained in one, the
+  forward's segment pre-pass included: float32 rounding of the sum changes, nothing else), chunk_rows (tiles
+  addressed from the chunk's first row with int32 offsets) and exp_ftz (the decay factors without subnormal
+  results, three instructions an element fewer than tl.exp; equal to it above 2^-126, so dt and the states
+  still agree bit for bit with the forward's; only the backward's (Q, Q) decays use it).
 """
 
 import triton
@@ -138,16 +143,6 @@ def dot_split(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr
     out = tl.dot(a, hi, acc=acc, input_precision=PREC)
     if SPLIT:
         out = tl.dot(a, (b - hi.to(tl.float32)).to(dtype), acc=out, input_precision=PREC)
-    return out
-
-
-@triton.jit
-def dot_split_lhs(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
-    """a @ b for a float32 `a` rounded to `dtype` as hi + lo (as dot_split, the split on the left operand)."""
-    hi = a.to(dtype)
-    out = tl.dot(hi, b, input_precision=PREC)
-    if SPLIT:
-        out = tl.dot((a - hi.to(tl.float32)).to(dtype), b, acc=out, input_precision=PREC)
     return out
 
 
