@@ -6,11 +6,12 @@ What it shows without a GPU: which configs spill to local memory (STACK > 0), ho
 registers (65,536 registers an SM), and the instruction mix of the hot loops (exp2 = MUFU.EX2; SHFL and BAR are
 the cross-thread traffic), and "hot loop": the instructions of one pass of the kernel's longest loop on its
 common path (every forward branch inside it taken, which skips a rarely run block such as a checkpoint store;
-per row and channel it is this / (rows a pass x channels a thread)). What it cannot show: time. --aligned
-compiles as a launch on contiguous tensors is specialized (pointers and sizes multiples of 16), which can change
-the code. Writes a markdown table with --out.
+per row and channel it is this / (rows a pass x channels a thread)), and the spill loads and stores (LDL/STL)
+among them. What it cannot show: time. --aligned compiles as a launch on contiguous tensors is specialized
+(pointers and sizes multiples of 16), which can change the code. Writes a markdown table with --out.
 
-    python benchmarks/kernel_resources_cpu.py [--match scan] [--aligned] [--ssd-grid | --gemv-grid] [--out FILE]
+    python benchmarks/kernel_resources_cpu.py [--match scan] [--aligned] [--ssd-grid | --ssd-bwd-grid | --gemv-grid]
+                                              [--out FILE]
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ def resources(cubin: bytes) -> dict:
                                text=True, check=True).stdout
         sass = subprocess.run([f"{tools}/nvdisasm", "-c", f.name], capture_output=True, text=True, check=True).stdout
     ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M)
+    hot = hot_loop(sass)
     return dict(regs=int(re.search(r"REG:(\d+)", usage).group(1)), stack=int(re.search(r"STACK:(\d+)", usage).group(1)),
                 instructions=len(ops), mufu=ops.count("MUFU"), shfl=ops.count("SHFL"), bar=ops.count("BAR"),
-                ldl_stl=ops.count("LDL") + ops.count("STL"), hot_loop=len(hot_loop(sass)))
+                ldl_stl=ops.count("LDL") + ops.count("STL"), hot_loop=len(hot),
+                hot_ldl_stl=hot.count("LDL") + hot.count("STL"))
 
 
 def hot_loop(sass: str) -> list[str]:
@@ -80,8 +83,8 @@ def ssd_grid() -> list:
     from ssmkit.ops.ssd.triton.plan import block_n
 
     kernels = (("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False)),
-               ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True)),
-               ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True)))
+               ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True)),
+               ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True)))
     cases = []
     for dstate in (64, 128, 256):
         base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None)
@@ -91,6 +94,28 @@ def ssd_grid() -> list:
                     for stages in (2, 3):
                         cases.append((f"ssmkit.ops.ssd.triton.{module}", name, dict(base, BLOCK_P=bp, **extra), warps,
                                       stages, f"{name}-n{dstate}-p{bp}-w{warps}-s{stages}"))
+    return cases
+
+
+def ssd_bwd_grid() -> list:
+    """The SSD backward's kernels as benchmarks/ssd_gpu.py launches them (no gate, no initial state, no final-state
+    gradient; D one per head, dt_bias): headdim 64, chunk 64, dstate 64 and 128, BLOCK_P 16/32/64, 4/8 warps,
+    2 stages."""
+    from ssmkit.ops.ssd.triton.plan import block_n
+
+    ungated = dict(z_ptr=None, init_ptr=None, dfinal_ptr=None, cfinal_ptr=None, dz_ptr=None, dinit_ptr=None)
+    kernels = (("_segment_adjoint_kernel", dict(SPLIT=True)),
+               ("_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True)),
+               ("_bwd_dx_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True)))
+    cases = []
+    for dstate in (64, 128):
+        base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None)
+        for name, extra in kernels:
+            for bp in (16, 32, 64):
+                for warps in (4, 8):
+                    consts = dict(base, BLOCK_P=bp, **extra, **ungated)
+                    cases.append(("ssmkit.ops.ssd.triton.bwd", name, consts, warps, 2,
+                                  f"{name}-ungated-n{dstate}-p{bp}-w{warps}-s2"))
     return cases
 
 
@@ -128,13 +153,16 @@ def main() -> None:
     p.add_argument("--ssd-grid", action="store_true",
                    help="instead of the test's cases: the SSD forward and backward kernels at headdim 64 over "
                         "dstate 64/128/256, BLOCK_P 16/32/64, 4/8 warps, 2/3 stages (candidates for the tables)")
+    p.add_argument("--ssd-bwd-grid", action="store_true",
+                   help="instead of the test's cases: the SSD backward's kernels as benchmarks/ssd_gpu.py launches "
+                        "them (no gate), dstate 64/128, BLOCK_P 16/32/64, 4/8 warps")
     p.add_argument("--gemv-grid", action="store_true",
                    help="instead of the test's cases: the one-row GEMV (norm_linear / ops.linear) at the decode "
                         "projections, pick_config's shape and its neighbours")
     a = p.parse_args()
     rows = []
-    for module, name, consts, warps, stages, label in (ssd_grid() if a.ssd_grid else gemv_grid() if a.gemv_grid
-                                                       else CASES):
+    grid = ssd_grid() if a.ssd_grid else ssd_bwd_grid() if a.ssd_bwd_grid else gemv_grid() if a.gemv_grid else CASES
+    for module, name, consts, warps, stages, label in grid:
         if a.match not in label:
             continue
         compiled = compile_for_h100(_kernel(module, name), consts, warps, stages, aligned=a.aligned)
@@ -142,18 +170,20 @@ def main() -> None:
         regs = max(r["regs"], 1)
         fit = min(MAX_WARPS_PER_SM, REGS_PER_SM // (regs * 32) // warps * warps)
         rows.append((label, warps, stages, r["regs"], r["stack"], compiled.metadata.shared, fit, r["instructions"],
-                     r["mufu"], r["shfl"], r["bar"], r["ldl_stl"], r["hot_loop"]))
+                     r["mufu"], r["shfl"], r["bar"], r["ldl_stl"], r["hot_loop"], r["hot_ldl_stl"]))
         print(" ".join(str(v) for v in rows[-1]), flush=True)
     head = ("| kernel config | warps | stages | registers | spill stack B | shared B | warps an SM (by registers) "
-            "| instructions | MUFU | SHFL | BAR | LDL/STL | hot loop |\n" + "|---" * 13 + "|")
+            "| instructions | MUFU | SHFL | BAR | LDL/STL | hot loop | hot-loop LDL/STL |\n" + "|---" * 14 + "|")
     table = head + "\n" + "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in rows)
     if a.out:
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cases = ("the SSD grid (--ssd-grid)" if a.ssd_grid else "the one-row GEMV grid (--gemv-grid)" if a.gemv_grid
+        cases = ("the SSD grid (--ssd-grid)" if a.ssd_grid else "the ungated SSD backward grid (--ssd-bwd-grid)"
+                 if a.ssd_bwd_grid else "the one-row GEMV grid (--gemv-grid)" if a.gemv_grid
                  else "every config of tests/ops/test_compile_sm90.py")
         cmd = "python benchmarks/kernel_resources_cpu.py" + (f" --match {a.match}" if a.match else "") + \
             (" --aligned" if a.aligned else "") + \
-            (" --ssd-grid" if a.ssd_grid else "") + (" --gemv-grid" if a.gemv_grid else "")
+            (" --ssd-grid" if a.ssd_grid else "") + (" --ssd-bwd-grid" if a.ssd_bwd_grid else "") + \
+            (" --gemv-grid" if a.gemv_grid else "")
         Path(a.out).write_text(
             f"# Triton kernels compiled for sm_90 on a CPU machine: registers, spills, instruction mix\n\n"
             f"- date: {date}; triton {triton.__version__} (its ptxas, cuobjdump, nvdisasm); no GPU\n"

@@ -16,6 +16,21 @@ Version history
   state instead of the forward kernel's single-rounded final state: bf16 dA was still 3.6e-2..2.0e-1 off in 4 of
   the H100 GPU tests (float16 under the interpreter: 1.1e-2 -> 3.2e-5 at the same shape); one dot-free reduction
   per (sequence, head, head-dim block), and the autograd Function no longer saves the final state.
+- v4: fewer live tiles and instructions a chunk in both walks (same values up to float32 rounding). dc: the
+  (Q, Q) tiles are indexed [input i, output j] (xdy = x dyᵀ, BC, Ldt), so dt_i scales rows: as a column factor,
+  Triton recomputed the whole effective dt (load, softplus, clamp) for every column a thread holds; the
+  intra-chunk decay-gradient pairs are the sums over outputs minus the sums over inputs of the strictly causal
+  M, then one scan of Q sums, instead of a cumsum along every row of M (two (Q, Q) round trips through shared
+  memory); y_off and its sums come first and the dC accumulator starts from exp(cum) dy Sᵀ, so the entering
+  state's products never meet a (Q, Q) tile; with a gate, y and dz come before the (Q, Q) work. dx: BG first,
+  B·C Lt straight to its bf16 operand, gB accumulated onto BG, dB last. Both: the Q² decay factors by
+  ex2.approx.ftz (tiles.exp_ftz), tiles addressed from the chunk's first row (tiles.chunk_rows), dot_split's two
+  products in one accumulator, and no split of dy without a gate (dy is then dout, already in the dtype: the
+  low part was zero). sm_90 compiled on a CPU machine (kernel_resources_cpu.py --ssd-bwd-grid --aligned; no GPU
+  timing yet), ungated as the Mamba-2 layer calls it, headdim 64, dstate 64, hot-loop instructions a thread /
+  LDL+STL among them / spill bytes: dc (64,4,2) 3603/284/744 -> 1890/20/88, (32,4,2) 3168/56/240 -> 1522/0/0,
+  (32,8,2) 2295/27/120 -> 1407/0/0; dx (64,4,2) 2370/277/776 -> 2043/172/568, (32,4,2) 1829/44/200 ->
+  1547/36/184. Every config, gated too: benchmarks/results/ssd-bwd-sm90-cpu-2026-12-07.md.
 """
 
 from __future__ import annotations
@@ -24,11 +39,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmkit.ops.dispatch import interpreting
+
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
-from .tiles import (chunk_decay, dot_split, head_tiles, incoming_state, load_skip, load_tile, outgoing_adjoint,
-                    program_segment, seq_bounds, state_tile_offsets)
+from .tiles import (chunk_decay, chunk_rows, dot_split, exp_ftz, head_tiles, incoming_state, load_skip, load_tile,
+                    outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
 
 
 @triton.jit
@@ -50,19 +67,20 @@ def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_
     nchunks = tl.cdiv(end - start, Q)
     if (seg > 0) & (seg < tl.cdiv(nchunks, seg_chunks)):
         g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
+        xs, bs = nheads * headdim, ngroups * dstate  # row strides of x, dout, z and of B, C
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = dout_ptr.dtype.element_ty
         G = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
         offset = 0.0
         c1 = tl.minimum(seg * seg_chunks + seg_chunks, nchunks)
         for c in range(seg * seg_chunks, c1):
-            rows = start + c * Q + qs
-            rmask = rows < end
-            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
-            Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            dy = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+            row0, rmask = chunk_rows(start, end, c, qs, Q)
+            dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
+                                             A, SOFTPLUS)
+            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
             if z_ptr is not None:
-                dy = _gated_dy(dy, load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps,
+                dy = _gated_dy(dy, load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps,
                                              pmask).to(tl.float32))
             G += dot_split(tl.trans(Ct), dy * tl.exp(offset + cum)[:, None], dtype, SPLIT, PREC)
             offset += total
@@ -76,7 +94,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                    seglog_ptr, dout_ptr, dfinal_ptr, dC_ptr, parts_ptr, cfinal_ptr, dz_ptr,
                    seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr):
     """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1,
     and this block's share of <dfinal, h_T> from the recomputed final state (cfinal, (nseq, npb, nheads))."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
@@ -85,7 +103,9 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
     nseg_seq = tl.maximum(tl.cdiv(nchunks, seg_chunks), 1)  # an empty sequence still has its h_T = h0
     if seg < nseg_seq:
         g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
-        causal = qs[:, None] >= qs[None, :]
+        xs, bs = nheads * headdim, ngroups * dstate  # row strides of x, dout, z and of B, C
+        anticausal = qs[:, None] <= qs[None, :]
+        strict = qs[:, None] < qs[None, :]
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = x_ptr.dtype.element_ty
         S = incoming_state(init_ptr, segst_ptr, seglog_ptr, seq, seg, nseg, h, nheads, ps, ns, pmask, nmask,
@@ -94,46 +114,58 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             Dv = load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P)
         c1 = tl.minimum(seg * seg_chunks + seg_chunks, nchunks)
         for c in range(seg * seg_chunks, c1):
-            rows = start + c * Q + qs
-            rmask = rows < end
-            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
-            x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
-            Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            dout = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
-            Ldt = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))) * dtv[None, :]
-            Sd = S.to(dtype)
-            CB = tl.dot(Ct, tl.trans(Bt), input_precision=PREC)
-            y_off = tl.exp(cum)[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share
-            xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
-            xy_mask = rmask[:, None] & pmask[None, :]
+            row0, rmask = chunk_rows(start, end, c, qs, Q)
+            dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
+                                             A, SOFTPLUS)
+            x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask)
+            Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
             if z_ptr is not None:
-                zt = load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+                dout = dy
+                zt = load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
                 sig = tl.sigmoid(zt)
                 dy = dout * zt * sig
-                y = tl.dot((CB * Ldt).to(dtype), x, input_precision=PREC) + y_off
+            ecum = tl.exp(cum)
+            y_off = ecum[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share of y
+            # Decay gradient, pairs (i before the chunk, j >= k): sum_j dy_j . y_off_j (the chunk's total is taken
+            # back out in bwd_dt.py) ...
+            v = tl.sum(dy * y_off, 1)
+            # The (Q, Q) tiles, indexed [input i, output j] so that dt_i scales rows (as a column factor, dt was
+            # recomputed, softplus and all, for every column a thread holds): BC[i, j] = B_i . C_j, xdy[i, j] =
+            # x_i . dy_j (a gated dy split: it feeds the decay gradient), Ldt[i, j] = exp(cum_j - cum_i) dt_i, j >= i.
+            # Each is folded into what needs it before the next chunk-sized work.
+            BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
+            if z_ptr is not None:  # y for the gate's gradient, first: then y_off need not outlive the (Q, Q) work
+                Ldt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX) * dtv[:, None]
+                y = tl.dot(tl.trans((BC * Ldt).to(dtype)), x, input_precision=PREC) + y_off
                 if D_ptr is not None:
                     y += x.to(tl.float32) * Dv
                 dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
-                tl.store(dz_ptr + xy_offs, dz.to(dz_ptr.dtype.element_ty), mask=xy_mask)
+                xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
+                tl.store(dz_ptr + row0 * xs + xy_offs, dz.to(dz_ptr.dtype.element_ty),
+                         mask=rmask[:, None] & pmask[None, :])
+            if z_ptr is None:  # dy is dout, already in dtype: the low part of its split would be zero
+                xdy = tl.dot(x, tl.trans(dy.to(dtype)), input_precision=PREC)
             else:
-                dy = dout
-            dyd = dy.to(dtype)
-            dyx = tl.trans(dot_split(x, tl.trans(dy), dtype, SPLIT, PREC))  # [j, i] = dy_j . x_i
-            dC = tl.dot((dyx * Ldt).to(dtype), Bt, input_precision=PREC)
-            dC += tl.exp(cum)[:, None] * tl.dot(dyd, tl.trans(Sd), input_precision=PREC)
-            n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
-            tl.store(dC_ptr + n_offs, dC, mask=rmask[:, None] & nmask[None, :])
-            # Decay gradient, intra-chunk pairs (i < k <= j) summed directly, and pairs (i before the chunk,
-            # j >= k): sum_j dy_j . y_off_j. The chunk's total of the latter is taken back out (bwd_dt.py).
-            M = dyx * CB * Ldt
-            W = tl.cumsum(M, 1) - M  # W[j, k] = sum_{i<k} M[j, i]
-            T1 = tl.sum(tl.where(causal, W, 0.0), 0)
-            v = tl.sum(dy * y_off, 1)
+                xdy = dot_split(x, tl.trans(dy), dtype, SPLIT, PREC)
+            Ldt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX) * dtv[:, None]
+            xdyL = xdy * Ldt
+            # ... and the intra-chunk pairs (i < k <= j) of M[i, j] = xdy BC Ldt (i < j): sum_{i<k} of the sums over
+            # outputs minus sum_{j<k} of the sums over inputs (the pairs with i < j < k cancel) -- two reductions
+            # and a scan of Q sums instead of a scan along each output's row.
+            M = tl.where(strict, xdyL * BC, 0.0)
+            d = tl.sum(M, 1) - tl.sum(M, 0)
+            T1 = tl.cumsum(d, 0) - d
+            dC = ecum[:, None] * tl.dot(dy.to(dtype), tl.trans(S.to(dtype)), input_precision=PREC)
+            dC = tl.dot(tl.trans(xdyL.to(dtype)), Bt, acc=dC, input_precision=PREC)
+            n_offs = qs[:, None] * (nheads * dstate) + ns[None, :]
+            tl.store(dC_ptr + ((pb * ntok + row0) * nheads + h) * dstate + n_offs, dC,
+                     mask=rmask[:, None] & nmask[None, :])
             T2 = tl.cumsum(v, 0, reverse=True)
-            pbase = (pb * 5 * nheads + h) * ntok + rows
-            tl.store(parts_ptr + pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
-            tl.store(parts_ptr + pbase + nheads * ntok, v, mask=rmask)
+            pbase = parts_ptr + (pb * 5 * nheads + h).to(tl.int64) * ntok + row0 + qs
+            tl.store(pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
+            tl.store(pbase + nheads * ntok, v, mask=rmask)
             w = tl.exp(total - cum) * dtv
             S = tl.exp(total) * S + dot_split(tl.trans(Bt), x.to(tl.float32) * w[:, None], dtype, SPLIT, PREC)
         if dfinal_ptr is not None:
@@ -150,7 +182,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                    dfinal_ptr, dout_ptr, dx_ptr, dB_ptr, parts_ptr, dD_ptr, dinit_ptr,
                    seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr):
     """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2-4."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
@@ -158,6 +190,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
     nseg_seq = tl.maximum(tl.cdiv(nchunks, seg_chunks), 1)
     if seg < nseg_seq:
         g, ps, ns, pmask, nmask, qs = head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P, BLOCK_N, Q)
+        xs, bs = nheads * headdim, ngroups * dstate  # row strides of x, dout, z and of B, C
         anticausal = qs[:, None] <= qs[None, :]
         A = tl.load(A_ptr + h).to(tl.float32)
         dtype = x_ptr.dtype.element_ty
@@ -170,44 +203,49 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
         c1 = tl.minimum(c0 + seg_chunks, nchunks)
         for i in range(0, c1 - c0):
             c = c1 - 1 - i
-            rows = start + c * Q + qs
-            rmask = rows < end
-            dtv, a, cum, total = chunk_decay(dt_ptr, bias_ptr, rows, rmask, h, nheads, dt_lo, dt_hi, A, SOFTPLUS)
-            x = load_tile(x_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask)
-            Bt = load_tile(B_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            Ct = load_tile(C_ptr, rows, rmask, ngroups * dstate, g * dstate, ns, nmask)
-            dy = load_tile(dout_ptr, rows, rmask, nheads * headdim, h * headdim, ps, pmask).to(tl.float32)
+            row0, rmask = chunk_rows(start, end, c, qs, Q)
+            dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
+                                             A, SOFTPLUS)
+            x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask)
+            Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
+            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
             if z_ptr is not None:
-                dy = _gated_dy(dy, load_tile(z_ptr, rows, rmask, nheads * headdim, h * headdim, ps,
+                dy = _gated_dy(dy, load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps,
                                              pmask).to(tl.float32))
             dyd = dy.to(dtype)
-            Gd = G.to(dtype)
-            # Lt[i, j] = exp(cum_j - cum_i) for j >= i: how far position i's input reaches output j
-            Lt = tl.exp(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")))
-            tail = tl.exp(total - cum)[:, None]
-            BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
-            BG = tail * dot_split(Bt, G, dtype, SPLIT, PREC)  # outputs after the chunk
-            gB = dot_split((BC * Lt).to(dtype), dy, dtype, SPLIT, PREC) + BG  # (Q, P): g_i B_i
+            ecum = tl.exp(cum)
+            tail = tl.exp(total - cum)[:, None]  # decay from each position to the chunk's end
             xf = x.to(tl.float32)
+            BG = tail * dot_split(Bt, G, dtype, SPLIT, PREC)  # outputs after the chunk
+            # Decay gradient: pairs (i < k, j after the chunk), and q_t = x_t . g_t B_t for d dt (below).
+            s_inter = dtv * tl.sum(xf * BG, 1)
+            # (Q, Q) tiles go to bf16 operands as soon as they are made: Lt[i, j] = exp(cum_j - cum_i) for j >= i
+            # (how far input i reaches output j) times B_i . C_j here and times x_i . dy_j for dB.
+            Lt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX)
+            BCL = (tl.dot(Bt, tl.trans(Ct), input_precision=PREC) * Lt).to(dtype)
+            if z_ptr is None:  # dy is dout, already in dtype: the low part of its split would be zero
+                gB = tl.dot(BCL, dyd, acc=BG, input_precision=PREC)  # (Q, P): g_i B_i
+            else:
+                gB = dot_split(BCL, dy, dtype, SPLIT, PREC, BG)
             dx = dtv[:, None] * gB
             if D_ptr is not None:
                 dx += Dv * dy
                 dD += tl.sum(dy * xf, 0)
-            xy_offs = rows[:, None] * (nheads * headdim) + h * headdim + ps[None, :]
-            tl.store(dx_ptr + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
-            # Decay gradient: pairs (i < k, j after the chunk), and q_t = x_t . g_t B_t for d dt.
-            s_inter = dtv * tl.sum(xf * BG, 1)
-            pbase = ((pb * 5 + 2) * nheads + h) * ntok + rows
-            tl.store(parts_ptr + pbase, tl.cumsum(s_inter, 0) - s_inter, mask=rmask)
-            tl.store(parts_ptr + pbase + nheads * ntok, s_inter, mask=rmask)
-            tl.store(parts_ptr + pbase + 2 * nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
-            xdy = tl.dot(x, tl.trans(dyd), input_precision=PREC)  # [i, j] = x_i . dy_j
-            dB = tl.dot((xdy * Lt).to(dtype), Ct, input_precision=PREC)
-            dB += tail * tl.dot(x, tl.trans(Gd), input_precision=PREC)
+            xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
+            tl.store(dx_ptr + row0 * xs + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
+            pbase = parts_ptr + ((pb * 5 + 2) * nheads + h).to(tl.int64) * ntok + row0 + qs
+            tl.store(pbase, tl.cumsum(s_inter, 0) - s_inter, mask=rmask)
+            tl.store(pbase + nheads * ntok, s_inter, mask=rmask)
+            tl.store(pbase + 2 * nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
+            xdyL = (tl.dot(x, tl.trans(dyd), input_precision=PREC) * Lt).to(dtype)
+            dB = tl.dot(xdyL, Ct, acc=tail * tl.dot(x, tl.trans(G.to(dtype)), input_precision=PREC),
+                        input_precision=PREC)
             dB *= dtv[:, None]
-            n_offs = ((pb * ntok + rows[:, None]) * nheads + h) * dstate + ns[None, :]
-            tl.store(dB_ptr + n_offs, dB, mask=rmask[:, None] & nmask[None, :])
-            G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * tl.exp(cum)[:, None], dtype, SPLIT, PREC)
+            n_offs = qs[:, None] * (nheads * dstate) + ns[None, :]
+            tl.store(dB_ptr + ((pb * ntok + row0) * nheads + h) * dstate + n_offs, dB,
+                     mask=rmask[:, None] & nmask[None, :])
+            G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * ecum[:, None], dtype, SPLIT, PREC)
         if D_ptr is not None:
             tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, dD, mask=pmask)
         if dinit_ptr is not None:
@@ -230,6 +268,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
     lo, hi = dt_bounds(dt_limit)
     bn = block_n(dstate)
     prec = dot_precision(x.dtype)
+    ptx = x.device.type == "cuda" and not interpreting()  # inline PTX (exp_ftz) only where it is compiled
     f32 = dict(device=x.device, dtype=torch.float32)
     segadj = None
     if plan.nseg > 1:
@@ -258,10 +297,10 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
                                           SOFTPLUS=dt_softplus, SPLIT=split, **meta)
         _bwd_dc_kernel[grid](x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, dout,
                              dfinal, parts["dC"], parts["dt"], parts["cfinal"], dz, *scalars, ntok,
-                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, **meta)
+                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, PTX=ptx, **meta)
         _bwd_dx_kernel[grid](x, dt, A, B, C, D, z, dt_bias, cu_seqlens, segadj, seglog, dfinal, dout, dx,
                              parts["dB"], parts["dt"], dD_part, dinit, *scalars, ntok, SOFTPLUS=dt_softplus,
-                             D_PER_P=d_per_p, SPLIT=split, **meta)
+                             D_PER_P=d_per_p, SPLIT=split, PTX=ptx, **meta)
 
     if config is None:
         key = (x.dtype, tuning_shape(plan), headdim, dstate, ngroups, nheads, D is not None, z is not None)

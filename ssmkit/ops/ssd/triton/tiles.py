@@ -10,6 +10,11 @@ Version history
   opened with (five kernels, the same 15-25 lines each).
 - v4: softplus through a short atanh series instead of the library log and an IEEE division (same float32
   result to rounding; the selective scan evaluates it for every channel of every row).
+- v5: for the backward walks (bwd.py v4): dot_split with an accumulator (its two products chained in one, the
+  forward's segment pre-pass included: float32 rounding of the sum changes, nothing else), chunk_rows (tiles
+  addressed from the chunk's first row with int32 offsets) and exp_ftz (the decay factors without subnormal
+  results, three instructions an element fewer than tl.exp; equal to it above 2^-126, so dt and the states
+  still agree bit for bit with the forward's; only the backward's (Q, Q) decays use it).
 """
 
 import triton
@@ -46,6 +51,27 @@ def head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P: tl.constexpr, B
     ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     ns = tl.arange(0, BLOCK_N)
     return h // (nheads // ngroups), ps, ns, ps < headdim, ns < dstate, tl.arange(0, Q)
+
+
+@triton.jit
+def exp_ftz(x, PTX: tl.constexpr):
+    """e^x as tl.exp computes it (ex2.approx of x log2(e)) but flushing results below 2^-126 to 0
+    (ex2.approx.ftz): tl.exp spends three more instructions an element keeping those as subnormals, which a
+    decay factor never needs. PTX=False (the interpreter runs no PTX) uses tl.exp."""
+    if PTX:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * 1.4426950408889634],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def chunk_rows(start, end, c, qs, Q: tl.constexpr):
+    """Chunk c's first row (int64) and the mask of its rows inside [start, end). Tiles are addressed from a
+    pointer moved to the first row plus int32 offsets: the offsets are then the same in every chunk, half the
+    registers of int64 ones when the compiler keeps them across the chunk loop."""
+    row0 = start + c * Q
+    return row0, qs < tl.minimum(end - row0, Q).to(tl.int32)
 
 
 @triton.jit
@@ -106,16 +132,17 @@ def load_tile(ptr, rows, rmask, row_stride, col0, cols, cmask):
 
 
 @triton.jit
-def dot_split(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
-    """a @ b for a float32 `b` rounded to `dtype` as hi + lo (two products, near-float32 accuracy) when SPLIT.
+def dot_split(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, acc=None):
+    """acc + a @ b for a float32 `b` rounded to `dtype` as hi + lo (two products, near-float32 accuracy) when
+    SPLIT; acc None starts from zero.
 
     The decay gradient subtracts sums of many state-sized terms; one bf16 rounding of the states or of dy
     leaves it ~1e-1 off, so every state update and state product that feeds it goes through here.
     """
     hi = b.to(dtype)
-    out = tl.dot(a, hi, input_precision=PREC)
+    out = tl.dot(a, hi, acc=acc, input_precision=PREC)
     if SPLIT:
-        out += tl.dot(a, (b - hi.to(tl.float32)).to(dtype), input_precision=PREC)
+        out = tl.dot(a, (b - hi.to(tl.float32)).to(dtype), acc=out, input_precision=PREC)
     return out
 
 
