@@ -99,9 +99,10 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
                           seqlen, dim, dstate: tl.constexpr, ngroups, dpg, nblk, seg_len, nseg, unit,
                           sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g,
                           SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_N: tl.constexpr, PTX: tl.constexpr):
+                          BLOCK_N: tl.constexpr, PTX: tl.constexpr, PREFETCH: tl.constexpr = 0):
     """Grid (channel tiles, nseg - 1): segment `seg` walked from a zero state; writes its end state to segst
-    (batch, nseg, dim, dstate) and its sum of dt' to segdt (batch, nseg, dim), float32."""
+    (batch, nseg, dim, dstate) and its sum of dt' to segdt (batch, nseg, dim), float32. PREFETCH: as the
+    forward's."""
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
@@ -120,17 +121,39 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
     Bb = B_ptr + b * sB_b + g * sB_g
     # every segment this pass walks ends before the sequence does (the last one is not walked here), on a tile
     # boundary (segments are whole checkpoint intervals): all its tiles are full
-    for c in range(seg * (seg_len // BLOCK_T), (seg + 1) * (seg_len // BLOCK_T)):
-        row0 = tl.cast(c, tl.int64) * BLOCK_T
-        xt = xb + row0 * sx_l
-        dtt = dtb + row0 * sdt_l
-        Bt = Bb + row0 * sB_l
-        for i in tl.static_range(BLOCK_T):
-            h, dtv, _ = _row_update(h, A2, bias, xt, dtt, Bt, i, True, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, False,
-                                    PTX)
-            dsum += dtv
+    c_first = seg * (seg_len // BLOCK_T)
+    c_last = c_first + seg_len // BLOCK_T - 1
+    if PREFETCH:
+        nxt = _tile_inputs(_tile_pointers(xb, dtb, None, Bb, None, c_first, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T),
+                           BLOCK_T, dc, nc, sx_l, sdt_l, 0, sB_l, 0, PREFETCH, BLOCK_T, False)
+        c_stop = c_last  # the last tile is walked after the loop, with nothing to load ahead
+    else:
+        c_stop = c_last + 1
+    for c in range(c_first, c_stop):
+        if PREFETCH:  # tile c + 1's loads issue before tile c is walked
+            rows = nxt
+            nxt = _tile_inputs(_tile_pointers(xb, dtb, None, Bb, None, c + 1, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T),
+                               BLOCK_T, dc, nc, sx_l, sdt_l, 0, sB_l, 0, PREFETCH, BLOCK_T, False)
+        else:
+            rows = None
+        tile = _tile_pointers(xb, dtb, None, Bb, None, c, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T)
+        h, dsum = _segment_tile(tile, rows, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BLOCK_T, PTX)
+    if PREFETCH:
+        tile = _tile_pointers(xb, dtb, None, Bb, None, c_last, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T)
+        h, dsum = _segment_tile(tile, nxt, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BLOCK_T, PTX)
     tl.store(segst_ptr + (b * nseg + seg) * dim * dstate + soffs, tl.trans(h), mask=smask)
     tl.store(segdt_ptr + (b * nseg + seg) * dim + ds, dsum, mask=dmask)
+
+
+@triton.jit
+def _segment_tile(tile, rows, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS: tl.constexpr,
+                  BLOCK_T: tl.constexpr, PTX: tl.constexpr):
+    """A full tile of the segment pass (`tile`, `rows`: as _loop_tile's): (h, sum of dt') after its rows."""
+    for i in tl.static_range(BLOCK_T):
+        chan, grp = _row_loads(tile, rows, i, i, dc, nc, sx_l, sdt_l, 0, sB_l, 0)
+        h, dtv, _ = _row_update(h, A2, bias, chan[0], chan[1], grp[0], True, SOFTPLUS, False, PTX)
+        dsum += dtv
+    return h, dsum
 
 
 @triton.jit(do_not_specialize=("seqlen", "nblk", "ck_tiles", "nck", "seg_len", "nseg", "unit"))
@@ -138,11 +161,13 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                      y_ptr, final_ptr, ckpt_ptr, seqlen, dim, dstate: tl.constexpr, ngroups, dpg, nblk, ck_tiles,
                      nck, seg_len, nseg, unit, sx_b, sx_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
                      SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     LOOP: tl.constexpr = False, PTX: tl.constexpr = False):
+                     LOOP: tl.constexpr = False, PTX: tl.constexpr = False, PREFETCH: tl.constexpr = 0):
     """Grid (channel tiles, nseg). x, dt, z (batch, seqlen, dim), B, C (batch, seqlen, ngroups, dstate): unit
     last stride; y (batch, seqlen, dim) contiguous; A (dim, dstate), init and final (batch, dim, dstate), ckpt
     (batch, nck, dim, dstate), segst, segdt (from _segment_state_kernel) contiguous, float32 states. dstate is
-    a compile-time constant (a model's never changes), which folds the LOOP's state-index clamp away."""
+    a compile-time constant (a model's never changes), which folds the LOOP's state-index clamp away.
+    PREFETCH (LOOP only): the loads of each full tile's rows issue one tile ahead, before the tile before it is
+    walked, and travel to the next iteration in registers (software pipelining)."""
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
@@ -172,14 +197,31 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         yb = y_ptr + b * seqlen * dim
         c_full = end // BLOCK_T  # tiles whose rows are all before the end: no bounds work in their rows
         next_ck = c_first  # segments start on checkpoint tiles
-        for c in range(c_first, c_full):
-            next_ck = _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
-            h = _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c, BLOCK_T, ds, dmask, dc, nc, nmask, dim,
-                           sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, False, PTX)
-        if c_full * BLOCK_T < end:  # the last tile is partial
-            _save_checkpoint(ckpt_ptr, h, c_full, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
-            h = _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c_full, end - c_full * BLOCK_T, ds, dmask, dc,
-                           nc, nmask, dim, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, True, PTX)
+        if PREFETCH:  # the first tile's loads, rows clamped in bounds: it may be the partial one (then not used)
+            nxt = _tile_inputs(_tile_pointers(xb, dtb, zb, Bb, Cb, c_first, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T),
+                               end - c_first * BLOCK_T, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l, PREFETCH, BLOCK_T, True)
+            c_stop = c_full - 1  # the last full tile is walked after the loop, with nothing to load ahead
+        else:
+            c_stop = c_full
+        for c in range(c_first, c_stop):
+            if PREFETCH:  # tile c + 1's loads issue before tile c is walked
+                rows = nxt
+                ahead = _tile_pointers(xb, dtb, zb, Bb, Cb, c + 1, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T)
+                nxt = _tile_inputs(ahead, BLOCK_T, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l, PREFETCH, BLOCK_T, False)
+            else:
+                rows = None
+            h, next_ck = _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, rows, h, A2, bias, Dv, c, next_ck, ck_tiles, b,
+                                    nck, dim, dstate, soffs, smask, BLOCK_T, ds, dmask, dc, nc, nmask, sx_l, sdt_l,
+                                    sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, False, PTX)
+        if PREFETCH:
+            if c_stop >= c_first:
+                h, next_ck = _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, nxt, h, A2, bias, Dv, c_stop, next_ck,
+                                        ck_tiles, b, nck, dim, dstate, soffs, smask, BLOCK_T, ds, dmask, dc, nc,
+                                        nmask, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, False, PTX)
+        if c_full * BLOCK_T < end:  # the last tile is partial: walked with bounds, loaded where walked
+            h, _ = _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, None, h, A2, bias, Dv, c_full, next_ck, ck_tiles, b,
+                              nck, dim, dstate, soffs, smask, end - c_full * BLOCK_T, ds, dmask, dc, nc, nmask, sx_l,
+                              sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, True, PTX)
         h_out = tl.trans(h)
     else:
         tloc = tl.arange(0, BLOCK_T)
@@ -222,36 +264,107 @@ def _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, sof
 
 
 @triton.jit
-def _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c, nrows, ds, dmask, dc, nc, nmask, dim, sx_l, sdt_l, sz_l,
-               sB_l, sC_l, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-               BOUNDED: tl.constexpr, PTX: tl.constexpr):
-    """Tile c of the LOOP variant: its rows walked one by one, unrolled, the state h (dstate, channels) in
-    registers; returns the state after the tile. xb, dtb, zb, Bb, Cb, yb point at the program's batch row (zb
-    None without z). BOUNDED: only the first `nrows` rows exist (the last, partial tile); the others read the
-    last one and leave the state as it is. Full tiles (BOUNDED=False) have no clamp or select in their rows."""
+def _tile_pointers(xb, dtb, zb, Bb, Cb, c, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T: tl.constexpr):
+    """The inputs at the first row of tile c, from pointers at the program's batch row, as (per-channel inputs
+    (x, dt[, z]), per-group inputs (B[, C])): z and C only where given (no z; the segment pass reads no C)."""
     row0 = tl.cast(c, tl.int64) * BLOCK_T
-    xt = xb + row0 * sx_l
-    dtt = dtb + row0 * sdt_l
-    Bt = Bb + row0 * sB_l
-    Ct = Cb + row0 * sC_l
-    yt = yb + row0 * dim
-    zt = zb
+    chan = (xb + row0 * sx_l, dtb + row0 * sdt_l)
     if zb is not None:
-        zt = zb + row0 * sz_l
+        chan = chan + (zb + row0 * sz_l,)
+    grp = (Bb + row0 * sB_l,)
+    if Cb is not None:
+        grp = grp + (Cb + row0 * sC_l,)
+    return chan, grp
+
+
+@triton.jit
+def _channel_row(chan, r, dc, sx_l, sdt_l, sz_l):
+    """Row r's per-channel loads (dt, x[, z]), each (channels,) as stored, from `chan` (_tile_pointers).
+    Unmasked: the channels are clamped in bounds (_row_indices), r by the caller."""
+    row = (tl.load(chan[1] + r * sdt_l + dc), tl.load(chan[0] + r * sx_l + dc))
+    if len(chan) > 2:
+        row = row + (tl.load(chan[2] + r * sz_l + dc),)
+    return row
+
+
+@triton.jit
+def _group_row(grp, r, nc, sB_l, sC_l):
+    """Row r's per-group loads (B[, C]), each (BLOCK_N,) as stored, from `grp` (_tile_pointers); unmasked."""
+    row = (tl.load(grp[0] + r * sB_l + nc),)
+    if len(grp) > 1:
+        row = row + (tl.load(grp[1] + r * sC_l + nc),)
+    return row
+
+
+@triton.jit
+def _tile_inputs(tile, nrows, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l, PREFETCH: tl.constexpr, BLOCK_T: tl.constexpr,
+                 BOUNDED: tl.constexpr):
+    """What PREFETCH loads of a tile ahead: a tuple of BLOCK_T rows, each (per-channel loads,) (PREFETCH 1) or
+    (per-channel loads, per-group loads) (PREFETCH 2). BOUNDED: only the first `nrows` rows exist; the others
+    read the last one."""
+    rows = ()
+    for i in tl.static_range(BLOCK_T):
+        r = i
+        if BOUNDED:
+            r = tl.minimum(i, nrows - 1)
+        row = (_channel_row(tile[0], r, dc, sx_l, sdt_l, sz_l),)
+        if PREFETCH == 2:
+            row = row + (_group_row(tile[1], r, nc, sB_l, sC_l),)
+        rows = rows + (row,)
+    return rows
+
+
+@triton.jit
+def _row_loads(tile, rows, i, r, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l):
+    """Row i of a tile as (per-channel loads, per-group loads): taken from `rows` (_tile_inputs) where it holds
+    them, loaded here (from row r of `tile`) where not (rows None: nothing prefetched)."""
+    if rows is None:
+        chan = _channel_row(tile[0], r, dc, sx_l, sdt_l, sz_l)
+        grp = _group_row(tile[1], r, nc, sB_l, sC_l)
+    else:
+        chan = rows[i][0]
+        if len(rows[i]) > 1:
+            grp = rows[i][1]
+        else:
+            grp = _group_row(tile[1], r, nc, sB_l, sC_l)
+    return chan, grp
+
+
+@triton.jit
+def _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, rows, h, A2, bias, Dv, c, next_ck, ck_tiles, b, nck, dim, dstate,
+               soffs, smask, nrows, ds, dmask, dc, nc, nmask, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS: tl.constexpr,
+               BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BOUNDED: tl.constexpr, PTX: tl.constexpr):
+    """Tile c of the LOOP walk, from pointers at the program's batch row: its checkpoint if it starts one, then
+    _loop_tile. Returns (the state after the tile, the next checkpoint tile)."""
+    next_ck = _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, True)
+    tile = _tile_pointers(xb, dtb, zb, Bb, Cb, c, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T)
+    h = _loop_tile(tile, rows, yb + tl.cast(c, tl.int64) * BLOCK_T * dim, h, A2, bias, Dv, nrows, ds, dmask, dc, nc,
+                   nmask, dim, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, BOUNDED, PTX)
+    return h, next_ck
+
+
+@triton.jit
+def _loop_tile(tile, rows, yt, h, A2, bias, Dv, nrows, ds, dmask, dc, nc, nmask, dim, sx_l, sdt_l, sz_l, sB_l, sC_l,
+               SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BOUNDED: tl.constexpr,
+               PTX: tl.constexpr):
+    """A tile of the LOOP variant: its rows walked one by one, unrolled, the state h (dstate, channels) in
+    registers; stores the tile's y rows at yt and returns the state after the tile. `tile`: _tile_pointers;
+    `rows`: what was loaded ahead (_tile_inputs) or None. A row's loads not in `rows` are issued where it is
+    walked, which leaves the compiler free to interleave them with the arithmetic (v4's code). BOUNDED: only
+    the first `nrows` rows exist (the last, partial tile); the others read the last one, leave the state as it
+    is and are not stored. Full tiles (BOUNDED=False) have no clamp or select in their rows."""
     tloc = tl.arange(0, BLOCK_T)
     Y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
     for i in tl.static_range(BLOCK_T):
         r = i
         if BOUNDED:
             r = tl.minimum(i, nrows - 1)
-        h, dtv, x = _row_update(h, A2, bias, xt, dtt, Bt, r, i < nrows, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BOUNDED,
-                                PTX)
-        Cv = widen(tl.load(Ct + r * sC_l + nc), PTX)
-        Cv = tl.where(nmask, Cv, 0.0)  # a padding state (clamped read) must not reach y
+        chan, grp = _row_loads(tile, rows, i, r, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l)
+        h, dtv, x = _row_update(h, A2, bias, chan[0], chan[1], grp[0], i < nrows, SOFTPLUS, BOUNDED, PTX)
+        Cv = tl.where(nmask, widen(grp[1], PTX), 0.0)  # a padding state (clamped read) must not reach y
         y = tl.sum(h * Cv[:, None], 0) + Dv * x
-        if zt is not None:
-            zv = tl.load(zt + r * sz_l + dc).to(tl.float32)
-            y *= silu_approx(zv, PTX)
+        if len(chan) > 2:  # the z gate
+            y *= silu_approx(chan[2].to(tl.float32), PTX)
         Y = tl.where(tloc[:, None] == i, y[None, :], Y)
     offs = tloc[:, None] * dim + ds[None, :]
     if BOUNDED:
@@ -275,20 +388,20 @@ def _row_indices(ds, dmask, g, dpg, dstate: tl.constexpr, BLOCK_N: tl.constexpr)
 
 
 @triton.jit
-def _row_update(h, A2, bias, xt, dtt, Bt, r, valid, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS: tl.constexpr,
-                BOUNDED: tl.constexpr, PTX: tl.constexpr):
-    """One row of the walk, row r of the tile whose first row xt, dtt, Bt point at: h <- exp(dt' A) h + dt' B x
-    (ZOH for A, Euler for B) on the state h (dstate, channels); returns (h, dt', x) (channels,) float32.
-    BOUNDED: a row that is not `valid` (at or past the end; r then repeats the last row) gets dt' = 0 and leaves
-    h as it is; otherwise no select is spent. A2 = A log2(e) as (dstate, channels)."""
-    raw = tl.load(dtt + r * sdt_l + dc).to(tl.float32) + bias
+def _row_update(h, A2, bias, dt_raw, x_raw, B_raw, valid, SOFTPLUS: tl.constexpr, BOUNDED: tl.constexpr,
+                PTX: tl.constexpr):
+    """One row of the walk from its loads (_tile_inputs: dt, x (channels,), B (BLOCK_N,) as stored):
+    h <- exp(dt' A) h + dt' B x (ZOH for A, Euler for B) on the state h (dstate, channels); returns (h, dt', x)
+    (channels,) float32. BOUNDED: a row that is not `valid` (at or past the end) gets dt' = 0 and leaves h as it
+    is; otherwise no select is spent. A2 = A log2(e) as (dstate, channels)."""
+    raw = dt_raw.to(tl.float32) + bias
     dtv = raw
     if SOFTPLUS:
         dtv = softplus_fast(raw, PTX)
     if BOUNDED:
         dtv = tl.where(valid, dtv, 0.0)
-    x = tl.load(xt + r * sx_l + dc).to(tl.float32)
-    Bv = widen(tl.load(Bt + r * sB_l + nc), PTX)
+    x = x_raw.to(tl.float32)
+    Bv = widen(B_raw, PTX)
     h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bv[:, None] * (dtv * x)[None, :]
     return h, dtv, x
 
@@ -326,6 +439,7 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
         assert checkpoint_rows % bt == 0, (checkpoint_rows, bt)  # tiles must not straddle a checkpoint
         nblk = triton.cdiv(dpg, bd)
         tiles = batch * ngroups * nblk
+        prefetch = cfg.get("PREFETCH", False)
         seg_len = segment_rows or segment_length(seqlen, tiles * warps, multiprocessors(x.device),
                                                  checkpoint_rows)
         nseg = triton.cdiv(seqlen, seg_len)
@@ -337,10 +451,11 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
             segdt = torch.empty(batch, nseg, dim, device=x.device, dtype=torch.float32)
             _segment_state_kernel[(tiles, nseg - 1)](
                 x, dt, A, B, dt_bias, segst, segdt, *scalars, nblk, seg_len, nseg, 1, *strides_xdt,
-                *strides(B, 3), **consts)
+                *strides(B, 3), PREFETCH=prefetch, **consts)
         _scan_fwd_kernel[(tiles, nseg)](
             x, dt, A, B, C, D, z, dt_bias, initial_state, segst, segdt, y, final, ckpt, *scalars, nblk,
-            checkpoint_rows // bt, nck, seg_len, nseg, 1, *stride_args, LOOP=cfg.get("LOOP", False), **consts)
+            checkpoint_rows // bt, nck, seg_len, nseg, 1, *stride_args, LOOP=cfg.get("LOOP", False), PREFETCH=prefetch,
+            **consts)
 
     if batch == 0:
         return y, final, ckpt
