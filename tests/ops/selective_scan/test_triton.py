@@ -260,15 +260,16 @@ def case_loop_forward():
 def case_loop_prefetch():
     """The LOOP walk that loads each tile's rows one tile ahead (PREFETCH 1: x, dt, z; 2: B and C too), at tiles of
     1, 2 and 4 rows: y, final state and, through its checkpoints, the gradients equal the float64 reference, and
-    at both levels y, final state and checkpoints equal the walk without prefetch bit for bit (the same arithmetic in the same
-    order), on lengths that are not a multiple of the tile (a partial last tile after the prefetched ones), of
-    one row, of exactly one tile, of whole tiles only, without z (a shorter row of loads) and cut into segments
-    (the segment pass prefetches too; a last segment of one row)."""
+    at both levels y, final state and checkpoints equal the walk without prefetch bit for bit (the same
+    arithmetic in the same order), on lengths that are not a multiple of the tile (a partial last tile after the
+    prefetched ones), of one row, of exactly one tile, of whole tiles only, without z (a shorter row of loads)
+    and cut into segments (the segment pass prefetches too; a last segment of one row)."""
     from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
 
     shapes = {  # name: (batch, seqlen, dim, dstate, ngroups, segment_rows, flags)
         "odd_length": (1, 37, 8, 4, 2, None, dict()),
         "length_one": (1, 1, 4, 16, 1, None, dict()),
+        "length_four": (1, 4, 4, 16, 1, None, dict()),  # one tile of 4 rows, two of 2
         "whole_tiles_dstate16": (1, 24, 8, 16, 1, None, dict()),
         "bare": (1, 11, 6, 3, 3, None, dict(D=False, z=False, dt_bias=False, initial_state=False)),
         "segments_uneven": (2, 37, 8, 4, 2, 16, dict()),

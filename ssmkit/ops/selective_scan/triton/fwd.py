@@ -60,6 +60,22 @@ Version history
   (4, 64, 1, 128) ran 16K tokens at dim 2048 in 0.560 ms at b16 L1K (v3: 0.619, tuned) and 0.745 ms at b1 L16K
   (v3: 0.790): 6-10% for 30% fewer instructions, so the walk is bound by latency rather than issue; more segments
   did not help (128-row segments: 0.605 / 1.094 ms). mamba1-fwd-v4-h100-2026-12-07.md.
+- v5: software pipelining of the LOOP walk, a config flag (PREFETCH) for the tuner to time against v4's walk: each
+  full tile's loads issue one tile ahead, before the tile before it is walked, and reach the next iteration as
+  loop-carried registers (fwd_walk.tile_inputs; the row walk moved to fwd_walk.py), so a program's next memory round
+  trip overlaps its current tile's arithmetic instead of following it. PREFETCH 1 loads ahead the per-channel streams
+  x, dt, z (the DRAM traffic); 2 also B and C (per group, read by every channel block, mostly cache hits). The last
+  full tile is walked after the loop (nothing to load ahead, no clamp of the tile index in the loop), the partial tile
+  loads its rows where it walks them (BOUNDED, as in v4); the segment pass prefetches the same way. Without PREFETCH
+  the rows are loaded where walked, as in v4 (hot loop 1,158 -> 1,159 instructions at (4, 64, 1, 128)). Costs, sm_90
+  --aligned hot loop per channel-row (registers; warps an SM; LDL/STL in the loop), without -> with: (4, 32, 1, 128)
+  PREFETCH 1: 176.2 -> 178.5 (128; 16; 0 -> 0), (2, 32, 1, 128) 1: 182.0 -> 188.5 (128; 16; 0 -> 0), (1, 32, 1, 128)
+  2: 196.0 -> 224.0 (128 -> 126; 16; 0), (2, 64, 1, 168) 1: 149.8 -> 154.5 (168; 12; 6 -> 0), (2, 64, 1) 1: 156.5 ->
+  155.2 (254; 8; 0). The carried tile costs registers: with PREFETCH 1, (4, 64, 1, 128) keeps 89 spill instructions in
+  its loop and (2, 64, 1, 128) 15, so those shapes get 168 registers or none; PREFETCH 2 carries B and C as 16-bit
+  halves, packed again for widen (byte permutes: 1 -> 34 a row at (1, 32)), which only the one-channel, one-row tile
+  holds without spills at 128. The segment pass at the same configs: 119.5 -> 120.2, 118.0 -> 122.5, 117.0 -> 134.0,
+  102.0 -> 105.5, 100.0 -> 104.5 (159 -> 254 registers, 12 -> 8 warps). Not yet timed on a GPU.
 """
 
 from __future__ import annotations
@@ -71,8 +87,8 @@ import triton.language as tl
 from ssmkit.ops.ssd.triton.plan import pick
 
 from .plan import CHECKPOINT_ROWS, block_n, configs, launch_options, multiprocessors, segment_length
-from .tiles import (LOG2E, channel_params, channel_tile, combine, exp2_approx, last_row, load_rows, silu_approx,
-                    softplus_fast, step_size, widen)
+from .fwd_walk import loop_tile, row_indices, segment_tile, tile_inputs, tile_pointers
+from .tiles import LOG2E, channel_params, channel_tile, combine, last_row, load_rows, step_size
 
 
 @triton.jit
@@ -115,7 +131,7 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
         bias = tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dc, nc = _row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
+    dc, nc = row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
     xb = x_ptr + b * sx_b
     dtb = dt_ptr + b * sdt_b
     Bb = B_ptr + b * sB_b + g * sB_g
@@ -124,7 +140,7 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
     c_first = seg * (seg_len // BLOCK_T)
     c_last = c_first + seg_len // BLOCK_T - 1
     if PREFETCH:
-        nxt = _tile_inputs(_tile_pointers(xb, dtb, None, Bb, None, c_first, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T),
+        nxt = tile_inputs(tile_pointers(xb, dtb, None, Bb, None, c_first, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T),
                            BLOCK_T, dc, nc, sx_l, sdt_l, 0, sB_l, 0, PREFETCH, BLOCK_T, False)
         c_stop = c_last  # the last tile is walked after the loop, with nothing to load ahead
     else:
@@ -132,28 +148,17 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
     for c in range(c_first, c_stop):
         if PREFETCH:  # tile c + 1's loads issue before tile c is walked
             rows = nxt
-            nxt = _tile_inputs(_tile_pointers(xb, dtb, None, Bb, None, c + 1, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T),
+            nxt = tile_inputs(tile_pointers(xb, dtb, None, Bb, None, c + 1, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T),
                                BLOCK_T, dc, nc, sx_l, sdt_l, 0, sB_l, 0, PREFETCH, BLOCK_T, False)
         else:
             rows = None
-        tile = _tile_pointers(xb, dtb, None, Bb, None, c, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T)
-        h, dsum = _segment_tile(tile, rows, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BLOCK_T, PTX)
+        tile = tile_pointers(xb, dtb, None, Bb, None, c, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T)
+        h, dsum = segment_tile(tile, rows, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BLOCK_T, PTX)
     if PREFETCH:
-        tile = _tile_pointers(xb, dtb, None, Bb, None, c_last, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T)
-        h, dsum = _segment_tile(tile, nxt, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BLOCK_T, PTX)
+        tile = tile_pointers(xb, dtb, None, Bb, None, c_last, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T)
+        h, dsum = segment_tile(tile, nxt, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BLOCK_T, PTX)
     tl.store(segst_ptr + (b * nseg + seg) * dim * dstate + soffs, tl.trans(h), mask=smask)
     tl.store(segdt_ptr + (b * nseg + seg) * dim + ds, dsum, mask=dmask)
-
-
-@triton.jit
-def _segment_tile(tile, rows, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS: tl.constexpr,
-                  BLOCK_T: tl.constexpr, PTX: tl.constexpr):
-    """A full tile of the segment pass (`tile`, `rows`: as _loop_tile's): (h, sum of dt') after its rows."""
-    for i in tl.static_range(BLOCK_T):
-        chan, grp = _row_loads(tile, rows, i, i, dc, nc, sx_l, sdt_l, 0, sB_l, 0)
-        h, dtv, _ = _row_update(h, A2, bias, chan[0], chan[1], grp[0], True, SOFTPLUS, False, PTX)
-        dsum += dtv
-    return h, dsum
 
 
 @triton.jit(do_not_specialize=("seqlen", "nblk", "ck_tiles", "nck", "seg_len", "nseg", "unit"))
@@ -186,7 +191,7 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     end = tl.minimum(seqlen, (seg + 1) * seg_len)
     c_first = seg * (seg_len // BLOCK_T)
     if LOOP:
-        dc, nc = _row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
+        dc, nc = row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
         xb = x_ptr + b * sx_b  # each input at this program's batch row (and group)
         dtb = dt_ptr + b * sdt_b
         zb = z_ptr
@@ -198,7 +203,7 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         c_full = end // BLOCK_T  # tiles whose rows are all before the end: no bounds work in their rows
         next_ck = c_first  # segments start on checkpoint tiles
         if PREFETCH:  # the first tile's loads, rows clamped in bounds: it may be the partial one (then not used)
-            nxt = _tile_inputs(_tile_pointers(xb, dtb, zb, Bb, Cb, c_first, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T),
+            nxt = tile_inputs(tile_pointers(xb, dtb, zb, Bb, Cb, c_first, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T),
                                end - c_first * BLOCK_T, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l, PREFETCH, BLOCK_T, True)
             c_stop = c_full - 1  # the last full tile is walked after the loop, with nothing to load ahead
         else:
@@ -206,8 +211,8 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         for c in range(c_first, c_stop):
             if PREFETCH:  # tile c + 1's loads issue before tile c is walked
                 rows = nxt
-                ahead = _tile_pointers(xb, dtb, zb, Bb, Cb, c + 1, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T)
-                nxt = _tile_inputs(ahead, BLOCK_T, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l, PREFETCH, BLOCK_T, False)
+                ahead = tile_pointers(xb, dtb, zb, Bb, Cb, c + 1, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T)
+                nxt = tile_inputs(ahead, BLOCK_T, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l, PREFETCH, BLOCK_T, False)
             else:
                 rows = None
             h, next_ck = _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, rows, h, A2, bias, Dv, c, next_ck, ck_tiles, b,
@@ -264,146 +269,16 @@ def _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, sof
 
 
 @triton.jit
-def _tile_pointers(xb, dtb, zb, Bb, Cb, c, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T: tl.constexpr):
-    """The inputs at the first row of tile c, from pointers at the program's batch row, as (per-channel inputs
-    (x, dt[, z]), per-group inputs (B[, C])): z and C only where given (no z; the segment pass reads no C)."""
-    row0 = tl.cast(c, tl.int64) * BLOCK_T
-    chan = (xb + row0 * sx_l, dtb + row0 * sdt_l)
-    if zb is not None:
-        chan = chan + (zb + row0 * sz_l,)
-    grp = (Bb + row0 * sB_l,)
-    if Cb is not None:
-        grp = grp + (Cb + row0 * sC_l,)
-    return chan, grp
-
-
-@triton.jit
-def _channel_row(chan, r, dc, sx_l, sdt_l, sz_l):
-    """Row r's per-channel loads (dt, x[, z]), each (channels,) as stored, from `chan` (_tile_pointers).
-    Unmasked: the channels are clamped in bounds (_row_indices), r by the caller."""
-    row = (tl.load(chan[1] + r * sdt_l + dc), tl.load(chan[0] + r * sx_l + dc))
-    if len(chan) > 2:
-        row = row + (tl.load(chan[2] + r * sz_l + dc),)
-    return row
-
-
-@triton.jit
-def _group_row(grp, r, nc, sB_l, sC_l):
-    """Row r's per-group loads (B[, C]), each (BLOCK_N,) as stored, from `grp` (_tile_pointers); unmasked."""
-    row = (tl.load(grp[0] + r * sB_l + nc),)
-    if len(grp) > 1:
-        row = row + (tl.load(grp[1] + r * sC_l + nc),)
-    return row
-
-
-@triton.jit
-def _tile_inputs(tile, nrows, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l, PREFETCH: tl.constexpr, BLOCK_T: tl.constexpr,
-                 BOUNDED: tl.constexpr):
-    """What PREFETCH loads of a tile ahead: a tuple of BLOCK_T rows, each (per-channel loads,) (PREFETCH 1) or
-    (per-channel loads, per-group loads) (PREFETCH 2). BOUNDED: only the first `nrows` rows exist; the others
-    read the last one."""
-    rows = ()
-    for i in tl.static_range(BLOCK_T):
-        r = i
-        if BOUNDED:
-            r = tl.minimum(i, nrows - 1)
-        row = (_channel_row(tile[0], r, dc, sx_l, sdt_l, sz_l),)
-        if PREFETCH == 2:
-            row = row + (_group_row(tile[1], r, nc, sB_l, sC_l),)
-        rows = rows + (row,)
-    return rows
-
-
-@triton.jit
-def _row_loads(tile, rows, i, r, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l):
-    """Row i of a tile as (per-channel loads, per-group loads): taken from `rows` (_tile_inputs) where it holds
-    them, loaded here (from row r of `tile`) where not (rows None: nothing prefetched)."""
-    if rows is None:
-        chan = _channel_row(tile[0], r, dc, sx_l, sdt_l, sz_l)
-        grp = _group_row(tile[1], r, nc, sB_l, sC_l)
-    else:
-        chan = rows[i][0]
-        if len(rows[i]) > 1:
-            grp = rows[i][1]
-        else:
-            grp = _group_row(tile[1], r, nc, sB_l, sC_l)
-    return chan, grp
-
-
-@triton.jit
 def _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, rows, h, A2, bias, Dv, c, next_ck, ck_tiles, b, nck, dim, dstate,
                soffs, smask, nrows, ds, dmask, dc, nc, nmask, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS: tl.constexpr,
                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BOUNDED: tl.constexpr, PTX: tl.constexpr):
     """Tile c of the LOOP walk, from pointers at the program's batch row: its checkpoint if it starts one, then
-    _loop_tile. Returns (the state after the tile, the next checkpoint tile)."""
+    loop_tile. Returns (the state after the tile, the next checkpoint tile)."""
     next_ck = _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, True)
-    tile = _tile_pointers(xb, dtb, zb, Bb, Cb, c, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T)
-    h = _loop_tile(tile, rows, yb + tl.cast(c, tl.int64) * BLOCK_T * dim, h, A2, bias, Dv, nrows, ds, dmask, dc, nc,
+    tile = tile_pointers(xb, dtb, zb, Bb, Cb, c, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T)
+    h = loop_tile(tile, rows, yb + tl.cast(c, tl.int64) * BLOCK_T * dim, h, A2, bias, Dv, nrows, ds, dmask, dc, nc,
                    nmask, dim, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, BOUNDED, PTX)
     return h, next_ck
-
-
-@triton.jit
-def _loop_tile(tile, rows, yt, h, A2, bias, Dv, nrows, ds, dmask, dc, nc, nmask, dim, sx_l, sdt_l, sz_l, sB_l, sC_l,
-               SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BOUNDED: tl.constexpr,
-               PTX: tl.constexpr):
-    """A tile of the LOOP variant: its rows walked one by one, unrolled, the state h (dstate, channels) in
-    registers; stores the tile's y rows at yt and returns the state after the tile. `tile`: _tile_pointers;
-    `rows`: what was loaded ahead (_tile_inputs) or None. A row's loads not in `rows` are issued where it is
-    walked, which leaves the compiler free to interleave them with the arithmetic (v4's code). BOUNDED: only
-    the first `nrows` rows exist (the last, partial tile); the others read the last one, leave the state as it
-    is and are not stored. Full tiles (BOUNDED=False) have no clamp or select in their rows."""
-    tloc = tl.arange(0, BLOCK_T)
-    Y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-    for i in tl.static_range(BLOCK_T):
-        r = i
-        if BOUNDED:
-            r = tl.minimum(i, nrows - 1)
-        chan, grp = _row_loads(tile, rows, i, r, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l)
-        h, dtv, x = _row_update(h, A2, bias, chan[0], chan[1], grp[0], i < nrows, SOFTPLUS, BOUNDED, PTX)
-        Cv = tl.where(nmask, widen(grp[1], PTX), 0.0)  # a padding state (clamped read) must not reach y
-        y = tl.sum(h * Cv[:, None], 0) + Dv * x
-        if len(chan) > 2:  # the z gate
-            y *= silu_approx(chan[2].to(tl.float32), PTX)
-        Y = tl.where(tloc[:, None] == i, y[None, :], Y)
-    offs = tloc[:, None] * dim + ds[None, :]
-    if BOUNDED:
-        tl.store(yt + offs, Y.to(yt.dtype.element_ty), mask=(tloc < nrows)[:, None] & dmask[None, :])
-    else:
-        tl.store(yt + offs, Y.to(yt.dtype.element_ty), mask=dmask[None, :])
-    return h
-
-
-@triton.jit
-def _row_indices(ds, dmask, g, dpg, dstate: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The channels and states the row walk reads, clamped in bounds so that its loads need no masks: channels
-    past the group read its first one, padding states the last state (dstate == BLOCK_N: no clamp, which keeps
-    the loads of B and C contiguous, one vector load each)."""
-    dc = tl.where(dmask, ds, g * dpg)
-    if dstate == BLOCK_N:
-        nc = tl.arange(0, BLOCK_N)
-    else:
-        nc = tl.minimum(tl.arange(0, BLOCK_N), dstate - 1)
-    return dc, nc
-
-
-@triton.jit
-def _row_update(h, A2, bias, dt_raw, x_raw, B_raw, valid, SOFTPLUS: tl.constexpr, BOUNDED: tl.constexpr,
-                PTX: tl.constexpr):
-    """One row of the walk from its loads (_tile_inputs: dt, x (channels,), B (BLOCK_N,) as stored):
-    h <- exp(dt' A) h + dt' B x (ZOH for A, Euler for B) on the state h (dstate, channels); returns (h, dt', x)
-    (channels,) float32. BOUNDED: a row that is not `valid` (at or past the end) gets dt' = 0 and leaves h as it
-    is; otherwise no select is spent. A2 = A log2(e) as (dstate, channels)."""
-    raw = dt_raw.to(tl.float32) + bias
-    dtv = raw
-    if SOFTPLUS:
-        dtv = softplus_fast(raw, PTX)
-    if BOUNDED:
-        dtv = tl.where(valid, dtv, 0.0)
-    x = x_raw.to(tl.float32)
-    Bv = widen(B_raw, PTX)
-    h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bv[:, None] * (dtv * x)[None, :]
-    return h, dtv, x
 
 
 def strides(t, ndim_lead: int):
