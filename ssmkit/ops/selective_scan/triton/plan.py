@@ -5,6 +5,8 @@ rows; its (BLOCK_T, BLOCK_D, dstate) tile of states lives in registers, so BLOCK
 dstate grows. The forward writes the state every CHECKPOINT_ROWS rows; every BLOCK_T divides it.
 
 Version history
+- v6: LOOP_CAPPED entries with PREFETCH (fwd.py v5, loads a tile ahead), after the existing ones: the block
+  shapes and register caps whose loop keeps no spill with it on sm_90. Not yet timed on a GPU.
 - v5: the row-walking backward's configs (bwd_rows.py), first in the backward's list.
 - v4: LOOP configs for the forward's v3 (whole channels per thread, 1, 2 or 4 of them); the tile-parallel
   configs stay in the table for the tuner. Segments until 16 warps per multiprocessor (an H100 sweep at
