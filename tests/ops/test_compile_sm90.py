@@ -154,18 +154,23 @@ def _cases() -> list:
         for cfg in scan_plan.configs(kind, 16, 2048, loop=kind == "fwd"):  # the row backward: its own cases
             consts = dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn)
             if kind == "fwd":
-                consts.update(LOOP=cfg.get("LOOP", False), dstate=16, PTX=True)
+                consts.update(LOOP=cfg.get("LOOP", False), PREFETCH=cfg.get("PREFETCH", 0), dstate=16, PTX=True)
             if cfg.get("maxnreg"):
                 consts["maxnreg"] = cfg["maxnreg"]
-            loop = ("-loop" if cfg.get("LOOP") else "") + (f"-r{cfg['maxnreg']}" if cfg.get("maxnreg") else "")
+            loop = (("-loop" if cfg.get("LOOP") else "") + (f"-pf{cfg['PREFETCH']}" if cfg.get("PREFETCH") else "")
+                    + (f"-r{cfg['maxnreg']}" if cfg.get("maxnreg") else ""))
             label = f"{name}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}{loop}"
             cases.append((scan + kind, name, consts, cfg["num_warps"], 2, label))
     for cfg in scan_plan.configs("fwd", 16, 2048, loop=True):  # the segment pass of a short batch
         if cfg.get("LOOP"):
-            cases.append((scan + "fwd", "_segment_state_kernel", dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"],
-                                                                      BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn,
-                                                                      dstate=16, PTX=True),
-                          cfg["num_warps"], 2, f"_segment_state_kernel-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}"))
+            consts = dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn, dstate=16,
+                          PTX=True, PREFETCH=cfg.get("PREFETCH", 0))
+            if cfg.get("maxnreg"):  # launched with its config's launch options, the cap included
+                consts["maxnreg"] = cfg["maxnreg"]
+            label = (f"_segment_state_kernel-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}"
+                     + (f"-pf{cfg['PREFETCH']}" if cfg.get("PREFETCH") else "")
+                     + (f"-r{cfg['maxnreg']}" if cfg.get("maxnreg") else ""))
+            cases.append((scan + "fwd", "_segment_state_kernel", consts, cfg["num_warps"], 2, label))
     for cfg in scan_plan.configs("bwd", 16, 2048, loop=True):  # the row-walking backward
         if cfg.get("LOOP"):
             consts = dict(SOFTPLUS=True, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_N=sbn, dstate=16,
@@ -174,10 +179,12 @@ def _cases() -> list:
                           f"_scan_bwd_rows_kernel-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}"))
     lean = dict(SOFTPLUS=False, BLOCK_T=16, BLOCK_D=32, BLOCK_N=sbn, LOOP=False, init_ptr=None, D_ptr=None,
                 z_ptr=None, bias_ptr=None, ckpt_ptr=None, segst_ptr=None, segdt_ptr=None, dstate=16,
-                PTX=True)  # inference: one segment, no checkpoints
+                PTX=True, PREFETCH=0)  # inference: one segment, no checkpoints
     cases.append((scan + "fwd", "_scan_fwd_kernel", lean, 4, 2, "_scan_fwd_kernel-lean"))
     cases.append((scan + "fwd", "_scan_fwd_kernel", dict(lean, LOOP=True, BLOCK_T=16, BLOCK_D=32), 1, 2,
                   "_scan_fwd_kernel-lean-loop"))
+    cases.append((scan + "fwd", "_scan_fwd_kernel", dict(lean, LOOP=True, BLOCK_T=4, BLOCK_D=32, PREFETCH=2), 1, 2,
+                  "_scan_fwd_kernel-lean-loop-pf2"))  # tile loads ahead without z
     cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=False, BLOCK_D=64, BLOCK_N=sbn,
                                                            BLOCK_R=16, w_ptr=None, PDL=True), 4, 2,
                   "_scan_step_kernel"))

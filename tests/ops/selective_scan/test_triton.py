@@ -177,7 +177,7 @@ def check_scan(inp, grads=True, oracle=None, seed=1):
 
 # ---------------------------------------------------------------- interpreter cases (child process)
 
-INTERPRETER_CASES = ("shapes", "checkpoints", "loop_forward", "segments", "backward_rows", "float16",
+INTERPRETER_CASES = ("shapes", "checkpoints", "loop_forward", "loop_prefetch", "segments", "backward_rows", "float16",
                      "strided_inputs", "awkward_shapes", "step", "dispatch", "softplus_fast")
 
 SHAPES = {
@@ -255,6 +255,45 @@ def case_loop_forward():
         y_ref, final_ref, g_ref = scan_run(_reference(), inp, dout, dfinal, dtype=torch.float64)
         _check_forward_feeds_backward(name, inp, dout, dfinal, (y_ref, final_ref, g_ref),
                                       dict(BLOCK_T=8, BLOCK_D=4, num_warps=4, LOOP=True))
+
+
+def case_loop_prefetch():
+    """The LOOP walk that loads each tile's rows one tile ahead (PREFETCH 1: x, dt, z; 2: B and C too), at tiles of
+    1, 2 and 4 rows: y, final state and, through its checkpoints, the gradients equal the float64 reference, and
+    at both levels y, final state and checkpoints equal the walk without prefetch bit for bit (the same
+    arithmetic in the same order), on lengths that are not a multiple of the tile (a partial last tile after the
+    prefetched ones), of one row, of exactly one tile, of whole tiles only, without z (a shorter row of loads)
+    and cut into segments (the segment pass prefetches too; a last segment of one row)."""
+    from ssmkit.ops.selective_scan.triton.fwd import selective_scan_fwd
+
+    shapes = {  # name: (batch, seqlen, dim, dstate, ngroups, segment_rows, flags)
+        "odd_length": (1, 37, 8, 4, 2, None, dict()),
+        "length_one": (1, 1, 4, 16, 1, None, dict()),
+        "length_four": (1, 4, 4, 16, 1, None, dict()),  # one tile of 4 rows, two of 2
+        "whole_tiles_dstate16": (1, 24, 8, 16, 1, None, dict()),
+        "bare": (1, 11, 6, 3, 3, None, dict(D=False, z=False, dt_bias=False, initial_state=False)),
+        "segments_uneven": (2, 37, 8, 4, 2, 16, dict()),
+        "segments_one_row_last": (1, 33, 4, 16, 1, 8, dict()),
+    }
+    for name, (*shape, seg, flags) in shapes.items():
+        inp = scan_inputs(*shape, seed=shape[1] + 7, **flags)
+        batch, seqlen, dim, dstate, _ = shape
+        dout, dfinal = torch.randn(batch, seqlen, dim), torch.randn(batch, dim, dstate)
+        refs = scan_run(_reference(), inp, dout, dfinal, dtype=torch.float64)
+        args = [inp[k] for k in NAMES[:8]]
+        for bt in (1, 2, 4):
+            cfg = dict(BLOCK_T=bt, BLOCK_D=4, num_warps=1, LOOP=True)
+            # against float64 (and the backward) at one prefetch level a tile size, both across the three
+            _check_forward_feeds_backward(f"{name} t{bt}", inp, dout, dfinal, refs, dict(cfg, PREFETCH=1 + bt % 2),
+                                          segment_rows=seg)
+            plain = selective_scan_fwd(*args, True, inp["initial_state"], True, config=cfg, checkpoint_rows=8,
+                                       segment_rows=seg)
+            for prefetch in (1, 2):
+                label = f"{name} t{bt} prefetch {prefetch}"
+                fetched = selective_scan_fwd(*args, True, inp["initial_state"], True,
+                                             config=dict(cfg, PREFETCH=prefetch), checkpoint_rows=8, segment_rows=seg)
+                for part, a, b in zip(("y", "final", "checkpoints"), plain, fetched):
+                    assert torch.equal(a, b), f"{label}: {part} differs from the walk without prefetch"
 
 
 def case_segments():
@@ -469,6 +508,10 @@ def test_interpreted_loop_forward_matches_float64_and_feeds_the_backward(interpr
     expect(interpreted, "loop_forward")
 
 
+def test_interpreted_prefetching_loop_forward_matches_float64_and_the_walk_without_prefetch(interpreted):
+    expect(interpreted, "loop_prefetch")
+
+
 def test_interpreted_segmented_forward_matches_float64_and_feeds_the_backward(interpreted):
     expect(interpreted, "segments")
 
@@ -610,8 +653,12 @@ def _config_params():
         from ssmkit.ops.selective_scan.triton.plan import configs
     except ImportError:
         return []
-    return [pytest.param(n, kind, cfg, id=f"n{n}-{kind}-t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}"
-                         f"{'-loop' if cfg.get('LOOP') else ''}{'-r%d' % cfg['maxnreg'] if cfg.get('maxnreg') else ''}")
+    def label(cfg):
+        return (f"t{cfg['BLOCK_T']}-d{cfg['BLOCK_D']}-w{cfg['num_warps']}" + ("-loop" if cfg.get("LOOP") else "")
+                + (f"-pf{cfg['PREFETCH']}" if cfg.get("PREFETCH") else "")
+                + (f"-r{cfg['maxnreg']}" if cfg.get("maxnreg") else ""))
+
+    return [pytest.param(n, kind, cfg, id=f"n{n}-{kind}-{label(cfg)}")
             for n in (16, 64) for kind in ("fwd", "bwd") for cfg in configs(kind, n, 768, loop=True)]
 
 

@@ -60,6 +60,22 @@ Version history
   (4, 64, 1, 128) ran 16K tokens at dim 2048 in 0.560 ms at b16 L1K (v3: 0.619, tuned) and 0.745 ms at b1 L16K
   (v3: 0.790): 6-10% for 30% fewer instructions, so the walk is bound by latency rather than issue; more segments
   did not help (128-row segments: 0.605 / 1.094 ms). mamba1-fwd-v4-h100-2026-12-07.md.
+- v5: software pipelining of the LOOP walk, a config flag (PREFETCH) for the tuner to time against v4's walk: each
+  full tile's loads issue one tile ahead, before the tile before it is walked, and reach the next iteration as
+  loop-carried registers (fwd_walk.tile_inputs; the row walk moved to fwd_walk.py), so a program's next memory round
+  trip overlaps its current tile's arithmetic instead of following it. PREFETCH 1 loads ahead the per-channel streams
+  x, dt, z (the DRAM traffic); 2 also B and C (per group, read by every channel block, mostly cache hits). The last
+  full tile is walked after the loop (nothing to load ahead, no clamp of the tile index in the loop), the partial tile
+  loads its rows where it walks them (BOUNDED, as in v4); the segment pass prefetches the same way. Without PREFETCH
+  the rows are loaded where walked, as in v4 (hot loop 1,158 -> 1,159 instructions at (4, 64, 1, 128)). Costs, sm_90
+  --aligned hot loop per channel-row (registers; warps an SM; LDL/STL in the loop), without -> with: (4, 32, 1, 128)
+  PREFETCH 1: 176.2 -> 178.5 (128; 16; 0 -> 0), (2, 32, 1, 128) 1: 182.0 -> 188.5 (128; 16; 0 -> 0), (1, 32, 1, 128)
+  2: 196.0 -> 224.0 (128 -> 126; 16; 0), (2, 64, 1, 168) 1: 149.8 -> 154.5 (168; 12; 6 -> 0), (2, 64, 1) 1: 156.5 ->
+  155.2 (254; 8; 0). The carried tile costs registers: with PREFETCH 1, (4, 64, 1, 128) keeps 89 spill instructions in
+  its loop and (2, 64, 1, 128) 15, so those shapes get 168 registers or none; PREFETCH 2 carries B and C as 16-bit
+  halves, packed again for widen (byte permutes: 1 -> 34 a row at (1, 32)), which only the one-channel, one-row tile
+  holds without spills at 128. The segment pass at the same configs: 119.5 -> 120.2, 118.0 -> 122.5, 117.0 -> 134.0,
+  102.0 -> 105.5, 100.0 -> 104.5 (159 -> 254 registers, 12 -> 8 warps). Not yet timed on a GPU.
 """
 
 from __future__ import annotations
@@ -71,8 +87,8 @@ import triton.language as tl
 from ssmkit.ops.ssd.triton.plan import pick
 
 from .plan import CHECKPOINT_ROWS, block_n, configs, launch_options, multiprocessors, segment_length
-from .tiles import (LOG2E, channel_params, channel_tile, combine, exp2_approx, last_row, load_rows, silu_approx,
-                    softplus_fast, step_size, widen)
+from .fwd_walk import loop_tile, row_indices, segment_tile, tile_inputs, tile_pointers
+from .tiles import LOG2E, channel_params, channel_tile, combine, last_row, load_rows, step_size
 
 
 @triton.jit
@@ -99,9 +115,10 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
                           seqlen, dim, dstate: tl.constexpr, ngroups, dpg, nblk, seg_len, nseg, unit,
                           sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g,
                           SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_N: tl.constexpr, PTX: tl.constexpr):
+                          BLOCK_N: tl.constexpr, PTX: tl.constexpr, PREFETCH: tl.constexpr = 0):
     """Grid (channel tiles, nseg - 1): segment `seg` walked from a zero state; writes its end state to segst
-    (batch, nseg, dim, dstate) and its sum of dt' to segdt (batch, nseg, dim), float32."""
+    (batch, nseg, dim, dstate) and its sum of dt' to segdt (batch, nseg, dim), float32. PREFETCH: as the
+    forward's."""
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
@@ -114,21 +131,32 @@ def _segment_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, segst_ptr, segd
         bias = tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dc, nc = _row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
+    dc, nc = row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
     xb = x_ptr + b * sx_b
     dtb = dt_ptr + b * sdt_b
     Bb = B_ptr + b * sB_b + g * sB_g
     # every segment this pass walks ends before the sequence does (the last one is not walked here), on a tile
     # boundary (segments are whole checkpoint intervals): all its tiles are full
-    for c in range(seg * (seg_len // BLOCK_T), (seg + 1) * (seg_len // BLOCK_T)):
-        row0 = tl.cast(c, tl.int64) * BLOCK_T
-        xt = xb + row0 * sx_l
-        dtt = dtb + row0 * sdt_l
-        Bt = Bb + row0 * sB_l
-        for i in tl.static_range(BLOCK_T):
-            h, dtv, _ = _row_update(h, A2, bias, xt, dtt, Bt, i, True, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, False,
-                                    PTX)
-            dsum += dtv
+    c_first = seg * (seg_len // BLOCK_T)
+    c_last = c_first + seg_len // BLOCK_T - 1
+    if PREFETCH:
+        nxt = tile_inputs(tile_pointers(xb, dtb, None, Bb, None, c_first, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T),
+                           BLOCK_T, dc, nc, sx_l, sdt_l, 0, sB_l, 0, PREFETCH, BLOCK_T, False)
+        c_stop = c_last  # the last tile is walked after the loop, with nothing to load ahead
+    else:
+        c_stop = c_last + 1
+    for c in range(c_first, c_stop):
+        if PREFETCH:  # tile c + 1's loads issue before tile c is walked
+            rows = nxt
+            nxt = tile_inputs(tile_pointers(xb, dtb, None, Bb, None, c + 1, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T),
+                               BLOCK_T, dc, nc, sx_l, sdt_l, 0, sB_l, 0, PREFETCH, BLOCK_T, False)
+        else:
+            rows = None
+        tile = tile_pointers(xb, dtb, None, Bb, None, c, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T)
+        h, dsum = segment_tile(tile, rows, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BLOCK_T, PTX)
+    if PREFETCH:
+        tile = tile_pointers(xb, dtb, None, Bb, None, c_last, sx_l, sdt_l, 0, sB_l, 0, BLOCK_T)
+        h, dsum = segment_tile(tile, nxt, h, dsum, A2, bias, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BLOCK_T, PTX)
     tl.store(segst_ptr + (b * nseg + seg) * dim * dstate + soffs, tl.trans(h), mask=smask)
     tl.store(segdt_ptr + (b * nseg + seg) * dim + ds, dsum, mask=dmask)
 
@@ -138,11 +166,13 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                      y_ptr, final_ptr, ckpt_ptr, seqlen, dim, dstate: tl.constexpr, ngroups, dpg, nblk, ck_tiles,
                      nck, seg_len, nseg, unit, sx_b, sx_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
                      SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     LOOP: tl.constexpr = False, PTX: tl.constexpr = False):
+                     LOOP: tl.constexpr = False, PTX: tl.constexpr = False, PREFETCH: tl.constexpr = 0):
     """Grid (channel tiles, nseg). x, dt, z (batch, seqlen, dim), B, C (batch, seqlen, ngroups, dstate): unit
     last stride; y (batch, seqlen, dim) contiguous; A (dim, dstate), init and final (batch, dim, dstate), ckpt
     (batch, nck, dim, dstate), segst, segdt (from _segment_state_kernel) contiguous, float32 states. dstate is
-    a compile-time constant (a model's never changes), which folds the LOOP's state-index clamp away."""
+    a compile-time constant (a model's never changes), which folds the LOOP's state-index clamp away.
+    PREFETCH (LOOP only): the loads of each full tile's rows issue one tile ahead, before the tile before it is
+    walked, and travel to the next iteration in registers (software pipelining)."""
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     b, g, ds, dmask, ns, nmask, smask = channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D, BLOCK_N)
@@ -161,7 +191,7 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     end = tl.minimum(seqlen, (seg + 1) * seg_len)
     c_first = seg * (seg_len // BLOCK_T)
     if LOOP:
-        dc, nc = _row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
+        dc, nc = row_indices(ds, dmask, g, dpg, dstate, BLOCK_N)
         xb = x_ptr + b * sx_b  # each input at this program's batch row (and group)
         dtb = dt_ptr + b * sdt_b
         zb = z_ptr
@@ -172,14 +202,31 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         yb = y_ptr + b * seqlen * dim
         c_full = end // BLOCK_T  # tiles whose rows are all before the end: no bounds work in their rows
         next_ck = c_first  # segments start on checkpoint tiles
-        for c in range(c_first, c_full):
-            next_ck = _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
-            h = _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c, BLOCK_T, ds, dmask, dc, nc, nmask, dim,
-                           sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, False, PTX)
-        if c_full * BLOCK_T < end:  # the last tile is partial
-            _save_checkpoint(ckpt_ptr, h, c_full, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, LOOP)
-            h = _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c_full, end - c_full * BLOCK_T, ds, dmask, dc,
-                           nc, nmask, dim, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, True, PTX)
+        if PREFETCH:  # the first tile's loads, rows clamped in bounds: it may be the partial one (then not used)
+            nxt = tile_inputs(tile_pointers(xb, dtb, zb, Bb, Cb, c_first, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T),
+                               end - c_first * BLOCK_T, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l, PREFETCH, BLOCK_T, True)
+            c_stop = c_full - 1  # the last full tile is walked after the loop, with nothing to load ahead
+        else:
+            c_stop = c_full
+        for c in range(c_first, c_stop):
+            if PREFETCH:  # tile c + 1's loads issue before tile c is walked
+                rows = nxt
+                ahead = tile_pointers(xb, dtb, zb, Bb, Cb, c + 1, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T)
+                nxt = tile_inputs(ahead, BLOCK_T, dc, nc, sx_l, sdt_l, sz_l, sB_l, sC_l, PREFETCH, BLOCK_T, False)
+            else:
+                rows = None
+            h, next_ck = _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, rows, h, A2, bias, Dv, c, next_ck, ck_tiles, b,
+                                    nck, dim, dstate, soffs, smask, BLOCK_T, ds, dmask, dc, nc, nmask, sx_l, sdt_l,
+                                    sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, False, PTX)
+        if PREFETCH:
+            if c_stop >= c_first:
+                h, next_ck = _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, nxt, h, A2, bias, Dv, c_stop, next_ck,
+                                        ck_tiles, b, nck, dim, dstate, soffs, smask, BLOCK_T, ds, dmask, dc, nc,
+                                        nmask, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, False, PTX)
+        if c_full * BLOCK_T < end:  # the last tile is partial: walked with bounds, loaded where walked
+            h, _ = _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, None, h, A2, bias, Dv, c_full, next_ck, ck_tiles, b,
+                              nck, dim, dstate, soffs, smask, end - c_full * BLOCK_T, ds, dmask, dc, nc, nmask, sx_l,
+                              sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, True, PTX)
         h_out = tl.trans(h)
     else:
         tloc = tl.arange(0, BLOCK_T)
@@ -222,75 +269,16 @@ def _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, sof
 
 
 @triton.jit
-def _loop_tile(xb, dtb, zb, Bb, Cb, yb, h, A2, bias, Dv, c, nrows, ds, dmask, dc, nc, nmask, dim, sx_l, sdt_l, sz_l,
-               sB_l, sC_l, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-               BOUNDED: tl.constexpr, PTX: tl.constexpr):
-    """Tile c of the LOOP variant: its rows walked one by one, unrolled, the state h (dstate, channels) in
-    registers; returns the state after the tile. xb, dtb, zb, Bb, Cb, yb point at the program's batch row (zb
-    None without z). BOUNDED: only the first `nrows` rows exist (the last, partial tile); the others read the
-    last one and leave the state as it is. Full tiles (BOUNDED=False) have no clamp or select in their rows."""
-    row0 = tl.cast(c, tl.int64) * BLOCK_T
-    xt = xb + row0 * sx_l
-    dtt = dtb + row0 * sdt_l
-    Bt = Bb + row0 * sB_l
-    Ct = Cb + row0 * sC_l
-    yt = yb + row0 * dim
-    zt = zb
-    if zb is not None:
-        zt = zb + row0 * sz_l
-    tloc = tl.arange(0, BLOCK_T)
-    Y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-    for i in tl.static_range(BLOCK_T):
-        r = i
-        if BOUNDED:
-            r = tl.minimum(i, nrows - 1)
-        h, dtv, x = _row_update(h, A2, bias, xt, dtt, Bt, r, i < nrows, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS, BOUNDED,
-                                PTX)
-        Cv = widen(tl.load(Ct + r * sC_l + nc), PTX)
-        Cv = tl.where(nmask, Cv, 0.0)  # a padding state (clamped read) must not reach y
-        y = tl.sum(h * Cv[:, None], 0) + Dv * x
-        if zt is not None:
-            zv = tl.load(zt + r * sz_l + dc).to(tl.float32)
-            y *= silu_approx(zv, PTX)
-        Y = tl.where(tloc[:, None] == i, y[None, :], Y)
-    offs = tloc[:, None] * dim + ds[None, :]
-    if BOUNDED:
-        tl.store(yt + offs, Y.to(yt.dtype.element_ty), mask=(tloc < nrows)[:, None] & dmask[None, :])
-    else:
-        tl.store(yt + offs, Y.to(yt.dtype.element_ty), mask=dmask[None, :])
-    return h
-
-
-@triton.jit
-def _row_indices(ds, dmask, g, dpg, dstate: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The channels and states the row walk reads, clamped in bounds so that its loads need no masks: channels
-    past the group read its first one, padding states the last state (dstate == BLOCK_N: no clamp, which keeps
-    the loads of B and C contiguous, one vector load each)."""
-    dc = tl.where(dmask, ds, g * dpg)
-    if dstate == BLOCK_N:
-        nc = tl.arange(0, BLOCK_N)
-    else:
-        nc = tl.minimum(tl.arange(0, BLOCK_N), dstate - 1)
-    return dc, nc
-
-
-@triton.jit
-def _row_update(h, A2, bias, xt, dtt, Bt, r, valid, dc, nc, sx_l, sdt_l, sB_l, SOFTPLUS: tl.constexpr,
-                BOUNDED: tl.constexpr, PTX: tl.constexpr):
-    """One row of the walk, row r of the tile whose first row xt, dtt, Bt point at: h <- exp(dt' A) h + dt' B x
-    (ZOH for A, Euler for B) on the state h (dstate, channels); returns (h, dt', x) (channels,) float32.
-    BOUNDED: a row that is not `valid` (at or past the end; r then repeats the last row) gets dt' = 0 and leaves
-    h as it is; otherwise no select is spent. A2 = A log2(e) as (dstate, channels)."""
-    raw = tl.load(dtt + r * sdt_l + dc).to(tl.float32) + bias
-    dtv = raw
-    if SOFTPLUS:
-        dtv = softplus_fast(raw, PTX)
-    if BOUNDED:
-        dtv = tl.where(valid, dtv, 0.0)
-    x = tl.load(xt + r * sx_l + dc).to(tl.float32)
-    Bv = widen(tl.load(Bt + r * sB_l + nc), PTX)
-    h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bv[:, None] * (dtv * x)[None, :]
-    return h, dtv, x
+def _loop_walk(xb, dtb, zb, Bb, Cb, yb, ckpt_ptr, rows, h, A2, bias, Dv, c, next_ck, ck_tiles, b, nck, dim, dstate,
+               soffs, smask, nrows, ds, dmask, dc, nc, nmask, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS: tl.constexpr,
+               BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BOUNDED: tl.constexpr, PTX: tl.constexpr):
+    """Tile c of the LOOP walk, from pointers at the program's batch row: its checkpoint if it starts one, then
+    loop_tile. Returns (the state after the tile, the next checkpoint tile)."""
+    next_ck = _save_checkpoint(ckpt_ptr, h, c, next_ck, ck_tiles, b, nck, dim, dstate, soffs, smask, True)
+    tile = tile_pointers(xb, dtb, zb, Bb, Cb, c, sx_l, sdt_l, sz_l, sB_l, sC_l, BLOCK_T)
+    h = loop_tile(tile, rows, yb + tl.cast(c, tl.int64) * BLOCK_T * dim, h, A2, bias, Dv, nrows, ds, dmask, dc, nc,
+                   nmask, dim, sx_l, sdt_l, sz_l, sB_l, sC_l, SOFTPLUS, BLOCK_T, BLOCK_D, BOUNDED, PTX)
+    return h, next_ck
 
 
 def strides(t, ndim_lead: int):
@@ -326,6 +314,7 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
         assert checkpoint_rows % bt == 0, (checkpoint_rows, bt)  # tiles must not straddle a checkpoint
         nblk = triton.cdiv(dpg, bd)
         tiles = batch * ngroups * nblk
+        prefetch = cfg.get("PREFETCH", False)
         seg_len = segment_rows or segment_length(seqlen, tiles * warps, multiprocessors(x.device),
                                                  checkpoint_rows)
         nseg = triton.cdiv(seqlen, seg_len)
@@ -337,10 +326,11 @@ def selective_scan_fwd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
             segdt = torch.empty(batch, nseg, dim, device=x.device, dtype=torch.float32)
             _segment_state_kernel[(tiles, nseg - 1)](
                 x, dt, A, B, dt_bias, segst, segdt, *scalars, nblk, seg_len, nseg, 1, *strides_xdt,
-                *strides(B, 3), **consts)
+                *strides(B, 3), PREFETCH=prefetch, **consts)
         _scan_fwd_kernel[(tiles, nseg)](
             x, dt, A, B, C, D, z, dt_bias, initial_state, segst, segdt, y, final, ckpt, *scalars, nblk,
-            checkpoint_rows // bt, nck, seg_len, nseg, 1, *stride_args, LOOP=cfg.get("LOOP", False), **consts)
+            checkpoint_rows // bt, nck, seg_len, nseg, 1, *stride_args, LOOP=cfg.get("LOOP", False), PREFETCH=prefetch,
+            **consts)
 
     if batch == 0:
         return y, final, ckpt

@@ -5,6 +5,8 @@ rows; its (BLOCK_T, BLOCK_D, dstate) tile of states lives in registers, so BLOCK
 dstate grows. The forward writes the state every CHECKPOINT_ROWS rows; every BLOCK_T divides it.
 
 Version history
+- v6: LOOP_CAPPED entries with PREFETCH (fwd.py v5, loads a tile ahead), after the existing ones: the block
+  shapes and register caps whose loop keeps no spill with it on sm_90. Not yet timed on a GPU.
 - v5: the row-walking backward's configs (bwd_rows.py), first in the backward's list.
 - v4: LOOP configs for the forward's v3 (whole channels per thread, 1, 2 or 4 of them); the tile-parallel
   configs stay in the table for the tuner. Segments until 16 warps per multiprocessor (an H100 sweep at
@@ -39,7 +41,12 @@ LOOP_TABLE = [(4, 64, 1), (8, 64, 1), (4, 128, 1), (4, 128, 2), (8, 128, 2), (4,
 # its tile loop keeps no spill (kernel_resources_cpu.py --aligned). An H100 sweep of fwd.py v3 (b16 L1K and b1
 # L16K, dim 2048) had 128 best of {none, 128, 96, 80, 64} for every block shape it tried: (2, 64, 1) 0.58 ms at
 # b16, (4, 32, 1) 0.71 ms at b1, (4, 64, 1) 0.61 / 0.78 ms.
-LOOP_CAPPED = [(2, 64, 1, 128), (4, 64, 1, 128), (4, 32, 1, 128)]
+# A fifth field, PREFETCH (fwd.py v5): 1 loads the next tile's x, dt, z while a tile is walked, 2 its B and C too;
+# the entries with it keep the loop free of spills (sm_90, --aligned): at 128 registers (4, 32) and (2, 32) with 1,
+# (1, 32) with 2; (2, 64) with 1 needs 168 (12 warps an SM), uncapped (cap None) it holds 254 (8 warps). Not yet
+# timed on a GPU: they follow the entries without it, so an untuned call still runs the first.
+LOOP_CAPPED = [(2, 64, 1, 128, 0), (4, 64, 1, 128, 0), (4, 32, 1, 128, 0),
+               (4, 32, 1, 128, 1), (2, 32, 1, 128, 1), (1, 32, 1, 128, 2), (2, 64, 1, 168, 1), (2, 64, 1, None, 1)]
 # The row-walking backward (bwd_rows.py): a thread per channel (its register tile of BLOCK_T states per channel
 # leaves no room for two), (BLOCK_T, BLOCK_D, num_warps, maxnreg). sm_90 compile: 248-255 registers a thread at
 # every BLOCK_T; (4, 32, 1) spills 488 bytes, (8, 32, 1) 2.6 KB (left out). Their GPU tests passed on an H100
@@ -113,9 +120,10 @@ def _configs(kind: str, dstate: int, dim_per_group: int, loop: bool) -> tuple[di
                 seen.add((bt, bd, warps, cap))
                 loops.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, LOOP=True, maxnreg=cap))
     if kind == "fwd" and loop:
-        for bt, bd, warps, cap in LOOP_CAPPED:
+        for bt, bd, warps, cap, prefetch in LOOP_CAPPED:
             if bd <= group and bd * bn <= 2048 * warps:
-                loops.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, LOOP=True, maxnreg=cap))
+                loops.append(dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, LOOP=True, maxnreg=cap,
+                                  **({"PREFETCH": prefetch} if prefetch else {})))
         for bt, bd, warps in LOOP_TABLE:
             bd = min(bd, group)
             while bd > 8 and bd * bn > 2048 * warps:  # at most 64 state elements a thread
