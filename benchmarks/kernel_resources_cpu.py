@@ -83,8 +83,8 @@ def ssd_grid() -> list:
     from ssmkit.ops.ssd.triton.plan import block_n
 
     kernels = (("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False)),
-               ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True)),
-               ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True)))
+               ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)),
+               ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True, ATOMIC=True)))
     cases = []
     for dstate in (64, 128, 256):
         base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None)
@@ -105,8 +105,8 @@ def ssd_bwd_grid() -> list:
 
     ungated = dict(z_ptr=None, init_ptr=None, dfinal_ptr=None, cfinal_ptr=None, dz_ptr=None, dinit_ptr=None)
     kernels = (("_segment_adjoint_kernel", dict(SPLIT=True)),
-               ("_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True)),
-               ("_bwd_dx_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True)))
+               ("_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)),
+               ("_bwd_dx_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)))
     cases = []
     for dstate in (64, 128):
         base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None)

@@ -122,8 +122,8 @@ def _cases() -> list:
             kernels = ((("fwd", "_segment_state_kernel", dict(SPLIT=True)),
                         ("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False))) if kind == "fwd" else
                        (("bwd", "_segment_adjoint_kernel", dict(SPLIT=True)),
-                        ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True)),
-                        ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True))))
+                        ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)),
+                        ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True, ATOMIC=True))))
             for cfg in ssd_plan.configs(64, dstate, kind):
                 for module, name, extra in kernels:
                     consts = dict(base, BLOCK_P=cfg["BLOCK_P"], **extra)
@@ -135,11 +135,11 @@ def _cases() -> list:
     lean = dict(base, BLOCK_N=bn, BLOCK_P=64, segst_ptr=None, seglog_ptr=None, init_ptr=None, D_ptr=None,
                 z_ptr=None, bias_ptr=None)
     cases.append((ssd + "fwd", "_ssd_fwd_kernel", dict(lean, D_PER_P=False), 4, 2, "_ssd_fwd_kernel-lean"))
-    cases.append((ssd + "bwd", "_bwd_dc_kernel", dict(lean, D_PER_P=False, SPLIT=True, PTX=True,
+    cases.append((ssd + "bwd", "_bwd_dc_kernel", dict(lean, D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True,
                                                       dfinal_ptr=None, cfinal_ptr=None), 4, 2, "_bwd_dc_kernel-lean"))
-    cases.append((ssd + "bwd", "_bwd_dx_kernel", dict(lean, D_PER_P=False, SPLIT=True, PTX=True, dfinal_ptr=None,
-                                                      segadj_ptr=None, dD_ptr=None, dinit_ptr=None), 4, 2,
-                  "_bwd_dx_kernel-lean"))
+    cases.append((ssd + "bwd", "_bwd_dx_kernel", dict(lean, D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True,
+                                                      dfinal_ptr=None, segadj_ptr=None, dD_ptr=None, dinit_ptr=None),
+                  4, 2, "_bwd_dx_kernel-lean"))
     cases.append((ssd + "bwd_dt", "_bwd_dt_kernel", dict(SOFTPLUS=True, Q=64, NCH=16, cu_ptr=None), 4, 2,
                   "_bwd_dt_kernel"))
     for a_log in (False, True):

@@ -23,7 +23,7 @@ from tests.compare import assert_close
 from tests.ops.ssd.triton_cases import GRAD_NAMES, check_all, check_step, make_inputs, reference, step_inputs
 
 INTERPRETER_CASES = ("shapes", "varlen", "segments", "float16", "final_state_decay_gradient", "awkward_shapes", "step",
-                     "dispatch")
+                     "dispatch", "deterministic_partials")
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -58,6 +58,10 @@ def test_interpreted_triton_resets_state_at_packed_sequence_boundaries(interpret
 
 def test_interpreted_triton_segments_compute_the_same_function_as_one_walk(interpreted):
     expect_passed(interpreted, "segments")
+
+
+def test_interpreted_triton_db_dc_by_atomics_and_by_deterministic_partials_match_recurrent(interpreted):
+    expect_passed(interpreted, "deterministic_partials")
 
 
 def test_interpreted_triton_float16_within_float16_tolerances(interpreted):

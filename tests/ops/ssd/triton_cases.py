@@ -146,6 +146,33 @@ def case_segments(mod):
             assert_close(g, grads_ref[name], torch.float32, grad=True, name=f"d{name} seg_chunks={seg_chunks}")
 
 
+def case_deterministic_partials(mod):
+    """Under torch.use_deterministic_algorithms(True) dB and dC come from per-head partials summed in a fixed
+    order instead of atomics into one buffer: both paths match the recurrence, at ngroups 2 with 3 heads a group
+    and two head-dim blocks (so both sums, over heads and over blocks, are exercised)."""
+    from ssmkit.ops.ssd.triton.bwd import atomic_group_grads, ssd_bwd
+    from ssmkit.ops.ssd.triton.fwd import ssd_fwd
+    from ssmkit.ops.ssd.triton.plan import configs
+
+    inp = make_inputs(2, 37, 6, 32, 2, 16, seed=9)
+    args = [inp[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
+    dout, dfinal = torch.randn_like(inp["x"]), torch.randn(2, 6, 32, 16)
+    _, _, grads_ref = reference(inp, dout=dout, dfinal=dfinal)
+    y, final, plan, segst, seglog = ssd_fwd(*args, True, None, inp["initial_state"], None, 16)
+    cfg = dict(configs(32, 16, "bwd")[0], BLOCK_P=16)
+    runs = {}
+    for deterministic in (False, True):
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            assert atomic_group_grads() is not deterministic
+            runs[deterministic] = ssd_bwd(dout, dfinal, *args, True, None, inp["initial_state"], None, plan, segst,
+                                          seglog, config=cfg)
+        finally:
+            torch.use_deterministic_algorithms(False)
+        for name, g in zip(GRAD_NAMES, runs[deterministic]):
+            assert_close(g, grads_ref[name], torch.float32, grad=True, name=f"d{name} deterministic={deterministic}")
+
+
 def case_float16(mod):
     """Half-precision inputs (tensor-core operands) stay within the float16 rows of the tolerance table."""
     inp = make_inputs(2, 40, 2, 16, 1, 16, dtype=torch.float16, seed=3)

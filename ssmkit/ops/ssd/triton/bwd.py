@@ -45,6 +45,7 @@ from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
 from .tiles import (chunk_decay, chunk_rows, dot_split, exp_ftz, head_tiles, incoming_state, load_skip, load_tile,
+                    store_group_grad,
                     outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
 
 
@@ -94,7 +95,8 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                    seglog_ptr, dout_ptr, dfinal_ptr, dC_ptr, parts_ptr, cfinal_ptr, dz_ptr,
                    seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr):
+                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr,
+                   ATOMIC: tl.constexpr):
     """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1,
     and this block's share of <dfinal, h_T> from the recomputed final state (cfinal, (nseq, npb, nheads))."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
@@ -159,9 +161,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             T1 = tl.cumsum(d, 0) - d
             dC = ecum[:, None] * tl.dot(dy.to(dtype), tl.trans(S.to(dtype)), input_precision=PREC)
             dC = tl.dot(tl.trans(xdyL.to(dtype)), Bt, acc=dC, input_precision=PREC)
-            n_offs = qs[:, None] * (nheads * dstate) + ns[None, :]
-            tl.store(dC_ptr + ((pb * ntok + row0) * nheads + h) * dstate + n_offs, dC,
-                     mask=rmask[:, None] & nmask[None, :])
+            store_group_grad(dC_ptr, dC, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok, ATOMIC)
             T2 = tl.cumsum(v, 0, reverse=True)
             pbase = parts_ptr + (pb * 5 * nheads + h).to(tl.int64) * ntok + row0 + qs
             tl.store(pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
@@ -182,7 +182,8 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                    dfinal_ptr, dout_ptr, dx_ptr, dB_ptr, parts_ptr, dD_ptr, dinit_ptr,
                    seqlen, nheads, headdim, ngroups, dstate, nseg, seg_chunks, dt_lo, dt_hi, ntok,
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr):
+                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr,
+                   ATOMIC: tl.constexpr):
     """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2-4."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
@@ -242,9 +243,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             dB = tl.dot(xdyL, Ct, acc=tail * tl.dot(x, tl.trans(G.to(dtype)), input_precision=PREC),
                         input_precision=PREC)
             dB *= dtv[:, None]
-            n_offs = qs[:, None] * (nheads * dstate) + ns[None, :]
-            tl.store(dB_ptr + ((pb * ntok + row0) * nheads + h) * dstate + n_offs, dB,
-                     mask=rmask[:, None] & nmask[None, :])
+            store_group_grad(dB_ptr, dB, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok, ATOMIC)
             G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * ecum[:, None], dtype, SPLIT, PREC)
         if D_ptr is not None:
             tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, dD, mask=pmask)
@@ -253,6 +252,13 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                 offs = state_tile_offsets(ps, ns, headdim, dstate)
                 base = (seq.to(tl.int64) * nheads + h) * headdim * dstate
                 tl.store(dinit_ptr + base + offs, G, mask=nmask[:, None] & pmask[None, :])
+
+
+def atomic_group_grads() -> bool:
+    """Whether the walks add dB and dC straight into one float32 (token, group) buffer with atomics (fast, not
+    bit-reproducible) instead of writing per-head partials summed by torch (two fp32 (npb, tokens, heads, dstate)
+    tensors through HBM). torch.use_deterministic_algorithms(True) selects the partials."""
+    return not torch.are_deterministic_algorithms_enabled()
 
 
 def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, cu_seqlens, plan,
@@ -279,13 +285,18 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
     dD_part = torch.zeros(plan.nseq * plan.nseg, nheads, headdim, **f32) if D is not None else None
     scalars = (seqlen, nheads, headdim, ngroups, dstate, plan.nseg, plan.seg_chunks, lo, hi)
     parts = {}
+    atomic = atomic_group_grads()
 
     def run(cfg):
         bp = cfg["BLOCK_P"]
         npb = triton.cdiv(headdim, bp)
+        if atomic:  # zeroed for every run: the tuner runs each config more than once
+            parts.update(dC=torch.zeros(ntok, ngroups, dstate, **f32), dB=torch.zeros(ntok, ngroups, dstate, **f32))
+        elif parts.get("npb") != npb:
+            parts.update(dC=torch.empty(npb, ntok, nheads, dstate, **f32),
+                         dB=torch.empty(npb, ntok, nheads, dstate, **f32))
         if parts.get("npb") != npb:
-            parts.update(npb=npb, dC=torch.empty(npb, ntok, nheads, dstate, **f32),
-                         dB=torch.empty(npb, ntok, nheads, dstate, **f32), dt=torch.empty(npb, 5, nheads, ntok, **f32),
+            parts.update(npb=npb, dt=torch.empty(npb, 5, nheads, ntok, **f32),
                          cfinal=None if dfinal is None else torch.empty(plan.nseq, npb, nheads, **f32))
         grid = (plan.nseq * plan.nseg * npb * nheads,)
         meta = dict(Q=plan.Q, BLOCK_P=bp, BLOCK_N=bn, PREC=prec, num_warps=cfg["num_warps"],
@@ -297,10 +308,10 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
                                           SOFTPLUS=dt_softplus, SPLIT=split, **meta)
         _bwd_dc_kernel[grid](x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, dout,
                              dfinal, parts["dC"], parts["dt"], parts["cfinal"], dz, *scalars, ntok,
-                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, PTX=ptx, **meta)
+                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, PTX=ptx, ATOMIC=atomic, **meta)
         _bwd_dx_kernel[grid](x, dt, A, B, C, D, z, dt_bias, cu_seqlens, segadj, seglog, dfinal, dout, dx,
                              parts["dB"], parts["dt"], dD_part, dinit, *scalars, ntok, SOFTPLUS=dt_softplus,
-                             D_PER_P=d_per_p, SPLIT=split, PTX=ptx, **meta)
+                             D_PER_P=d_per_p, SPLIT=split, PTX=ptx, ATOMIC=atomic, **meta)
 
     if config is None:
         key = (x.dtype, tuning_shape(plan), headdim, dstate, ngroups, nheads, D is not None, z is not None)
@@ -316,8 +327,12 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
     launch_bwd_dt(dt, dt_bias, A, cu_seqlens, parts["dt"], cfinal, plan, dt_softplus, lo, hi, ddt, dA_part,
                   dbias_part)
     hpg = nheads // ngroups
-    dB = parts["dB"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(B.dtype)
-    dC = parts["dC"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(C.dtype)
+    if atomic:
+        dB = parts["dB"].view(batch, seqlen, ngroups, dstate).to(B.dtype)
+        dC = parts["dC"].view(batch, seqlen, ngroups, dstate).to(C.dtype)
+    else:
+        dB = parts["dB"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(B.dtype)
+        dC = parts["dC"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(C.dtype)
     dA = dA_part.sum(0).to(A.dtype)
     dbias = dbias_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else None
     dD = None

@@ -132,6 +132,24 @@ def load_tile(ptr, rows, rmask, row_stride, col0, cols, cmask):
 
 
 @triton.jit
+def store_group_grad(ptr, val, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok,
+                     ATOMIC: tl.constexpr):
+    """One head's (Q, N) share of dB or dC for the chunk at token row0.
+
+    ATOMIC: added into float32 (ntok, ngroups, dstate), which the caller zeroed: the heads of a group and the
+    head-dim blocks meet there (in no fixed order, so not bit-reproducible). Otherwise stored as a partial in
+    (npb, ntok, nheads, dstate) for the caller to sum in a fixed order.
+    """
+    mask = rmask[:, None] & nmask[None, :]
+    if ATOMIC:
+        offs = qs[:, None] * (ngroups * dstate) + ns[None, :]
+        tl.atomic_add(ptr + (row0 * ngroups + g) * dstate + offs, val, mask=mask, sem="relaxed")
+    else:
+        offs = qs[:, None] * (nheads * dstate) + ns[None, :]
+        tl.store(ptr + ((pb * ntok + row0) * nheads + h) * dstate + offs, val, mask=mask)
+
+
+@triton.jit
 def dot_split(a, b, dtype: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, acc=None):
     """acc + a @ b for a float32 `b` rounded to `dtype` as hi + lo (two products, near-float32 accuracy) when
     SPLIT; acc None starts from zero.
