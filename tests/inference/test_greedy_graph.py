@@ -1,17 +1,21 @@
-"""Greedy feedback inside the decode graph (GraphedDecoder.begin_greedy / step_greedy): its tokens equal those of
-an independent loop of the dynamic step and torch.argmax, for every family, batch 1 and 3, across KV-cache growth,
-in the eager fallback, and on a GPU from the captured graph. A run past its steps raises before anything is
-written."""
+"""Greedy feedback inside the decode graph (GraphedDecoder.begin_greedy / step_greedy) and generate's use of it:
+its tokens equal those of an independent loop of the dynamic step and torch.argmax, for every family, batch 1 and
+3, across KV-cache growth, in the eager fallback, and on a GPU from the captured graph. A run past its steps
+raises before anything is written."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
 
-from ssmkit.inference import allocate_cache, prefill
-from ssmkit.inference.graphs import GraphedDecoder, _feed_back_argmax
+from ssmkit.inference import allocate_cache, generate, generate_steps, prefill
+from ssmkit.inference.graphs import GraphedDecoder, _feed_back_argmax, clear_graphs, graphed_decoder, release_decoder
 from tests.compare import assert_close
 from tests.inference.models import CONFIGS, random_ids, tiny_model
+
+generate_module = importlib.import_module("ssmkit.inference.generate")
 
 NEW = 9  # tokens per run: the first from the prefill's logits, then NEW - 1 greedy steps
 GPU_FAMILIES = ("mamba", "mamba2", "llama", "hybrid-moe", "jamba-like")
@@ -139,6 +143,58 @@ def test_feedback_takes_the_first_maximal_index_and_writes_one_history_column():
     assert history.tolist() == [[-1, -1, 1, -1], [-1, -1, 0, -1], [-1, -1, 2, -1]]
 
 
+@pytest.fixture
+def graph_path_on_cpu(monkeypatch):
+    """generate takes the graph path on the CPU (the decoder's static step, eagerly); records which decoder
+    steps run."""
+    monkeypatch.setattr(generate_module, "_use_cuda_graph", lambda cuda_graph, device, model: cuda_graph is not False)
+    calls = []
+    for method in ("step", "step_greedy"):
+        original = getattr(GraphedDecoder, method)
+        monkeypatch.setattr(GraphedDecoder, method,
+                            lambda self, *a, _f=original, _m=method: calls.append(_m) or _f(self, *a))
+    yield calls
+    clear_graphs()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name", ["mamba", "mamba2", "llama", "hybrid-moe", "jamba-like", "all-mixers-moe"])
+def test_generate_decodes_greedily_in_the_graph_and_returns_the_eager_tokens(graph_path_on_cpu, name, batch):
+    model = tiny_model(name)
+    prompt = random_ids(model.config.vocab_size, batch, 6)
+    out = generate(model, prompt, max_new_tokens=NEW, cuda_graph=None)
+    assert graph_path_on_cpu == ["step_greedy"] * (NEW - 1)
+    expected = eager_greedy(model.eval(), prompt, NEW)[0]
+    assert torch.equal(out, torch.cat([prompt, expected], 1)), name
+    decoder = graphed_decoder(model, batch, 6 + NEW)  # released by generate
+    assert decoder is not None
+    release_decoder(model, decoder)
+
+
+def test_generate_with_stop_tokens_or_sampling_keeps_the_per_step_path(graph_path_on_cpu):
+    model = tiny_model("hybrid-moe")
+    prompt = random_ids(model.config.vocab_size, 2, 5)
+    generate(model, prompt, max_new_tokens=4, eos_token_id=[3], cuda_graph=None)
+    generate(model, prompt, max_new_tokens=4, temperature=0.7, seed=1, cuda_graph=None)
+    assert graph_path_on_cpu == ["step"] * 6
+
+
+def test_generate_steps_of_the_greedy_graph_path_are_copies_with_the_eager_logits(graph_path_on_cpu):
+    """The history's columns and the logits buffer are the decoder's: a later generation on the same decoder must
+    not change the steps an earlier one yielded."""
+    model = tiny_model("jamba-like")
+    prompt = random_ids(model.config.vocab_size, 3, 5)
+    steps = list(generate_steps(model, prompt, max_new_tokens=NEW, cuda_graph=None))
+    tokens = torch.stack([s.tokens for s in steps], 1)
+    logits = torch.stack([s.logits for s in steps[1:]], 1)
+    expected = eager_greedy(model.eval(), prompt, NEW)
+    assert_same_run((tokens, logits), expected, "generate_steps")
+    generate(model, random_ids(model.config.vocab_size, 3, 5, seed=8), max_new_tokens=NEW, cuda_graph=None)
+    assert_same_run((torch.stack([s.tokens for s in steps], 1), torch.stack([s.logits for s in steps[1:]], 1)),
+                    expected, "generate_steps after another generation")
+    assert graph_path_on_cpu == ["step_greedy"] * (2 * (NEW - 1))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("name", GPU_FAMILIES)
@@ -151,6 +207,22 @@ def test_cuda_graph_greedy_feedback_tokens_equal_the_eager_loop(name, batch):
     assert_same_run(got, eager_greedy(model, prompt, NEW), f"{name} batch {batch} greedy graph")
     assert_same_run(decoder_greedy(model, decoder, prompt, NEW), eager_greedy(model, prompt, NEW),
                     f"{name} batch {batch} greedy graph, second run")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name", GPU_FAMILIES)
+def test_cuda_generate_greedy_tokens_equal_the_eager_loop(name, batch):
+    model = tiny_model(name, torch.float32).cuda()
+    prompt = random_ids(model.config.vocab_size, batch, 7).cuda()
+    out = generate(model, prompt, max_new_tokens=NEW, cuda_graph=True)
+    expected = eager_greedy(model.eval(), prompt, NEW)[0]
+    assert torch.equal(out, torch.cat([prompt, expected], 1)), name
+    assert torch.equal(generate(model, prompt, max_new_tokens=NEW, cuda_graph=False), out), name
+    decoder = graphed_decoder(model, batch, 7 + NEW)
+    assert decoder is not None and decoder._greedy_graph is not None, f"{name}: generate used the greedy graph"
+    release_decoder(model, decoder)
+    clear_graphs(model)
 
 
 @pytest.mark.gpu
