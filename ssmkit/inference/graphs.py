@@ -282,7 +282,9 @@ class GraphedDecoder:
 
     @torch.no_grad()
     def _capture_greedy(self) -> None:
-        """Captures the greedy step into the step graph's memory pool (the two never replay at once).
+        """Captures the greedy step into the step graph's memory pool, as the two never replay at once. The step
+        graph's logits stay alive, so this capture never takes their memory; it may take the memory of the step
+        graph's intermediates, so a step() replay can overwrite the greedy logits, as any next step does.
 
         Nothing runs on the state, which may hold a prefilled prompt: the step graph's warm-up already compiled
         and tuned every kernel of the step at these shapes, and a capture only records. The feedback's own ops
