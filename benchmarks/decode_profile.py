@@ -1,6 +1,7 @@
 """Where a CUDA-graph decode step spends its time, per preset at batch 1 (bf16, random weights, 1K-token prompt):
-the replay's GPU time per step, the generate loop's time per step, and the kernels one replay launches (counts and
-mean durations from torch.profiler, which sees the kernels inside a graph replay). With --prefill, the same for
+the replay's GPU time per step, the time per step of generate_steps' loop and of generate (greedy, no stop tokens:
+the in-graph greedy loop, no launch outside the replay), and the kernels one replay launches (counts and mean
+durations from torch.profiler, which sees the kernels inside a graph replay). With --prefill, the same for
 one prefill of the prompt (eager: wall time against GPU time tells launch-bound from GPU-bound).
 
     python3 benchmarks/decode_profile.py mamba2-130m,mamba-130m,llama-125m [--prefill] [--no-pdl]
@@ -20,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ssmkit.bench.kernel_timing import kernel_times, replay_ms
 from ssmkit.bench.scripts import random_model
-from ssmkit.inference import allocate_cache, generate_steps
+from ssmkit.inference import allocate_cache, generate, generate_steps
 from ssmkit.inference.generate import prefill
 from ssmkit.inference.graphs import graphed_decoder, release_decoder
 from ssmkit.inference.prefill_graphs import graph_prefill_reason
@@ -44,7 +45,8 @@ def kernels_of(graph) -> dict:
 
 def loop_us(model, ids, new: int = 64) -> float:
     """generate_steps' time per decode step (us), the host running ahead of the device."""
-    steps = generate_steps(model, ids, max_new_tokens=new + 1, eos_token_id=[], cuda_graph=True)
+    steps = generate_steps(model, ids, max_new_tokens=new + 1, eos_token_id=[], cuda_graph=True,
+                           max_cache_len=CACHE)
     next(steps)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -52,6 +54,29 @@ def loop_us(model, ids, new: int = 64) -> float:
         pass
     torch.cuda.synchronize()
     return (time.perf_counter() - t0) / new * 1e6
+
+
+def generate_us(model, ids, new: int = 64) -> float:
+    """generate's time per decode step (us): a call for new + 1 tokens less a call for 1 (the prefill and the
+    first token), each the median of 5 timed calls after an untimed one. First checks that its tokens are
+    generate_steps' (the same greedy graph; generate takes the decoder's token history instead of copies)."""
+    kwargs = dict(eos_token_id=[], cuda_graph=True, max_cache_len=CACHE)  # one decoder of CACHE positions
+    steps = generate_steps(model, ids, max_new_tokens=new + 1, **kwargs)
+    expected = torch.stack([s.tokens for s in steps], dim=1)
+    got = generate(model, ids, max_new_tokens=new + 1, **kwargs)[:, ids.shape[1]:]
+    assert torch.equal(got, expected), "generate's tokens differ from generate_steps'"
+
+    def median_ms(n: int) -> float:
+        times = []
+        for _ in range(6):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            generate(model, ids, max_new_tokens=n, **kwargs)
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return sorted(times[1:])[2]
+
+    return (median_ms(new + 1) - median_ms(1)) / new * 1e3
 
 
 def kernel_table(kernels: dict, top: int = 22) -> None:
@@ -133,10 +158,12 @@ def main(presets: list[str], with_prefill: bool = False) -> None:
         kernels = kernels_of(decoder._graph)
         release_decoder(model, decoder)
         loop = loop_us(model, ids)
+        whole = generate_us(model, ids)
         count = sum(v[0] for v in kernels.values())
         total = sum(v[1] for v in kernels.values())
-        print(f"\n== {preset}: {model.config.n_layers} layers; replay {gpu:.0f} us/step; generate loop {loop:.0f} "
-              f"us/step; {count:.0f} kernels per step, {total:.0f} us of kernel time")
+        print(f"\n== {preset}: {model.config.n_layers} layers; replay {gpu:.0f} us/step; generate_steps loop "
+              f"{loop:.0f} us/step; generate {whole:.0f} us/step ({1e6 / whole:.0f} tokens/s); {count:.0f} kernels "
+              f"per step, {total:.0f} us of kernel time")
         kernel_table(kernels)
         if with_prefill:
             profile_prefill(model, ids)

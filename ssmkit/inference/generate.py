@@ -3,12 +3,14 @@
 SSM layers carry a constant-size recurrent state and attention layers a KV cache of prompt + new tokens, both
 allocated once (as mamba_ssm's allocate_inference_cache and gpt-fast's setup_caches). Batches of prompts of
 different lengths are left-padded; padding leaves the SSM states unchanged and is never attended to. On a CUDA
-device the decode step is replayed from a CUDA graph (graphs.py) unless cuda_graph=False.
+device the decode step is replayed from a CUDA graph (graphs.py) unless cuda_graph=False; greedy decoding without
+stop tokens replays a graph that also picks each token and feeds it back, so the host launches nothing else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 import torch
@@ -104,14 +106,16 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 20, temperatu
         (batch, prompt_len + n) int64, n <= max_new_tokens: input_ids followed by the new tokens; n is shorter
         when every row stopped early, and a row that stopped earlier continues with pad_token_id.
     """
-    steps = generate_steps(model, input_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                           top_p=top_p, seed=seed, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                           attention_mask=attention_mask, prefill_chunk_size=prefill_chunk_size,
-                           kv_dtype=kv_dtype, max_cache_len=max_cache_len, cuda_graph=cuda_graph)
-    new = [step.tokens for step in steps]
-    if not new:
+    plan = _plan(model, input_ids, max_new_tokens, SamplingConfig(temperature, top_k, top_p), seed, eos_token_id,
+                 pad_token_id, attention_mask, prefill_chunk_size, kv_dtype, max_cache_len, cuda_graph)
+    if max_new_tokens == 0:
         return input_ids.long().clone()
-    return torch.cat([input_ids.long(), torch.stack(new, dim=1)], dim=1)
+    # The steps' tokens may be views of a graph decoder's token history, which the decoder's next generation
+    # overwrites: they are stacked before the iterator closes and releases the decoder. zip stops on the range
+    # without asking the iterator for a step past the last, so that one is still open here.
+    with closing(_run(model, plan, with_logits=False)) as steps:
+        new = [step.tokens for _, step in zip(range(max_new_tokens), steps)]
+        return torch.cat([input_ids.long(), torch.stack(new, dim=1)], dim=1)
 
 
 @dataclass
@@ -132,17 +136,20 @@ class _Plan:
     cuda_graph: bool
 
 
-def _run(model, plan: _Plan) -> Iterator[GenerationStep]:
+def _run(model, plan: _Plan, with_logits: bool = True) -> Iterator[GenerationStep]:
+    """The steps of `plan` with `model` in eval mode. with_logits=False is generate's: see _decode."""
     was_training = model.training
     model.eval()
     try:
-        yield from _decode(model, plan)
+        yield from _decode(model, plan, with_logits)
     finally:
         model.train(was_training)
 
 
 @torch.no_grad()
-def _decode(model, plan: _Plan) -> Iterator[GenerationStep]:
+def _decode(model, plan: _Plan, with_logits: bool = True) -> Iterator[GenerationStep]:
+    """Prefill, then one GenerationStep per new token. Greedy decoding without stop tokens through a graph decoder
+    takes the decoder's in-graph greedy loop (_greedy_in_graph; with_logits as there)."""
     batch, prompt_len = plan.input_ids.shape
     device = plan.input_ids.device
     decoder = None
@@ -161,6 +168,9 @@ def _decode(model, plan: _Plan) -> Iterator[GenerationStep]:
         if decoder is not None:
             decoder.start(prompt_len)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        if decoder is not None and plan.sampling.greedy and plan.eos is None:
+            yield from _greedy_in_graph(decoder, logits, plan.max_new_tokens, finished, with_logits)
+            return
         for t in range(plan.max_new_tokens):
             tokens = next_token(logits, plan.sampling, plan.generator)
             if plan.eos is not None:
@@ -176,6 +186,26 @@ def _decode(model, plan: _Plan) -> Iterator[GenerationStep]:
     finally:
         if decoder is not None:
             release_decoder(model, decoder)
+
+
+def _greedy_in_graph(decoder, logits: torch.Tensor, n: int, finished: torch.Tensor,
+                     with_logits: bool) -> Iterator[GenerationStep]:
+    """n greedy steps from the prefill's logits (batch, vocab), the later n - 1 by GraphedDecoder.step_greedy: the
+    argmax of each step's logits is the next step's input and goes to the decoder's token history, with no kernel
+    outside the replay. The steps get a copy of each step's tokens and logits, as from the per-step path (the
+    decoder's next replay rewrites its logits, its next generation the history), unless with_logits is False
+    (generate's): then the tokens are the history's columns, valid while the caller holds the decoder, and the
+    logits None after the first step."""
+    tokens = torch.argmax(logits, dim=-1)  # the greedy choice of next_token and of the graph's feedback
+    decoder.begin_greedy(tokens, n - 1)
+    yield GenerationStep(tokens=tokens, logits=logits, finished=finished)
+    for _ in range(n - 1):
+        tokens, logits = decoder.step_greedy()
+        if with_logits:
+            tokens, logits = tokens.clone(), logits.clone()
+        else:
+            logits = None
+        yield GenerationStep(tokens=tokens, logits=logits, finished=finished)
 
 
 def _plan(model, input_ids, max_new_tokens, sampling, seed, eos_token_id, pad_token_id, attention_mask,

@@ -3,7 +3,9 @@
 Each token then costs one graph replay instead of a few hundred kernel launches from Python, which is what bounds
 small models at small batch. The captured step is `model.step(tokens, state, position)`, the static-shape step
 (attention over all cache positions under a device-side mask, the position a device tensor advanced in place),
-as gpt-fast's compiled decode and mamba_ssm's `InferenceParams` graph cache do.
+as gpt-fast's compiled decode and mamba_ssm's `InferenceParams` graph cache do. For greedy decoding a second graph
+also takes the argmax of the logits and feeds it back as the next step's input, so a token costs one replay and
+nothing else.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class GraphedDecoder:
             decodes with the eager dynamic step `model.step(tokens, state)` instead: `captured` is then False and
             `fallback_reason` says why.
     Use: `reset()`, prefill `state` with the model's forward, `start(prompt_len)`, then `step(tokens)` per token.
+    Greedy decoding can instead call `begin_greedy(first_tokens, steps)` once and `step_greedy()` per token: the
+    argmax of each step's logits becomes the next step's input and is recorded in a token history on the device
+    (`greedy_history()`), inside a second captured graph, so the host launches nothing else per token.
     """
 
     def __init__(self, model, batch: int, max_len: int, *, kv_dtype: torch.dtype | None = None,
@@ -62,6 +67,14 @@ class GraphedDecoder:
         self.position = torch.zeros(1, dtype=torch.int64, device=self.device)  # cache index of the next token
         self.length = 0  # host mirror of position, set by start() and step(), never read from the device
         self.fallback_reason: str | None = None
+        # Greedy runs: history (batch, columns) holds the first tokens and each step's argmax; history_index (1,)
+        # is the column the next one goes to, advanced on the device; history_len its host mirror.
+        self.history: torch.Tensor | None = None
+        self.history_index = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self.history_len = 0
+        self._greedy_limit = 0  # columns this run may fill: begin_greedy's steps + 1
+        self._greedy_run = False  # tokens holds the last argmax of a greedy run (begin_greedy, not step since)
+        self._greedy_graph, self._greedy_logits = None, None
         self._build(max_len)
         self.reset()
 
@@ -85,6 +98,7 @@ class GraphedDecoder:
         """Empties the state in place (SSM states zeroed, KV caches emptied) for a new prefill; position 0."""
         for layer_state in self.state:
             _reset_layer_state(layer_state)
+        self._greedy_run = False
         self.start(0)
 
     def start(self, length: int) -> None:
@@ -102,25 +116,87 @@ class GraphedDecoder:
 
         With a captured graph the logits are its static output buffer, overwritten by the next step (clone
         them to keep them). A step past the KV caches' capacity first grows them (twice the size, contents
-        copied, graph captured again), so it never writes past the end.
+        copied, graph captured again), so it never writes past the end. Ends a greedy run (begin_greedy).
         """
-        if self.capacity is not None and self.length >= self.capacity:
-            self.grow(2 * self.capacity)
+        self._make_room()
+        self._greedy_run = False
         if self.fallback_reason is not None:
             logits = self.model.step(tokens, self.state)  # the dynamic step advances kv.length itself
-            self.length += 1
-            self.position.fill_(self.length)
-            return logits
+        else:
+            self.tokens.copy_(tokens)
+            if self._graph is not None:
+                self._graph.replay()
+                logits = self._logits
+            else:
+                logits = self._static_step()
+        self._advance()
+        return logits
+
+    @torch.no_grad()
+    def begin_greedy(self, tokens: torch.Tensor, steps: int) -> None:
+        """Starts a greedy run after start(): tokens (batch,) int64 are the next step's input (the tokens chosen
+        from the prefill's logits), and up to `steps` step_greedy() calls follow.
+
+        The token history is (re)allocated when it has fewer than steps + 1 columns (rounded up to a power of
+        two, at least 64, so later runs of similar length reuse it), which captures the greedy graph again.
+        """
+        if (not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.int64 or tuple(tokens.shape) != (self.batch,)
+                or tokens.device != self.device):
+            got = (f"{tokens.dtype} of shape {tuple(tokens.shape)} on {tokens.device}"
+                   if isinstance(tokens, torch.Tensor) else type(tokens).__name__)
+            raise ValueError(f"tokens: expected an int64 tensor of shape ({self.batch},) on {self.device}, got {got}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps: expected an int >= 0, got {steps!r}")
+        if self.history is None or self.history.shape[1] < steps + 1:
+            columns = max(64, 1 << steps.bit_length())  # a power of two >= steps + 1
+            self.history = torch.zeros(self.batch, columns, dtype=torch.int64, device=self.device)
+            self._greedy_graph, self._greedy_logits = None, None
+            if self._graph is not None:
+                self._capture_greedy()
         self.tokens.copy_(tokens)
-        if self._graph is not None:
+        self.history[:, 0].copy_(tokens)
+        self.history_index.fill_(1)
+        self.history_len, self._greedy_limit, self._greedy_run = 1, steps + 1, True
+
+    @torch.no_grad()
+    def step_greedy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of a greedy run: feeds the input tokens, takes the argmax of the logits (the first maximal
+        index, as torch.argmax) as the next input and records it in the history; advances the state.
+
+        Returns (tokens, logits): tokens (batch,) int64, a view of the history's column for this step; logits
+        (batch, vocab_size), with a captured graph its static output buffer, overwritten by the next step. Grows
+        the KV caches as step() does (the history and its index are kept). Raises RuntimeError without a greedy
+        run (begin_greedy, no step() or reset() since) or past the run's `steps`, before anything is written.
+        """
+        if not self._greedy_run:
+            raise RuntimeError("step_greedy: no greedy run; call begin_greedy(tokens, steps) after start() "
+                               "(step() and reset() end a run)")
+        if self.history_len >= self._greedy_limit:
+            raise RuntimeError(f"step_greedy: the greedy run was begun for {self._greedy_limit - 1} steps, all "
+                               f"taken; call begin_greedy(tokens, steps) with more steps")
+        self._make_room()
+        if self.fallback_reason is not None:
+            logits = self.model.step(self.tokens, self.state)
+            _feed_back_argmax(logits, self.tokens, self.history, self.history_index)
+        elif self._greedy_graph is not None:
+            self._greedy_graph.replay()
+            logits = self._greedy_logits
+        elif self._graph is not None:  # the greedy capture failed: the step's graph, then the argmax eagerly
             self._graph.replay()
             logits = self._logits
-        else:
-            logits = self._static_step()
-        self.length += 1
-        for kv in self._kvs:
-            kv.length = self.length
-        return logits
+            _feed_back_argmax(logits, self.tokens, self.history, self.history_index)
+        else:  # capture=False: the greedy graph's ops, eagerly
+            logits = self._greedy_step()
+        self._advance()
+        self.history_len += 1
+        return self.history[:, self.history_len - 1], logits
+
+    def greedy_history(self) -> torch.Tensor:
+        """(batch, 1 + steps taken) int64: the tokens begin_greedy fed, then each step_greedy's argmax. A view of
+        the decoder's buffer, overwritten by the next begin_greedy (clone it to keep it)."""
+        if self.history is None:
+            raise RuntimeError("greedy_history: no greedy run yet; call begin_greedy(tokens, steps) first")
+        return self.history[:, :self.history_len]
 
     @torch.no_grad()
     def grow(self, max_len: int) -> None:
@@ -141,12 +217,36 @@ class GraphedDecoder:
         self._kvs = [s.kv for s in self.state if isinstance(getattr(s, "kv", None), KVCache)]
         self.nbytes = sum(cache_nbytes(self.state).values())
         self._graph, self._logits = None, None
+        self._greedy_graph, self._greedy_logits = None, None
         if self.capture and self.fallback_reason is None:
             self._capture()
+            if self.history is not None and self._graph is not None:  # a grow during (or after) greedy runs
+                self._capture_greedy()
+
+    def _make_room(self) -> None:
+        """Grows the KV caches when the next step's position is past them."""
+        if self.capacity is not None and self.length >= self.capacity:
+            self.grow(2 * self.capacity)
+
+    def _advance(self) -> None:
+        """The host's mirrors after a step: length, and kv.length (the static step) or position (the dynamic
+        step, which advanced kv.length itself)."""
+        self.length += 1
+        if self.fallback_reason is not None:
+            self.position.fill_(self.length)
+        else:
+            for kv in self._kvs:
+                kv.length = self.length
 
     def _static_step(self) -> torch.Tensor:
         logits = self.model.step(self.tokens, self.state, self.position)
         self.position.add_(1)
+        return logits
+
+    def _greedy_step(self) -> torch.Tensor:
+        """The static step, then its argmax fed back (what the greedy graph captures)."""
+        logits = self._static_step()
+        _feed_back_argmax(logits, self.tokens, self.history, self.history_index)
         return logits
 
     @torch.no_grad()
@@ -179,6 +279,50 @@ class GraphedDecoder:
         finally:
             self.model.train(was_training)
         self._graph, self._logits = graph, logits
+
+    @torch.no_grad()
+    def _capture_greedy(self) -> None:
+        """Captures the greedy step into the step graph's memory pool, as the two never replay at once. The step
+        graph's logits stay alive, so this capture never takes their memory; it may take the memory of the step
+        graph's intermediates, so a step() replay can overwrite the greedy logits, as any next step does.
+
+        Nothing runs on the state, which may hold a prefilled prompt: the step graph's warm-up already compiled
+        and tuned every kernel of the step at these shapes, and a capture only records. The feedback's own ops
+        warm up on scratch buffers. A failed capture (out of memory) warns once; step_greedy then replays the
+        step's graph and takes the argmax eagerly.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                scratch = (self.tokens.clone(), self.history[:, :1].clone(), torch.zeros_like(self.history_index))
+                _step_without_host_sync(lambda: _feed_back_argmax(self._logits, *scratch))
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._graph.pool(), capture_error_mode="thread_local"):
+                logits = self._greedy_step()
+        except Exception as e:
+            _clear_cuda_error(self.device)
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warn_once(f"CUDA graph capture of {type(self.model).__name__}'s greedy step failed ({reason}); "
+                      f"the argmax runs after each replay instead")
+            return
+        finally:
+            self.model.train(was_training)
+        self._greedy_graph, self._greedy_logits = graph, logits
+
+
+def _feed_back_argmax(logits: torch.Tensor, tokens: torch.Tensor, history: torch.Tensor,
+                      index: torch.Tensor) -> None:
+    """Greedy feedback on the device: the argmax of logits (batch, vocab) becomes tokens (batch,), the next
+    step's input, and history (batch, columns)[:, index] (index (1,) int64, then advanced by one). No host read,
+    so a CUDA graph can hold it."""
+    chosen = torch.argmax(logits, dim=-1)
+    tokens.copy_(chosen)
+    history.index_copy_(1, index, chosen.unsqueeze(1))
+    index.add_(1)
 
 
 def _step_without_host_sync(fn) -> None:
