@@ -17,7 +17,7 @@ import torch
 from ssmkit.bench.scripts import random_model
 from ssmkit.inference import allocate_cache
 from ssmkit.inference.generate import prefill
-from ssmkit.inference.graphs import graphed_decoder, release_decoder
+from ssmkit.inference.graph_registry import graphed_decoder, release_decoder
 
 PROMPT, STEPS, CACHE = 256, 32, 512
 

@@ -23,7 +23,7 @@ from ssmkit.bench.kernel_timing import kernel_times, replay_ms
 from ssmkit.bench.scripts import random_model
 from ssmkit.inference import allocate_cache, generate, generate_steps
 from ssmkit.inference.generate import prefill
-from ssmkit.inference.graphs import graphed_decoder, release_decoder
+from ssmkit.inference.graph_registry import graphed_decoder, release_decoder
 from ssmkit.inference.prefill_graphs import graph_prefill_reason
 
 PROMPT, CACHE, REPLAYS, PROFILED = 1024, 2048, 200, 5

@@ -28,7 +28,8 @@ from ssmkit.bench.environment import describe_environment, markdown_header
 from ssmkit.bench.hf_runner import _StepClock, load_transformers_twin, transformers_family
 from ssmkit.bench.table import fmt_number, markdown_table
 from ssmkit.inference import allocate_cache, cache_nbytes, generate_steps
-from ssmkit.inference.graphs import clear_graphs, graph_cache_len, graphed_decoder, release_decoder
+from ssmkit.inference.graph_registry import clear_graphs, graphed_decoder, release_decoder
+from ssmkit.inference.graphs import graph_cache_len
 
 MODELS = {"mamba-130m": "mamba-130m", "mamba2-130m": "mamba2-130m", "transformer-125m": "llama-125m",
           "hybrid-130m": "hybrid-130m", "mamba-370m": "mamba-370m", "mamba2-370m": "mamba2-370m",

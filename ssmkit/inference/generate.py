@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import allocate_cache
-from .graphs import eager_reason, graphed_decoder, release_decoder
+from .graph_registry import eager_reason, graphed_decoder, release_decoder
 from .prefill_graphs import graph_prefill_reason, graphed_prefill
 from .sampling import SamplingConfig, next_token
 
@@ -100,8 +100,9 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 20, temperatu
         pad_token_id: written after a row's stop token; None = model.config.pad_token_id, else the first eos id.
         max_cache_len: positions to allocate in attention KV caches; None = prompt_len + max_new_tokens.
         cuda_graph: decode with the static step captured in a CUDA graph (ssmkit.inference.graphs), one per
-            batch size and cache length, kept for later calls; None = on CUDA devices, False = the eager step.
-            The tokens are the eager step's. A model whose step cannot be captured decodes eagerly (one warning).
+            batch size and cache length, kept for later calls (graph_registry); None = on CUDA devices, False =
+            the eager step. The tokens are the eager step's. A model whose step cannot be captured decodes eagerly
+            (one warning).
     Returns:
         (batch, prompt_len + n) int64, n <= max_new_tokens: input_ids followed by the new tokens; n is shorter
         when every row stopped early, and a row that stopped earlier continues with pad_token_id.

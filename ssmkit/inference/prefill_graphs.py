@@ -30,7 +30,8 @@ import torch
 from ssmkit.ops.dispatch import warn_once
 
 from .cache import allocate_cache, cache_tensors
-from .graphs import _clear_cuda_error, _signature, _step_without_host_sync, eager_reason
+from .graph_registry import _signature, eager_reason
+from .graphs import _clear_cuda_error, _step_without_host_sync
 
 GRAPH_MIXERS = ("mamba", "mamba2")
 GRAPH_FEED_FORWARDS = (None, "mlp")

@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 import torch
 
-from ssmkit.inference.graphs import eager_only
+from ssmkit.inference.graph_registry import eager_only
 
 from . import kernels as kernel_detail
 from . import resolve

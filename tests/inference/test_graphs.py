@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from ssmkit.inference import generate, generate_steps, left_pad
-from ssmkit.inference.graphs import (GraphedDecoder, clear_graphs, eager_only, eager_reason, graph_keys,
-                                     graphed_decoder, release_decoder)
+from ssmkit.inference.graph_registry import (clear_graphs, eager_only, eager_reason, graph_keys, graphed_decoder,
+                                             release_decoder)
+from ssmkit.inference.graphs import GraphedDecoder
 from ssmkit.models import LanguageModel, ModelConfig
 from tests.compare import assert_close
 from tests.inference.models import check_decoder_follows_the_dynamic_step, random_ids, tiny_model
@@ -152,7 +153,7 @@ def test_registry_gives_one_decoder_per_key_none_while_busy_and_a_new_one_after_
 def test_idle_decoders_past_the_byte_budget_go_least_recently_used_first(monkeypatch):
     """Decoders of batch x capacity = 256 positions (equal bytes) under a budget of two of them: releasing a
     third drops the oldest idle one; a busy one is never dropped; one bigger than the budget is not kept idle."""
-    graphs_module = importlib.import_module("ssmkit.inference.graphs")
+    registry_module = importlib.import_module("ssmkit.inference.graph_registry")
     model = family_model("llama")
 
     def decoder(batch, capacity):
@@ -163,7 +164,7 @@ def test_idle_decoders_past_the_byte_budget_go_least_recently_used_first(monkeyp
 
     a = decoder(1, 256)
     per_decoder = a.nbytes
-    monkeypatch.setattr(graphs_module, "idle_budget", lambda m: 2 * per_decoder)
+    monkeypatch.setattr(registry_module, "idle_budget", lambda m: 2 * per_decoder)
     b, c = decoder(2, 128), decoder(4, 64)
     assert b.nbytes == c.nbytes == per_decoder > 0
     for d in (a, b, c):
@@ -176,7 +177,7 @@ def test_idle_decoders_past_the_byte_budget_go_least_recently_used_first(monkeyp
     big = decoder(3, 128)  # 1.5x: within the budget alone
     release_decoder(model, big)
     assert kept() == [(3, 128)]
-    monkeypatch.setattr(graphs_module, "idle_budget", lambda m: per_decoder // 2)
+    monkeypatch.setattr(registry_module, "idle_budget", lambda m: per_decoder // 2)
     huge = decoder(1, 256)
     assert kept() == [(1, 256)]  # busy: kept whatever its size
     release_decoder(model, huge)
@@ -187,10 +188,10 @@ def test_idle_decoders_past_the_byte_budget_go_least_recently_used_first(monkeyp
 def _model_with_an_idle_decoder():
     """A tiny Llama with one released decoder, and a reader of how many decoders the registry keeps (for use
     inside GraphedDecoder.__init__, where graph_keys would wait on the lock graphed_decoder holds)."""
-    graphs_module = importlib.import_module("ssmkit.inference.graphs")
+    registry_module = importlib.import_module("ssmkit.inference.graph_registry")
     model = family_model("llama")
     release_decoder(model, graphed_decoder(model, 1, 256))
-    return model, lambda: len(graphs_module._REGISTRY.by_model[model]["decoders"])
+    return model, lambda: len(registry_module._REGISTRY.by_model[model]["decoders"])
 
 
 def test_a_decoder_that_runs_out_of_memory_drops_the_idle_ones_and_tries_once_more(monkeypatch):
@@ -222,7 +223,7 @@ def test_a_decoder_that_runs_out_of_memory_drops_the_idle_ones_and_tries_once_mo
 
 def test_a_capture_that_runs_out_of_memory_is_retried_and_never_marks_the_model_uncapturable(monkeypatch):
     """Capture out of memory is simulated as _capture reports it (fallback_reason "OutOfMemoryError: ...")."""
-    graphs_module = importlib.import_module("ssmkit.inference.graphs")
+    registry_module = importlib.import_module("ssmkit.inference.graph_registry")
     model, kept = _model_with_an_idle_decoder()
     original, made = GraphedDecoder.__init__, []
 
@@ -240,7 +241,7 @@ def test_a_capture_that_runs_out_of_memory_is_retried_and_never_marks_the_model_
     made.clear()
     failures = 2  # both fail: this generation decodes eagerly, and the next one tries again
     assert graphed_decoder(model, 3, 256) is None and len(made) == 2
-    assert graphs_module._REGISTRY.by_model[model]["failed"] is None
+    assert registry_module._REGISTRY.by_model[model]["failed"] is None
     failures = 0
     assert graphed_decoder(model, 3, 256) is not None
     clear_graphs(model)

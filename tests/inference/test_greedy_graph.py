@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ssmkit.inference import allocate_cache, generate, generate_steps, prefill
-from ssmkit.inference.graphs import GraphedDecoder, _feed_back_argmax, clear_graphs, graphed_decoder, release_decoder
+from ssmkit.inference.graph_registry import clear_graphs, graphed_decoder, release_decoder
+from ssmkit.inference.graphs import GraphedDecoder, _feed_back_argmax
 from tests.compare import assert_close
 from tests.inference.models import CONFIGS, random_ids, tiny_model
 

@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ssmkit.inference import allocate_cache, generate, prefill
-from ssmkit.inference.graphs import eager_reason
+from ssmkit.inference.graph_registry import eager_reason
 from ssmkit.profile import Profiler, TraceStore
 from tests.compare import assert_close
 
