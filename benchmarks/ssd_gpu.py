@@ -47,11 +47,11 @@ class BenchConfig:
 def parse() -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=BenchConfig.out)
-    p.add_argument("--quick", action="store_true", help="two lengths, two batches (smoke run)")
+    p.add_argument("--quick", action="store_true", help="two lengths, every dstate, two decode batches (smoke run)")
     a = p.parse_args()
     cfg = BenchConfig(out=a.out)
     if a.quick:
-        cfg.lengths, cfg.dstates, cfg.batches = [512, 4096], [64, 128], [1, 64]
+        cfg.lengths, cfg.dstates, cfg.batches = [512, 4096], [64, 128, 256], [1, 64]
     return cfg
 
 
