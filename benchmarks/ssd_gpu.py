@@ -180,7 +180,7 @@ def main():
     steps = [bench_step(b, sd, copy_bw) for sd in (torch.float32, torch.bfloat16) for b in cfg.batches]
     for s in steps:
         log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}))
-    log("tuned configs: " + "; ".join(f"{name} P{key[2]} N{key[3]} nseg{key[1].nseg} -> {c}"
+    log("tuned configs: " + "; ".join(f"{name} P{key[2]} N{key[3]} nseg{key[1][3]} -> {c}"
                                       for (name, key), c in _TUNED.items()))
 
     table = ["| L | batch | triton fwd | graph | chunked fwd | SDPA-flash fwd | triton fwd+bwd | graph | "
