@@ -11,6 +11,7 @@ Version history
   Mamba layer's step launched a cast, an exp, a negation and a small GEMM per token for them, each a few
   microseconds inside a CUDA graph (24-48 layers per token).
 - v3: launched with programmatic dependent launch on Hopper (ssmkit.ops.pdl).
+- v4: dt' by tiles.softplus_fast, the forward's softplus (was ssd's): prefill and decode round dt' alike.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import triton.language as tl
 from ssmkit.ops.dispatch import check_triton_device, warn_once
 from ssmkit.ops.pdl import pdl_options, wait_for_previous
 from ssmkit.ops.selective_scan.step import selective_scan_step
-from ssmkit.ops.ssd.triton.tiles import softplus
 
 from .autograd import SUPPORTED_DTYPES
 from .plan import block_n
-from .tiles import channel_tile
+from .tiles import channel_tile, softplus_fast
 
 BLOCK_D = 64
 
@@ -55,7 +55,7 @@ def _scan_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_pt
     if bias_ptr is not None:
         dt += tl.load(bias_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
     if SOFTPLUS:
-        dt = softplus(dt)
+        dt = softplus_fast(dt, False)  # the forward's rows compute dt' with it too
     x = tl.load(x_ptr + b * sx_b + ds, mask=dmask, other=0.0).to(tl.float32)
     A = tl.load(A_ptr + ds[:, None] * dstate + ns[None, :], mask=smask, other=0.0).to(tl.float32)
     if A_IS_LOG:

@@ -9,13 +9,12 @@ Version history
   multifunction-unit instruction instead of two), silu_approx (the z gate), rcp_approx and widen (bf16 pairs to
   float32 in two instructions); row_inputs computes dt' with softplus_fast too, so the row-walking backward
   recomputes the states the forward's rows walked.
+- v4: step_size (the tile-parallel configs and the tile backward) computes dt' with softplus_fast too (tl.exp2,
+  keeping subnormals): one softplus for every scan kernel, where the tiles used ssd's atanh-series softplus.
 """
 
 import triton
 import triton.language as tl
-
-from ssmkit.ops.ssd.triton.tiles import softplus
-
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -110,12 +109,12 @@ def load_rows(ptr, base, rows, rmask, s_l, cols, cmask):
 
 @triton.jit
 def step_size(dt_ptr, base, rows, rmask, s_l, ds, dmask, bias, SOFTPLUS: tl.constexpr):
-    """(dt', dt + bias) for a (rows, channels) tile: dt' = softplus(dt + bias) or dt + bias, 0 on masked rows
-    and channels (a masked row then neither decays nor feeds the state)."""
+    """(dt', dt + bias) for a (rows, channels) tile: dt' = softplus(dt + bias) (softplus_fast, as the row walks)
+    or dt + bias, 0 on masked rows and channels (a masked row then neither decays nor feeds the state)."""
     raw = load_rows(dt_ptr, base, rows, rmask, s_l, ds, dmask) + bias[None, :]
     dtv = raw
     if SOFTPLUS:
-        dtv = softplus(raw)
+        dtv = softplus_fast(raw, False)
     return tl.where(rmask[:, None] & dmask[None, :], dtv, 0.0), raw
 
 
