@@ -80,13 +80,13 @@ def hot_loop(sass: str) -> list[str]:
 
 def ssd_grid() -> list:
     """(module, kernel, constexprs, warps, stages, label) for the SSD kernels over a grid wider than the tables."""
-    from ssmkit.ops.ssd.triton.plan import block_n
+    from ssmkit.ops.ssd.triton.plan import FWD_SUB_N, block_n
 
-    kernels = (("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False)),
-               ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)),
-               ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True, ATOMIC=True)))
     cases = []
     for dstate in (64, 128, 256):
+        kernels = (("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False, PTX=True, SUB_N=min(FWD_SUB_N, block_n(dstate)))),
+                   ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)),
+                   ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True, ATOMIC=True)))
         base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None)
         for module, name, extra in kernels:
             for bp in (16, 32, 64):

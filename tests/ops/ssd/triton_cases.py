@@ -173,6 +173,26 @@ def case_deterministic_partials(mod):
             assert_close(g, grads_ref[name], torch.float32, grad=True, name=f"d{name} deterministic={deterministic}")
 
 
+def case_large_dstate(mod):
+    """dstate 128 and 256 (the state walked in blocks of SUB_N rows), odd length, ngroups 2, segments: y and the
+    final state of every forward config, and each block width of dstate, against the float64 recurrence."""
+    from ssmkit.ops.ssd.triton.fwd import ssd_fwd
+    from ssmkit.ops.ssd.triton.plan import block_n, configs
+
+    for dstate, seed in ((128, 10), (256, 11)):
+        inp = make_inputs(1, 45, 4, 16, 2, dstate, seed=seed)
+        args = [inp[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
+        y_ref, final_ref, _ = reference(inp)
+        cfgs = configs(16, dstate, "fwd")
+        cfgs += [dict(cfgs[0], SUB_N=sub) for sub in (32, 64, block_n(dstate))]
+        for cfg in cfgs:
+            y, final, plan, _, _ = ssd_fwd(*args, True, None, inp["initial_state"], None, 16, config=cfg,
+                                           seg_chunks=2)
+            assert plan.nseg == 2, plan
+            assert_close(y, y_ref, torch.float32, name=f"y dstate={dstate} {cfg}")
+            assert_close(final, final_ref, torch.float32, name=f"final dstate={dstate} {cfg}")
+
+
 def case_float16(mod):
     """Half-precision inputs (tensor-core operands) stay within the float16 rows of the tolerance table."""
     inp = make_inputs(2, 40, 2, 16, 1, 16, dtype=torch.float16, seed=3)
