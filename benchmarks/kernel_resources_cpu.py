@@ -79,12 +79,14 @@ def hot_loop(sass: str) -> list[str]:
 
 
 def ssd_grid() -> list:
-    """(module, kernel, constexprs, warps, stages, label) for the SSD kernels over a grid wider than the tables."""
+    """(module, kernel, constexprs, warps, stages, label) for the SSD kernels over a grid wider than the tables:
+    the forward's segment pre-pass and main walk, the backward's two walks."""
     from ssmkit.ops.ssd.triton.plan import FWD_SUB_N, block_n
 
     cases = []
     for dstate in (64, 128, 256):
-        kernels = (("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False, PTX=True, SUB_N=min(FWD_SUB_N, block_n(dstate)))),
+        kernels = (("fwd", "_segment_state_kernel", dict(SPLIT=True)),
+                   ("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False, PTX=True, SUB_N=min(FWD_SUB_N, block_n(dstate)))),
                    ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)),
                    ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True, ATOMIC=True)))
         base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None)
@@ -151,8 +153,9 @@ def main() -> None:
     p.add_argument("--aligned", action="store_true",
                    help="compile as a launch on contiguous tensors is specialized (pointers and sizes multiples of 16)")
     p.add_argument("--ssd-grid", action="store_true",
-                   help="instead of the test's cases: the SSD forward and backward kernels at headdim 64 over "
-                        "dstate 64/128/256, BLOCK_P 16/32/64, 4/8 warps, 2/3 stages (candidates for the tables)")
+                   help="instead of the test's cases: the SSD forward (segment pre-pass, main walk) and backward "
+                        "kernels at headdim 64 over dstate 64/128/256, BLOCK_P 16/32/64, 4/8 warps, 2/3 stages "
+                        "(candidates for the tables)")
     p.add_argument("--ssd-bwd-grid", action="store_true",
                    help="instead of the test's cases: the SSD backward's kernels as benchmarks/ssd_gpu.py launches "
                         "them (no gate), dstate 64/128, BLOCK_P 16/32/64, 4/8 warps")
