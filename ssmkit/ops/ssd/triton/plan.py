@@ -69,11 +69,17 @@ def make_plan(x, nheads, cu_seqlens, chunk_size, seg_chunks=None) -> Plan:
         maxlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if nseq > 0 else 0
     nchunks = max(1, triton_cdiv(maxlen, Q))
     if seg_chunks is None:
-        want = PROGRAMS_PER_SM * sm_count(x.device)
-        nseg = min(nchunks, max(1, triton_cdiv(want, max(1, nseq * nheads))))
-        seg_chunks = triton_cdiv(nchunks, nseg)
+        seg_chunks = triton_cdiv(nchunks, segment_count(nchunks, nseq, nheads, sm_count(x.device)))
     seg_chunks = max(1, min(seg_chunks, nchunks))
     return Plan(Q, nseq, seqlen, maxlen, triton_cdiv(nchunks, seg_chunks), seg_chunks)
+
+
+def segment_count(nchunks: int, nseq: int, nheads: int, sms: int, programs_per_sm: int = PROGRAMS_PER_SM) -> int:
+    """Segments to cut each sequence of nchunks chunks into: the fewest that give nseq x nheads x segments >=
+    programs_per_sm x sms programs (head-dim blocks not counted), at most one a chunk. make_plan's policy, a pure
+    function so that the plans of other devices and settings can be tabulated without one
+    (benchmarks/kernel_resources_cpu.py --ssd-plan)."""
+    return min(nchunks, max(1, triton_cdiv(programs_per_sm * sms, max(1, nseq * nheads))))
 
 
 def triton_cdiv(a: int, b: int) -> int:
