@@ -10,8 +10,8 @@ per row and channel it is this / (rows a pass x channels a thread)), and the spi
 among them. What it cannot show: time. --aligned compiles as a launch on contiguous tensors is specialized
 (pointers and sizes multiples of 16), which can change the code. Writes a markdown table with --out.
 
-    python benchmarks/kernel_resources_cpu.py [--match scan] [--aligned] [--ssd-grid | --ssd-bwd-grid | --gemv-grid]
-                                              [--out FILE]
+    python benchmarks/kernel_resources_cpu.py [--match scan] [--aligned] [--ssd-grid | --ssd-bwd-grid | --gemv-grid
+                                              | --ssd-plan] [--out FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from tests.ops.test_compile_sm90 import CASES, _kernel, compile_for_h100  # noqa
 
 REGS_PER_SM = 65536
 MAX_WARPS_PER_SM = 64
+SMEM_PER_SM = 233472  # bytes of shared memory an H100 SM holds (a block may use 227 KiB of it, plus 1 KiB reserved)
 
 
 def resources(cubin: bytes) -> dict:
@@ -79,14 +80,16 @@ def hot_loop(sass: str) -> list[str]:
 
 
 def ssd_grid() -> list:
-    """(module, kernel, constexprs, warps, stages, label) for the SSD kernels over a grid wider than the tables."""
-    from ssmkit.ops.ssd.triton.plan import block_n
+    """(module, kernel, constexprs, warps, stages, label) for the SSD kernels over a grid wider than the tables:
+    the forward's segment pre-pass and main walk, the backward's two walks."""
+    from ssmkit.ops.ssd.triton.plan import FWD_SUB_N, block_n
 
-    kernels = (("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False)),
-               ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)),
-               ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True, ATOMIC=True)))
     cases = []
     for dstate in (64, 128, 256):
+        kernels = (("fwd", "_segment_state_kernel", dict(SPLIT=True)),
+                   ("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False, PTX=True, SUB_N=min(FWD_SUB_N, block_n(dstate)))),
+                   ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)),
+                   ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True, ATOMIC=True)))
         base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None)
         for module, name, extra in kernels:
             for bp in (16, 32, 64):
@@ -144,6 +147,62 @@ def gemv_grid() -> list:
     return cases
 
 
+def ssd_plan_table(headdim: int = 64, dstate: int = 64, nheads: int = 32, tokens: int = 65536, sms: int = 132,
+                   aligned: bool = True) -> str:
+    """The forward's segment plans at the benchmark shapes (tokens split into batch x L, H100: 132 SMs), for several
+    programs-an-SM targets of plan.segment_count (plan.PROGRAMS_PER_SM, marked *, is make_plan's). Per plan: the
+    segments, the programs, the chunk walks of the pre-pass beside the main walk's, waves (programs / resident
+    programs, residency from the registers and shared memory of the compiled default config), chunks in series
+    (waves x seg_chunks, pre-pass + main: a latency proxy), warp-instructions (chunk walks x hot loop x warps: a
+    throughput proxy) and the segment-state traffic (written by the pre-pass, read back by the main walk's
+    combine). No timing: which proxy rules must be measured."""
+    from ssmkit.ops.ssd.triton.plan import PROGRAMS_PER_SM, block_n, configs, segment_count, triton_cdiv
+
+    cfg = configs(headdim, dstate, "fwd")[0]
+    base = dict(SOFTPLUS=True, Q=64, BLOCK_N=block_n(dstate), PREC="tf32", cu_ptr=None, BLOCK_P=cfg["BLOCK_P"])
+    kern = {}
+    for name, extra in (("_segment_state_kernel", dict(SPLIT=True)),
+                        ("_ssd_fwd_kernel", dict(D_PER_P=False, PTX=True, SUB_N=cfg["SUB_N"]))):
+        compiled = compile_for_h100(_kernel("ssmkit.ops.ssd.triton.fwd", name), dict(base, **extra), cfg["num_warps"],
+                                    cfg["num_stages"], aligned=aligned)
+        r = resources(compiled.asm["cubin"])
+        by_regs = REGS_PER_SM // (max(r["regs"], 1) * 32 * cfg["num_warps"])
+        by_smem = SMEM_PER_SM // (compiled.metadata.shared + 1024)
+        kern[name] = (r["hot_loop"], max(1, min(by_regs, by_smem, MAX_WARPS_PER_SM // cfg["num_warps"])))
+    (pre_hot, pre_res), (main_hot, main_res) = kern["_segment_state_kernel"], kern["_ssd_fwd_kernel"]
+    npb = triton_cdiv(headdim, cfg["BLOCK_P"])
+    state_mb = headdim * dstate * 4 / 1e6
+    lines = [f"- shapes: {tokens} tokens as batch x L, {nheads} heads, headdim {headdim}, dstate {dstate}, chunk 64, "
+             f"{sms} SMs; config {cfg} (plan.configs' first); resident programs an SM: pre-pass {pre_res}, main "
+             f"{main_res}; hot loop: pre-pass {pre_hot}, main {main_hot} instructions a thread",
+             "", "| L | batch | programs an SM target | segments x chunks | programs a launch | pre-pass programs "
+             "walking | pre-pass chunk walks / main's | waves pre + main | chunks in series pre + main | "
+             "warp-instructions pre + main (M) | segment states written + read (MB) |", "|---" * 11 + "|"]
+    for L in (512, 1024, 2048, 4096, 8192, 16384):
+        batch, nchunks = tokens // L, triton_cdiv(L, 64)
+        plans = {}
+        for target in (2, 4, PROGRAMS_PER_SM, 8, 12, 16):
+            nseg = segment_count(nchunks, batch, nheads, sms, target)
+            seg_chunks = triton_cdiv(nchunks, nseg)
+            key = (triton_cdiv(nchunks, seg_chunks), seg_chunks)
+            plans.setdefault(key, []).append(f"{target}*" if target == PROGRAMS_PER_SM else str(target))
+        for (nseg, seg_chunks), targets in plans.items():
+            streams = batch * nheads * npb
+            walking = streams * (nseg - 1)
+            pre_walks, main_walks = walking * seg_chunks, streams * nchunks
+            pre_waves = triton_cdiv(walking, sms * pre_res) if walking else 0
+            main_waves = triton_cdiv(streams * nseg, sms * main_res)
+            winstr = (pre_walks * pre_hot + main_walks * main_hot) * cfg["num_warps"] / 1e6
+            pre_winstr = pre_walks * pre_hot * cfg["num_warps"] / 1e6
+            written = batch * nheads * (nseg - 1) * state_mb
+            read = batch * nheads * nseg * (nseg - 1) // 2 * state_mb
+            lines.append(f"| {L} | {batch} | {', '.join(targets)} | {nseg} x {seg_chunks} | {streams * nseg} | "
+                         f"{walking} | {pre_walks / main_walks:.2f} | {pre_waves} + {main_waves} | "
+                         f"{pre_waves * seg_chunks} + {main_waves * seg_chunks} | {pre_winstr:.0f} + "
+                         f"{winstr - pre_winstr:.0f} | {written:.0f} + {read:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--match", default="", help="only cases whose label contains this text")
@@ -151,15 +210,25 @@ def main() -> None:
     p.add_argument("--aligned", action="store_true",
                    help="compile as a launch on contiguous tensors is specialized (pointers and sizes multiples of 16)")
     p.add_argument("--ssd-grid", action="store_true",
-                   help="instead of the test's cases: the SSD forward and backward kernels at headdim 64 over "
-                        "dstate 64/128/256, BLOCK_P 16/32/64, 4/8 warps, 2/3 stages (candidates for the tables)")
+                   help="instead of the test's cases: the SSD forward (segment pre-pass, main walk) and backward "
+                        "kernels at headdim 64 over dstate 64/128/256, BLOCK_P 16/32/64, 4/8 warps, 2/3 stages "
+                        "(candidates for the tables)")
     p.add_argument("--ssd-bwd-grid", action="store_true",
                    help="instead of the test's cases: the SSD backward's kernels as benchmarks/ssd_gpu.py launches "
                         "them (no gate), dstate 64/128, BLOCK_P 16/32/64, 4/8 warps")
+    p.add_argument("--ssd-plan", action="store_true",
+                   help="instead of compiling a grid: the SSD forward's segment plans at the benchmark shapes (65,536 "
+                        "tokens, L 512..16K, 132 SMs) for several programs-an-SM targets, with work and wave counts")
     p.add_argument("--gemv-grid", action="store_true",
                    help="instead of the test's cases: the one-row GEMV (norm_linear / ops.linear) at the decode "
                         "projections, pick_config's shape and its neighbours")
     a = p.parse_args()
+    if a.ssd_plan:
+        table = ssd_plan_table(aligned=a.aligned)
+        if a.out:
+            Path(a.out).write_text(table + "\n")
+        print(table)
+        return
     rows = []
     grid = ssd_grid() if a.ssd_grid else ssd_bwd_grid() if a.ssd_bwd_grid else gemv_grid() if a.gemv_grid else CASES
     for module, name, consts, warps, stages, label in grid:

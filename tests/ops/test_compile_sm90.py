@@ -120,13 +120,15 @@ def _cases() -> list:
         base = dict(SOFTPLUS=True, Q=64, BLOCK_N=ssd_plan.block_n(dstate), PREC="tf32", cu_ptr=None)
         for kind in kinds:
             kernels = ((("fwd", "_segment_state_kernel", dict(SPLIT=True)),
-                        ("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False))) if kind == "fwd" else
+                        ("fwd", "_ssd_fwd_kernel", dict(D_PER_P=False, PTX=True))) if kind == "fwd" else
                        (("bwd", "_segment_adjoint_kernel", dict(SPLIT=True)),
                         ("bwd", "_bwd_dc_kernel", dict(D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True)),
                         ("bwd", "_bwd_dx_kernel", dict(D_PER_P=True, SPLIT=True, PTX=True, ATOMIC=True))))
             for cfg in ssd_plan.configs(64, dstate, kind):
                 for module, name, extra in kernels:
                     consts = dict(base, BLOCK_P=cfg["BLOCK_P"], **extra)
+                    if name == "_ssd_fwd_kernel":
+                        consts["SUB_N"] = cfg["SUB_N"]
                     cases.append((ssd + module, name, consts, cfg["num_warps"], cfg["num_stages"],
                                   f"{name}-n{dstate}-p{cfg['BLOCK_P']}-w{cfg['num_warps']}-s{cfg['num_stages']}"))
     # The common launches leave pointers out (None): one segment (no segment states), no initial state, no D, z
@@ -134,7 +136,8 @@ def _cases() -> list:
     bn = ssd_plan.block_n(128)
     lean = dict(base, BLOCK_N=bn, BLOCK_P=64, segst_ptr=None, seglog_ptr=None, init_ptr=None, D_ptr=None,
                 z_ptr=None, bias_ptr=None)
-    cases.append((ssd + "fwd", "_ssd_fwd_kernel", dict(lean, D_PER_P=False), 4, 2, "_ssd_fwd_kernel-lean"))
+    cases.append((ssd + "fwd", "_ssd_fwd_kernel", dict(lean, D_PER_P=False, PTX=True, SUB_N=64), 4, 2,
+                  "_ssd_fwd_kernel-lean"))
     cases.append((ssd + "bwd", "_bwd_dc_kernel", dict(lean, D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True,
                                                       dfinal_ptr=None, cfinal_ptr=None), 4, 2, "_bwd_dc_kernel-lean"))
     cases.append((ssd + "bwd", "_bwd_dx_kernel", dict(lean, D_PER_P=False, SPLIT=True, PTX=True, ATOMIC=True,

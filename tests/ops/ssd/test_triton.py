@@ -23,7 +23,7 @@ from tests.compare import assert_close
 from tests.ops.ssd.triton_cases import GRAD_NAMES, check_all, check_step, make_inputs, reference, step_inputs
 
 INTERPRETER_CASES = ("shapes", "varlen", "segments", "float16", "final_state_decay_gradient", "awkward_shapes", "step",
-                     "dispatch", "deterministic_partials")
+                     "dispatch", "deterministic_partials", "large_dstate")
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -62,6 +62,10 @@ def test_interpreted_triton_segments_compute_the_same_function_as_one_walk(inter
 
 def test_interpreted_triton_db_dc_by_atomics_and_by_deterministic_partials_match_recurrent(interpreted):
     expect_passed(interpreted, "deterministic_partials")
+
+
+def test_interpreted_triton_forward_walks_large_dstate_in_blocks_matching_recurrent(interpreted):
+    expect_passed(interpreted, "large_dstate")
 
 
 def test_interpreted_triton_float16_within_float16_tolerances(interpreted):

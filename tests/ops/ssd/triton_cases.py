@@ -125,8 +125,27 @@ def case_varlen(mod):
     check_all(*out, reference(inp, cu_seqlens=cu, dout=dout, dfinal=dfinal), torch.float32)
 
 
+def check_segment_states(inp, plan, segst, seglog, dt_limit=None):
+    """The segment pre-pass's output for each segment but the last: its own end state from a zero start (the
+    float64 recurrence over the segment's rows alone) and its total log-decay (sum of dt A over those rows)."""
+    from ssmkit.ops.ssd.pointwise import effective_dt
+
+    rows = plan.Q * plan.seg_chunks
+    last = math.ceil(math.ceil(plan.maxlen / plan.Q) / plan.seg_chunks) - 1
+    assert last >= 1 and segst is not None, plan
+    a = effective_dt(inp["dt"].double(), inp["dt_bias"].double(), True, dt_limit) * inp["A"].double()
+    for m in range(last):
+        part = {k: (v[:, m * rows:(m + 1) * rows] if k in ("x", "dt", "B", "C", "z") else v)
+                for k, v in inp.items() if k != "initial_state"}
+        _, own, _ = reference(dict(part, initial_state=None), dt_limit=dt_limit)
+        assert_close(segst[:, m], own, torch.float32, name=f"segment {m} end state {plan}")
+        assert_close(seglog[:, m], a[:, m * rows:(m + 1) * rows].sum(1), torch.float32,
+                     name=f"segment {m} log-decay {plan}")
+
+
 def case_segments(mod):
-    """Cutting a sequence into segments (pre-pass + per-segment combine) gives the same function, dt_limit on."""
+    """Cutting a sequence into segments (pre-pass + per-segment combine) gives the same function, dt_limit on; the
+    pre-pass's own segment states and log-decays match the recurrence over each segment alone."""
     from ssmkit.ops.ssd.triton.bwd import ssd_bwd
     from ssmkit.ops.ssd.triton.fwd import ssd_fwd
 
@@ -135,10 +154,12 @@ def case_segments(mod):
     limit = (0.01, 0.05)
     dout, dfinal = torch.randn_like(inp["x"]), torch.randn(1, 2, 16, 16)
     y_ref, final_ref, grads_ref = reference(inp, dt_limit=limit, dout=dout, dfinal=dfinal)
-    for seg_chunks in (1, 2, 100):
+    for seg_chunks in (1, 2, 3, 100):
         y, final, plan, segst, seglog = ssd_fwd(*args, True, limit, inp["initial_state"], None, 16,
                                                 seg_chunks=seg_chunks)
         assert plan.nseg == math.ceil(5 / min(seg_chunks, 5)), plan
+        if plan.nseg > 1:
+            check_segment_states(inp, plan, segst, seglog, dt_limit=limit)
         assert_close(y, y_ref, torch.float32, name=f"y seg_chunks={seg_chunks}")
         assert_close(final, final_ref, torch.float32, name=f"final seg_chunks={seg_chunks}")
         grads = ssd_bwd(dout, dfinal, *args, True, limit, inp["initial_state"], None, plan, segst, seglog)
@@ -171,6 +192,28 @@ def case_deterministic_partials(mod):
             torch.use_deterministic_algorithms(False)
         for name, g in zip(GRAD_NAMES, runs[deterministic]):
             assert_close(g, grads_ref[name], torch.float32, grad=True, name=f"d{name} deterministic={deterministic}")
+
+
+def case_large_dstate(mod):
+    """dstate 128 and 256 (the state walked in blocks of SUB_N rows), odd length, ngroups 2, segments: y, the final
+    state and the pre-pass's segment states of every forward config, and each block width of dstate, against the
+    float64 recurrence."""
+    from ssmkit.ops.ssd.triton.fwd import ssd_fwd
+    from ssmkit.ops.ssd.triton.plan import block_n, configs
+
+    for dstate, seed in ((128, 10), (256, 11)):
+        inp = make_inputs(1, 45, 4, 16, 2, dstate, seed=seed)
+        args = [inp[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
+        y_ref, final_ref, _ = reference(inp)
+        cfgs = configs(16, dstate, "fwd")
+        cfgs += [dict(cfgs[0], SUB_N=sub) for sub in (32, 64, block_n(dstate))]
+        for cfg in cfgs:
+            y, final, plan, segst, seglog = ssd_fwd(*args, True, None, inp["initial_state"], None, 16, config=cfg,
+                                                    seg_chunks=2)
+            assert plan.nseg == 2, plan
+            check_segment_states(inp, plan, segst, seglog)
+            assert_close(y, y_ref, torch.float32, name=f"y dstate={dstate} {cfg}")
+            assert_close(final, final_ref, torch.float32, name=f"final dstate={dstate} {cfg}")
 
 
 def case_float16(mod):

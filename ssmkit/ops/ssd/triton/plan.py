@@ -31,6 +31,9 @@ from ssmkit.ops.dispatch import cuda_sm_count, interpreting
 # Programs to aim for per streaming multiprocessor before cutting sequences into more segments.
 PROGRAMS_PER_SM = 6
 CHUNK_SIZES = (16, 32, 64, 128)
+# Rows of dstate the forward kernel takes at a time (its B, C blocks are (Q, FWD_SUB_N)): at 32 the sm_90 compile
+# spilled more than at 64, and 128 spilled more at dstate 128 and 256.
+FWD_SUB_N = 64
 DEFAULT_CHUNK = 64
 
 
@@ -66,11 +69,17 @@ def make_plan(x, nheads, cu_seqlens, chunk_size, seg_chunks=None) -> Plan:
         maxlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if nseq > 0 else 0
     nchunks = max(1, triton_cdiv(maxlen, Q))
     if seg_chunks is None:
-        want = PROGRAMS_PER_SM * sm_count(x.device)
-        nseg = min(nchunks, max(1, triton_cdiv(want, max(1, nseq * nheads))))
-        seg_chunks = triton_cdiv(nchunks, nseg)
+        seg_chunks = triton_cdiv(nchunks, segment_count(nchunks, nseq, nheads, sm_count(x.device)))
     seg_chunks = max(1, min(seg_chunks, nchunks))
     return Plan(Q, nseq, seqlen, maxlen, triton_cdiv(nchunks, seg_chunks), seg_chunks)
+
+
+def segment_count(nchunks: int, nseq: int, nheads: int, sms: int, programs_per_sm: int = PROGRAMS_PER_SM) -> int:
+    """Segments to cut each sequence of nchunks chunks into: the fewest that give nseq x nheads x segments >=
+    programs_per_sm x sms programs (head-dim blocks not counted), at most one a chunk. make_plan's policy, a pure
+    function so that the plans of other devices and settings can be tabulated without one
+    (benchmarks/kernel_resources_cpu.py --ssd-plan)."""
+    return min(nchunks, max(1, triton_cdiv(programs_per_sm * sms, max(1, nseq * nheads))))
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -96,21 +105,27 @@ def block_n(dstate: int) -> int:
 def configs(headdim: int, dstate: int, kind: str) -> list[dict]:
     """Every config the tuner may pick for one kernel kind ("fwd", "bwd"), deduplicated for this shape.
 
-    An (N, P) state tile stays in registers, so BLOCK_P shrinks as dstate grows.
+    An (N, P) state tile stays in registers, so BLOCK_P shrinks as dstate grows. The forward walks the state in
+    blocks of FWD_SUB_N rows of dstate (SUB_N); at dstate 256 its table leads with 8 warps and BLOCK_P 16 or 32,
+    the configs that compile for sm_90 without spills in the chunk loop
+    (benchmarks/results/ssd-fwd-large-dstate-sm90-cpu-2026-12-07.md).
     """
     bn = block_n(dstate)
     bp_max = max(16, min(next_pow2(headdim), 8192 // bn))
     # num_stages=1 with BLOCK_P < 64 miscompiles under Triton 3.6 on an H100 (wrong y, illegal addresses).
-    if kind == "fwd":
+    if kind == "fwd" and bn >= 256:
+        table = [(32, 8, 2), (16, 8, 2), (16, 4, 2), (32, 4, 2), (32, 8, 3)]
+    elif kind == "fwd":
         table = [(64, 4, 2), (64, 8, 2), (32, 4, 2), (16, 4, 2), (64, 4, 3)]
     else:
         table = [(64, 4, 2), (64, 8, 2), (32, 4, 2), (32, 8, 2)]
+    extra = dict(SUB_N=min(bn, FWD_SUB_N)) if kind == "fwd" else {}
     seen, out = set(), []
     for bp, warps, stages in table:
         bp = min(bp, bp_max)
         if (bp, warps, stages) not in seen:
             seen.add((bp, warps, stages))
-            out.append(dict(BLOCK_P=bp, num_warps=warps, num_stages=stages))
+            out.append(dict(BLOCK_P=bp, num_warps=warps, num_stages=stages, **extra))
     return out
 
 
