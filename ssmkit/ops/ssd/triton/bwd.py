@@ -103,7 +103,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr,
                    ATOMIC: tl.constexpr):
-    """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1,
+    """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1
     and this block's share of <dfinal, h_T> from the recomputed final state (cfinal, (nseq, npb, nheads))."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
@@ -136,8 +136,8 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                 dy = dout * zt * sig
             ecum = tl.exp(cum)
             y_off = ecum[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share of y
-            # Decay gradient, pairs (i before the chunk, j >= k): sum_j dy_j . y_off_j (the chunk's total is taken
-            # back out in bwd_dt.py) ...
+            # Decay gradient, pairs (i before the chunk, j >= k): v_j = dy_j . y_off_j, summed over j >= k as the
+            # chunk's total (bwd_dt.py) less the sum over j < k (bwd_dt.py's scan of the part d - v below) ...
             v = tl.sum(dy * y_off, 1)
             # The (Q, Q) tiles, indexed [input i, output j] so that dt_i scales rows (as a column factor, dt was
             # recomputed, softplus and all, for every column a thread holds): BC[i, j] = B_i . C_j, xdy[i, j] =
@@ -161,16 +161,14 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             xdyL = xdy * Ldt
             # ... and the intra-chunk pairs (i < k <= j) of M[i, j] = xdy BC Ldt (i < j): sum_{i<k} of the sums over
             # outputs minus sum_{j<k} of the sums over inputs (the pairs with i < j < k cancel) -- two reductions
-            # and a scan of Q sums instead of a scan along each output's row.
+            # here, and the scan over k of d - v in bwd_dt.py instead of a scan along each output's row.
             M = tl.where(strict, xdyL * BC, 0.0)
             d = tl.sum(M, 1) - tl.sum(M, 0)
-            T1 = tl.cumsum(d, 0) - d
             dC = ecum[:, None] * tl.dot(dy.to(dtype), tl.trans(S.to(dtype)), input_precision=PREC)
             dC = tl.dot(tl.trans(xdyL.to(dtype)), Bt, acc=dC, input_precision=PREC)
             store_group_grad(dC_ptr, dC, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok, ATOMIC)
-            T2 = tl.cumsum(v, 0, reverse=True)
-            pbase = parts_ptr + (pb * 5 * nheads + h).to(tl.int64) * ntok + row0 + qs
-            tl.store(pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
+            pbase = parts_ptr + (pb * 4 * nheads + h).to(tl.int64) * ntok + row0 + qs
+            tl.store(pbase, d - v, mask=rmask)
             tl.store(pbase + nheads * ntok, v, mask=rmask)
             w = tl.exp(total - cum) * dtv
             S = tl.exp(total) * S + dot_split(tl.trans(Bt), x.to(tl.float32) * w[:, None], dtype, SPLIT, PREC)
@@ -190,7 +188,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr,
                    ATOMIC: tl.constexpr):
-    """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2-4."""
+    """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2, 3."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
@@ -241,10 +239,9 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                 dD += tl.sum(dy * xf, 0)
             xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
             tl.store(dx_ptr + row0 * xs + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
-            pbase = parts_ptr + ((pb * 5 + 2) * nheads + h).to(tl.int64) * ntok + row0 + qs
-            tl.store(pbase, tl.cumsum(s_inter, 0) - s_inter, mask=rmask)
-            tl.store(pbase + nheads * ntok, s_inter, mask=rmask)
-            tl.store(pbase + 2 * nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
+            pbase = parts_ptr + ((pb * 4 + 2) * nheads + h).to(tl.int64) * ntok + row0 + qs
+            tl.store(pbase, s_inter, mask=rmask)
+            tl.store(pbase + nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
             xdyL = (tl.dot(x, tl.trans(dyd), input_precision=PREC) * Lt).to(dtype)
             dB = tl.dot(xdyL, Ct, acc=tail * tl.dot(x, tl.trans(G.to(dtype)), input_precision=PREC),
                         input_precision=PREC)
@@ -302,7 +299,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
             parts.update(dC=torch.empty(npb, ntok, nheads, dstate, **f32),
                          dB=torch.empty(npb, ntok, nheads, dstate, **f32))
         if parts.get("npb") != npb:
-            parts.update(npb=npb, dt=torch.empty(npb, 5, nheads, ntok, **f32),
+            parts.update(npb=npb, dt=torch.empty(npb, 4, nheads, ntok, **f32),
                          cfinal=None if dfinal is None else torch.empty(plan.nseq, npb, nheads, **f32))
         grid = (plan.nseq * plan.nseg * npb * nheads,)
         meta = dict(Q=plan.Q, BLOCK_P=bp, BLOCK_N=bn, PREC=prec, num_warps=cfg["num_warps"],
