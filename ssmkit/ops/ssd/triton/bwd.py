@@ -50,9 +50,35 @@ from ssmkit.ops.dispatch import interpreting
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
-from .tiles import (chunk_decay, chunk_rows, dot_split, exp_ftz, head_tiles, incoming_state, load_skip, load_tile,
-                    store_group_grad,
-                    outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
+from .tiles import (chunk_decay, chunk_rows, dot_split, head_tiles, incoming_state, load_skip, load_tile,
+                    outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets, store_group_grad)
+
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _decay2(c2, c2_in, mask, PTX: tl.constexpr):
+    """(Q, Q) tile [input i, output j] of 2^(c2_j - c2_in_i) where mask, else 0: the decay from input i to output
+    j when c2 is the chunk's cumulative log-decay in base 2 (cum log2(e), scaled once a row instead of once an
+    element) and c2_in is c2 or c2 less a row factor's log2 (folded into the exponent, no multiply a tile).
+    Subnormal results flush to 0 (ex2.approx.ftz, as tiles.exp_ftz)."""
+    arg = tl.where(mask, c2[None, :] - c2_in[:, None], float("-inf"))
+    if PTX:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [arg], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(arg)
+
+
+@triton.jit
+def _log2_approx(x, PTX: tl.constexpr):
+    """log2(x) by lg2.approx (absolute error below 2^-22; log2(0) = -inf): tl.log2 is a software routine."""
+    if PTX:
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.log2(x)
 
 
 @triton.jit
@@ -135,6 +161,9 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                 sig = tl.sigmoid(zt)
                 dy = dout * zt * sig
             ecum = tl.exp(cum)
+            # Ldt[i, j] = exp(cum_j - cum_i) dt_i as one exp2: log2 dt_i joins the exponent (dt_i = 0 gives 0)
+            c2 = cum * LOG2E
+            c2dt = c2 - _log2_approx(dtv, PTX)
             y_off = ecum[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share of y
             # Decay gradient, pairs (i before the chunk, j >= k): v_j = dy_j . y_off_j, summed over j >= k as the
             # chunk's total (bwd_dt.py) less the sum over j < k (bwd_dt.py's scan of the part d - v below) ...
@@ -145,7 +174,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             # Each is folded into what needs it before the next chunk-sized work.
             BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
             if z_ptr is not None:  # y for the gate's gradient, first: then y_off need not outlive the (Q, Q) work
-                Ldt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX) * dtv[:, None]
+                Ldt = _decay2(c2, c2dt, anticausal, PTX)
                 y = tl.dot(tl.trans((BC * Ldt).to(dtype)), x, input_precision=PREC) + y_off
                 if D_ptr is not None:
                     y += x.to(tl.float32) * Dv
@@ -157,7 +186,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                 xdy = tl.dot(x, tl.trans(dy.to(dtype)), input_precision=PREC)
             else:
                 xdy = dot_split(x, tl.trans(dy), dtype, SPLIT, PREC)
-            Ldt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX) * dtv[:, None]
+            Ldt = _decay2(c2, c2dt, anticausal, PTX)
             xdyL = xdy * Ldt
             # ... and the intra-chunk pairs (i < k <= j) of M[i, j] = xdy BC Ldt (i < j): sum_{i<k} of the sums over
             # outputs minus sum_{j<k} of the sums over inputs (the pairs with i < j < k cancel) -- two reductions
@@ -227,7 +256,8 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             s_inter = dtv * tl.sum(xf * BG, 1)
             # (Q, Q) tiles go to bf16 operands as soon as they are made: Lt[i, j] = exp(cum_j - cum_i) for j >= i
             # (how far input i reaches output j) times B_i . C_j here and times x_i . dy_j for dB.
-            Lt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX)
+            c2 = cum * LOG2E
+            Lt = _decay2(c2, c2, anticausal, PTX)
             BCL = (tl.dot(Bt, tl.trans(Ct), input_precision=PREC) * Lt).to(dtype)
             if z_ptr is None:  # dy is dout, already in dtype: the low part of its split would be zero
                 gB = tl.dot(BCL, dyd, acc=BG, input_precision=PREC)  # (Q, P): g_i B_i
