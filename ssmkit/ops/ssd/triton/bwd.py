@@ -266,7 +266,6 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             dx = dtv[:, None] * gB
             if D_ptr is not None:
                 dx += Dv * dy
-                dD += tl.sum(dy * xf, 0)
             xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
             tl.store(dx_ptr + row0 * xs + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
             pbase = parts_ptr + ((pb * 4 + 2) * nheads + h).to(tl.int64) * ntok + row0 + qs
@@ -278,6 +277,8 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             dB *= dtv[:, None]
             store_group_grad(dB_ptr, dB, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok, ATOMIC)
             G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * ecum[:, None], dtype, SPLIT, PREC)
+            if D_ptr is not None:
+                dD += tl.sum(dy * xf, 0)
         if D_ptr is not None:
             tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, dD, mask=pmask)
         if dinit_ptr is not None:
