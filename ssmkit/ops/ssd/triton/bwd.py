@@ -37,6 +37,16 @@ Version history
   HBM at the benchmark shape, fwd + bwd 3.3 -> 2.7 ms at L = 1K on an H100
   (benchmarks/results/ssd-bwd-atomic-h100-2026-12-07.md). Not bit-reproducible; under
   torch.use_deterministic_algorithms(True) the partials remain.
+- v6: fewer instructions a chunk in both walks (same values up to float32 rounding, a few ulps in the decays).
+  The walks store per-token decay-gradient increments (4 parts, not 5) and bwd_dt.py scans them along the chunk:
+  dc's two scans and one sum and dx's scan of Q values a chunk, each through shared memory, are gone. The (Q, Q)
+  decays are ex2.approx.ftz of base-2 cumulative decays scaled once a row (_decay2), and dc folds log2 dt_i
+  (lg2.approx) into Ldt's exponent instead of multiplying the tile. dx reduces dD after the adjoint update.
+  sm_90 compiled on a CPU machine (no GPU timing yet), ungated, dstate 64, hot-loop instructions / LDL+STL:
+  dc (64,4,2) 1859/11 -> 1652/9, (32,4,2) 1508/0 -> 1320/0; dx (64,4,2) 2013/158 -> 1909/140, (32,4,2)
+  1538/36 -> 1409/17; dstate 128 dx (64,4,2) 2943/402 -> 2672/284. Every config, gated too, and what was tried
+  and dropped: benchmarks/results/ssd-bwd-dx-sm90-cpu-2026-12-07.md. dD and D dy remain the dx walk's largest
+  cost (without D, dx (64,4,2) compiles to 1570/51).
 """
 
 from __future__ import annotations
