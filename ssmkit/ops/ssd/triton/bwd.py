@@ -37,6 +37,16 @@ Version history
   HBM at the benchmark shape, fwd + bwd 3.3 -> 2.7 ms at L = 1K on an H100
   (benchmarks/results/ssd-bwd-atomic-h100-2026-12-07.md). Not bit-reproducible; under
   torch.use_deterministic_algorithms(True) the partials remain.
+- v6: fewer instructions a chunk in both walks (same values up to float32 rounding, a few ulps in the decays).
+  The walks store per-token decay-gradient increments (4 parts, not 5) and bwd_dt.py scans them along the chunk:
+  dc's two scans and one sum and dx's scan of Q values a chunk, each through shared memory, are gone. The (Q, Q)
+  decays are ex2.approx.ftz of base-2 cumulative decays scaled once a row (_decay2), and dc folds log2 dt_i
+  (lg2.approx) into Ldt's exponent instead of multiplying the tile. dx reduces dD after the adjoint update.
+  sm_90 compiled on a CPU machine (no GPU timing yet), ungated, dstate 64, hot-loop instructions / LDL+STL:
+  dc (64,4,2) 1859/11 -> 1652/9, (32,4,2) 1508/0 -> 1320/0; dx (64,4,2) 2013/158 -> 1909/140, (32,4,2)
+  1538/36 -> 1409/17; dstate 128 dx (64,4,2) 2943/402 -> 2672/284. Every config, gated too, and what was tried
+  and dropped: benchmarks/results/ssd-bwd-dx-sm90-cpu-2026-12-07.md. dD and D dy remain the dx walk's largest
+  cost (without D, dx (64,4,2) compiles to 1570/51).
 """
 
 from __future__ import annotations
@@ -50,9 +60,35 @@ from ssmkit.ops.dispatch import interpreting
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
-from .tiles import (chunk_decay, chunk_rows, dot_split, exp_ftz, head_tiles, incoming_state, load_skip, load_tile,
-                    store_group_grad,
-                    outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets)
+from .tiles import (chunk_decay, chunk_rows, dot_split, head_tiles, incoming_state, load_skip, load_tile,
+                    outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets, store_group_grad)
+
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _decay2(c2, c2_in, mask, PTX: tl.constexpr):
+    """(Q, Q) tile [input i, output j] of 2^(c2_j - c2_in_i) where mask, else 0: the decay from input i to output
+    j when c2 is the chunk's cumulative log-decay in base 2 (cum log2(e), scaled once a row instead of once an
+    element) and c2_in is c2 or c2 less a row factor's log2 (folded into the exponent, no multiply a tile).
+    Subnormal results flush to 0 (ex2.approx.ftz, as tiles.exp_ftz)."""
+    arg = tl.where(mask, c2[None, :] - c2_in[:, None], float("-inf"))
+    if PTX:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [arg], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(arg)
+
+
+@triton.jit
+def _log2_approx(x, PTX: tl.constexpr):
+    """log2(x) by lg2.approx (absolute error below 2^-22; log2(0) = -inf): tl.log2 is a software routine."""
+    if PTX:
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.log2(x)
 
 
 @triton.jit
@@ -103,7 +139,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr,
                    ATOMIC: tl.constexpr):
-    """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1,
+    """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1
     and this block's share of <dfinal, h_T> from the recomputed final state (cfinal, (nseq, npb, nheads))."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
@@ -135,9 +171,12 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                 sig = tl.sigmoid(zt)
                 dy = dout * zt * sig
             ecum = tl.exp(cum)
+            # Ldt[i, j] = exp(cum_j - cum_i) dt_i as one exp2: log2 dt_i joins the exponent (dt_i = 0 gives 0)
+            c2 = cum * LOG2E
+            c2dt = c2 - _log2_approx(dtv, PTX)
             y_off = ecum[:, None] * dot_split(Ct, S, dtype, SPLIT, PREC)  # the entering state's share of y
-            # Decay gradient, pairs (i before the chunk, j >= k): sum_j dy_j . y_off_j (the chunk's total is taken
-            # back out in bwd_dt.py) ...
+            # Decay gradient, pairs (i before the chunk, j >= k): v_j = dy_j . y_off_j, summed over j >= k as the
+            # chunk's total (bwd_dt.py) less the sum over j < k (bwd_dt.py's scan of the part d - v below) ...
             v = tl.sum(dy * y_off, 1)
             # The (Q, Q) tiles, indexed [input i, output j] so that dt_i scales rows (as a column factor, dt was
             # recomputed, softplus and all, for every column a thread holds): BC[i, j] = B_i . C_j, xdy[i, j] =
@@ -145,7 +184,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             # Each is folded into what needs it before the next chunk-sized work.
             BC = tl.dot(Bt, tl.trans(Ct), input_precision=PREC)
             if z_ptr is not None:  # y for the gate's gradient, first: then y_off need not outlive the (Q, Q) work
-                Ldt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX) * dtv[:, None]
+                Ldt = _decay2(c2, c2dt, anticausal, PTX)
                 y = tl.dot(tl.trans((BC * Ldt).to(dtype)), x, input_precision=PREC) + y_off
                 if D_ptr is not None:
                     y += x.to(tl.float32) * Dv
@@ -157,20 +196,18 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                 xdy = tl.dot(x, tl.trans(dy.to(dtype)), input_precision=PREC)
             else:
                 xdy = dot_split(x, tl.trans(dy), dtype, SPLIT, PREC)
-            Ldt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX) * dtv[:, None]
+            Ldt = _decay2(c2, c2dt, anticausal, PTX)
             xdyL = xdy * Ldt
             # ... and the intra-chunk pairs (i < k <= j) of M[i, j] = xdy BC Ldt (i < j): sum_{i<k} of the sums over
             # outputs minus sum_{j<k} of the sums over inputs (the pairs with i < j < k cancel) -- two reductions
-            # and a scan of Q sums instead of a scan along each output's row.
+            # here, and the scan over k of d - v in bwd_dt.py instead of a scan along each output's row.
             M = tl.where(strict, xdyL * BC, 0.0)
             d = tl.sum(M, 1) - tl.sum(M, 0)
-            T1 = tl.cumsum(d, 0) - d
             dC = ecum[:, None] * tl.dot(dy.to(dtype), tl.trans(S.to(dtype)), input_precision=PREC)
             dC = tl.dot(tl.trans(xdyL.to(dtype)), Bt, acc=dC, input_precision=PREC)
             store_group_grad(dC_ptr, dC, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok, ATOMIC)
-            T2 = tl.cumsum(v, 0, reverse=True)
-            pbase = parts_ptr + (pb * 5 * nheads + h).to(tl.int64) * ntok + row0 + qs
-            tl.store(pbase, T1 + T2 - tl.sum(v, 0), mask=rmask)
+            pbase = parts_ptr + (pb * 4 * nheads + h).to(tl.int64) * ntok + row0 + qs
+            tl.store(pbase, d - v, mask=rmask)
             tl.store(pbase + nheads * ntok, v, mask=rmask)
             w = tl.exp(total - cum) * dtv
             S = tl.exp(total) * S + dot_split(tl.trans(Bt), x.to(tl.float32) * w[:, None], dtype, SPLIT, PREC)
@@ -190,7 +227,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr,
                    ATOMIC: tl.constexpr):
-    """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2-4."""
+    """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2, 3."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
@@ -229,7 +266,8 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             s_inter = dtv * tl.sum(xf * BG, 1)
             # (Q, Q) tiles go to bf16 operands as soon as they are made: Lt[i, j] = exp(cum_j - cum_i) for j >= i
             # (how far input i reaches output j) times B_i . C_j here and times x_i . dy_j for dB.
-            Lt = exp_ftz(tl.where(anticausal, cum[None, :] - cum[:, None], float("-inf")), PTX)
+            c2 = cum * LOG2E
+            Lt = _decay2(c2, c2, anticausal, PTX)
             BCL = (tl.dot(Bt, tl.trans(Ct), input_precision=PREC) * Lt).to(dtype)
             if z_ptr is None:  # dy is dout, already in dtype: the low part of its split would be zero
                 gB = tl.dot(BCL, dyd, acc=BG, input_precision=PREC)  # (Q, P): g_i B_i
@@ -238,19 +276,19 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             dx = dtv[:, None] * gB
             if D_ptr is not None:
                 dx += Dv * dy
-                dD += tl.sum(dy * xf, 0)
             xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
             tl.store(dx_ptr + row0 * xs + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
-            pbase = parts_ptr + ((pb * 5 + 2) * nheads + h).to(tl.int64) * ntok + row0 + qs
-            tl.store(pbase, tl.cumsum(s_inter, 0) - s_inter, mask=rmask)
-            tl.store(pbase + nheads * ntok, s_inter, mask=rmask)
-            tl.store(pbase + 2 * nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
+            pbase = parts_ptr + ((pb * 4 + 2) * nheads + h).to(tl.int64) * ntok + row0 + qs
+            tl.store(pbase, s_inter, mask=rmask)
+            tl.store(pbase + nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
             xdyL = (tl.dot(x, tl.trans(dyd), input_precision=PREC) * Lt).to(dtype)
             dB = tl.dot(xdyL, Ct, acc=tail * tl.dot(x, tl.trans(G.to(dtype)), input_precision=PREC),
                         input_precision=PREC)
             dB *= dtv[:, None]
             store_group_grad(dB_ptr, dB, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok, ATOMIC)
             G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * ecum[:, None], dtype, SPLIT, PREC)
+            if D_ptr is not None:
+                dD += tl.sum(dy * xf, 0)
         if D_ptr is not None:
             tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, dD, mask=pmask)
         if dinit_ptr is not None:
@@ -302,7 +340,7 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
             parts.update(dC=torch.empty(npb, ntok, nheads, dstate, **f32),
                          dB=torch.empty(npb, ntok, nheads, dstate, **f32))
         if parts.get("npb") != npb:
-            parts.update(npb=npb, dt=torch.empty(npb, 5, nheads, ntok, **f32),
+            parts.update(npb=npb, dt=torch.empty(npb, 4, nheads, ntok, **f32),
                          cfinal=None if dfinal is None else torch.empty(plan.nseq, npb, nheads, **f32))
         grid = (plan.nseq * plan.nseg * npb * nheads,)
         meta = dict(Q=plan.Q, BLOCK_P=bp, BLOCK_N=bn, PREC=prec, num_warps=cfg["num_warps"],

@@ -10,6 +10,9 @@ Then d dt_t = x_t·(g_t B_t) + A d a_t, dA = sum_t dt_t d a_t, and the chain rul
 Version history
 - v1: one program per (sequence, head) walks its sequence backwards, several chunks per step as a
   (chunks, Q) tile, carrying the chunk-total sum; sequences of any length take one pass.
+- v2: the scans along each chunk move here from the walks (bwd.py v6): the walks store per-token increments
+  (4 parts instead of 5, no scan of Q sums in either walk's chunk loop), and one exclusive scan along the
+  (chunks, Q) tile's rows sums them after the head-dim blocks are added (the same sums, reassociated).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from .tiles import seq_bounds, softplus
 def _bwd_dt_kernel(dt_ptr, bias_ptr, A_ptr, cu_ptr, parts_ptr, cfinal_ptr, ddt_ptr, dA_ptr, dbias_ptr,
                    seqlen, nheads, ntok, npb, dt_lo, dt_hi,
                    SOFTPLUS: tl.constexpr, Q: tl.constexpr, NCH: tl.constexpr):
-    """parts (npb, 5, nheads, ntok): per head-dim block, [in-chunk pairs from the forward walk, R per token,
-    in-chunk pairs from the reverse walk, S per token, x·(g B)]; cfinal (nseq, nheads): <dh_T, h_T>.
+    """parts (npb, 4, nheads, ntok): per head-dim block and token k, [d_k - R_k from the forward walk (d_k: the
+    in-chunk pairs ending at k less those starting at k), R_k, S_k, x_k·(g_k B_k)]; the in-chunk pairs that
+    straddle k are the sum over the chunk's tokens before k of d - R + S. cfinal (nseq, nheads): <dh_T, h_T>.
 
     Writes ddt (ntok, nheads) for the raw dt, and this sequence's shares of dA and d dt_bias (nseq, nheads).
     """
@@ -55,15 +59,16 @@ def _bwd_dt_kernel(dt_ptr, bias_ptr, A_ptr, cu_ptr, parts_ptr, cfinal_ptr, ddt_p
             v = softplus(u)
         inside = (v >= dt_lo) & (v <= dt_hi)
         dtv = tl.where(rmask, tl.minimum(tl.maximum(v, dt_lo), dt_hi), 0.0)
-        within = tl.zeros((NCH, Q), dtype=tl.float32)
+        inc = tl.zeros((NCH, Q), dtype=tl.float32)
         across = tl.zeros((NCH, Q), dtype=tl.float32)
         q = tl.zeros((NCH, Q), dtype=tl.float32)
         for pb in range(0, npb):
-            base = parts_ptr + (pb * 5 * nheads + h) * ntok + rows
-            within += tl.load(base, mask=rmask, other=0.0) + tl.load(base + 2 * plane, mask=rmask, other=0.0)
-            across += tl.load(base + plane, mask=rmask, other=0.0) - tl.load(base + 3 * plane, mask=rmask,
-                                                                              other=0.0)
-            q += tl.load(base + 4 * plane, mask=rmask, other=0.0)
+            base = parts_ptr + (pb * 4 * nheads + h) * ntok + rows
+            s = tl.load(base + 2 * plane, mask=rmask, other=0.0)
+            inc += tl.load(base, mask=rmask, other=0.0) + s
+            across += tl.load(base + plane, mask=rmask, other=0.0) - s
+            q += tl.load(base + 3 * plane, mask=rmask, other=0.0)
+        within = tl.cumsum(inc, 1) - inc  # tokens of the chunk before k
         chunk_tot = tl.sum(across, 1)
         later = tl.cumsum(chunk_tot, 0, reverse=True) + carry  # sum over chunks c' >= c
         carry += tl.sum(chunk_tot, 0)
@@ -79,7 +84,7 @@ def _bwd_dt_kernel(dt_ptr, bias_ptr, A_ptr, cu_ptr, parts_ptr, cfinal_ptr, ddt_p
 
 
 def launch_bwd_dt(dt, dt_bias, A, cu_seqlens, parts, cfinal, plan, dt_softplus, lo, hi, ddt, dA, dbias):
-    """Host launcher: one program per (head, sequence); parts (npb, 5, nheads, ntok) from the two walks."""
+    """Host launcher: one program per (head, sequence); parts (npb, 4, nheads, ntok) from the two walks."""
     nheads = A.shape[0]
     if plan.nseq == 0 or nheads == 0:
         return
