@@ -19,7 +19,8 @@ def argmax_keys(logits: torch.Tensor) -> torch.Tensor:
     """logits (M, N) float, N < 2^32 - 1 -> (M,) int64: each row's largest packed key.
 
     NaN ranks by its bits: one with the sign bit clear above +inf, one with it set below -inf (torch.argmax
-    returns the first NaN, whatever its sign); equal NaNs of different payloads rank by payload.
+    returns the first NaN, whatever its sign); equal NaNs of different payloads rank by payload. Values rank by
+    their float32 rounding: float64 logits equal after it take the first index (the kernels never see float64).
     """
     v = logits.float()
     v = torch.where(v == 0, torch.zeros_like(v), v)  # -0.0 == +0.0, as torch.argmax compares them

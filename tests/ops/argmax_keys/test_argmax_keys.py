@@ -115,6 +115,11 @@ def test_nan_ranks_by_its_sign_bit():
         assert int(key_index(argmax_keys(logits))) == want, value.view(torch.int32)
 
 
+def test_float64_values_rank_by_their_float32_rounding():
+    logits = torch.tensor([[1.0, 1.0 + 1e-12, 0.5]], dtype=torch.float64)
+    assert int(torch.argmax(logits)) == 1 and int(key_index(argmax_keys(logits))) == 0
+
+
 def test_fold_keeps_the_larger_key():
     a, b = torch.tensor([[1.0, 5.0, 2.0]]), torch.tensor([[7.0, 0.0, 0.0]])
     keys = torch.full((1,), EMPTY_KEY)
