@@ -300,6 +300,7 @@ class GraphedDecoder:
             with torch.cuda.stream(side):
                 scratch = (self.keys.clone(), self.tokens.clone(), self.history[:, :1].clone(),
                            torch.zeros_like(self.history_index))
+                _feed_back_logits(self._logits, *scratch)  # compiles the feedback's kernel
                 _step_without_host_sync(lambda: _feed_back_logits(self._logits, *scratch))
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
