@@ -6,7 +6,8 @@ small models at small batch. The captured step is `model.step(tokens, state, pos
 (attention over all cache positions under a device-side mask, the position a device tensor advanced in place),
 as gpt-fast's compiled decode and mamba_ssm's `InferenceParams` graph cache do. For greedy decoding a second graph
 also takes the argmax of the logits and feeds it back as the next step's input, so a token costs one replay and
-nothing else.
+nothing else: the LM head leaves each row's argmax as a packed key (ssmkit.ops.argmax_keys; in its own launch's
+epilogue on a one-row CUDA step) and one launch turns the keys into the next tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import weakref
 
 import torch
 
+from ssmkit.ops.argmax_keys import EMPTY_KEY, feed_back_keys, fold_argmax_keys
 from ssmkit.ops.attention.kv_cache import KVCache
 from ssmkit.ops.dispatch import warn_once
 
@@ -65,6 +67,9 @@ class GraphedDecoder:
         self.history: torch.Tensor | None = None
         self.history_index = torch.zeros(1, dtype=torch.int64, device=self.device)
         self.history_len = 0
+        # each row's largest argmax key of a greedy step's logits: EMPTY_KEY before every greedy step (begin_greedy
+        # sets it, the feedback sets it back)
+        self.keys = torch.full((batch,), EMPTY_KEY, dtype=torch.int64, device=self.device)
         self._greedy_limit = 0  # columns this run may fill: begin_greedy's steps + 1
         self._greedy_run = False  # tokens holds the last argmax of a greedy run (begin_greedy, not step since)
         self._greedy_graph, self._greedy_logits = None, None
@@ -149,6 +154,7 @@ class GraphedDecoder:
         self.tokens.copy_(tokens)
         self.history[:, 0].copy_(tokens)
         self.history_index.fill_(1)
+        self.keys.fill_(EMPTY_KEY)
         self.history_len, self._greedy_limit, self._greedy_run = 1, steps + 1, True
 
     @torch.no_grad()
@@ -169,15 +175,15 @@ class GraphedDecoder:
                                f"taken; call begin_greedy(tokens, steps) with more steps")
         self._make_room()
         if self.fallback_reason is not None:
-            logits = self.model.step(self.tokens, self.state)
-            _feed_back_argmax(logits, self.tokens, self.history, self.history_index)
+            logits = self.model.step(self.tokens, self.state, argmax_keys=self.keys)
+            feed_back_keys(self.keys, self.tokens, self.history, self.history_index)
         elif self._greedy_graph is not None:
             self._greedy_graph.replay()
             logits = self._greedy_logits
         elif self._graph is not None:  # the greedy capture failed: the step's graph, then the argmax eagerly
             self._graph.replay()
             logits = self._logits
-            _feed_back_argmax(logits, self.tokens, self.history, self.history_index)
+            _feed_back_logits(logits, self.keys, self.tokens, self.history, self.history_index)
         else:  # capture=False: the greedy graph's ops, eagerly
             logits = self._greedy_step()
         self._advance()
@@ -231,15 +237,15 @@ class GraphedDecoder:
             for kv in self._kvs:
                 kv.length = self.length
 
-    def _static_step(self) -> torch.Tensor:
-        logits = self.model.step(self.tokens, self.state, self.position)
+    def _static_step(self, argmax_keys: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model.step(self.tokens, self.state, self.position, argmax_keys=argmax_keys)
         self.position.add_(1)
         return logits
 
     def _greedy_step(self) -> torch.Tensor:
-        """The static step, then its argmax fed back (what the greedy graph captures)."""
-        logits = self._static_step()
-        _feed_back_argmax(logits, self.tokens, self.history, self.history_index)
+        """The static step with its argmax keys, then the keys fed back (what the greedy graph captures)."""
+        logits = self._static_step(argmax_keys=self.keys)
+        feed_back_keys(self.keys, self.tokens, self.history, self.history_index)
         return logits
 
     @torch.no_grad()
@@ -255,6 +261,8 @@ class GraphedDecoder:
                     self.position.zero_()  # stay inside the cache whatever its size
                     if i == WARMUP_STEPS - 1:  # the earlier steps compiled and tuned Triton kernels, which syncs
                         _step_without_host_sync(self._static_step)
+                    elif i == 1:  # the LM head with the argmax epilogue too: _capture_greedy runs no step
+                        self._static_step(argmax_keys=torch.full_like(self.keys, EMPTY_KEY))
                     else:
                         self._static_step()
             torch.cuda.current_stream(self.device).wait_stream(side)
@@ -280,9 +288,9 @@ class GraphedDecoder:
         graph's intermediates, so a step() replay can overwrite the greedy logits, as any next step does.
 
         Nothing runs on the state, which may hold a prefilled prompt: the step graph's warm-up already compiled
-        and tuned every kernel of the step at these shapes, and a capture only records. The feedback's own ops
-        warm up on scratch buffers. A failed capture (out of memory) warns once; step_greedy then replays the
-        step's graph and takes the argmax eagerly.
+        and tuned every kernel of the step at these shapes (the LM head with its argmax epilogue too), and a
+        capture only records. The feedback's own launch warms up on scratch buffers. A failed capture (out of
+        memory) warns once; step_greedy then replays the step's graph and takes the argmax eagerly.
         """
         was_training = self.model.training
         self.model.eval()
@@ -290,8 +298,10 @@ class GraphedDecoder:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                scratch = (self.tokens.clone(), self.history[:, :1].clone(), torch.zeros_like(self.history_index))
-                _step_without_host_sync(lambda: _feed_back_argmax(self._logits, *scratch))
+                scratch = (self.keys.clone(), self.tokens.clone(), self.history[:, :1].clone(),
+                           torch.zeros_like(self.history_index))
+                _feed_back_logits(self._logits, *scratch)  # compiles the feedback's kernel
+                _step_without_host_sync(lambda: _feed_back_logits(self._logits, *scratch))
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._graph.pool(), capture_error_mode="thread_local"):
@@ -307,15 +317,12 @@ class GraphedDecoder:
         self._greedy_graph, self._greedy_logits = graph, logits
 
 
-def _feed_back_argmax(logits: torch.Tensor, tokens: torch.Tensor, history: torch.Tensor,
+def _feed_back_logits(logits: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor, history: torch.Tensor,
                       index: torch.Tensor) -> None:
-    """Greedy feedback on the device: the argmax of logits (batch, vocab) becomes tokens (batch,), the next
-    step's input, and history (batch, columns)[:, index] (index (1,) int64, then advanced by one). No host read,
-    so a CUDA graph can hold it."""
-    chosen = torch.argmax(logits, dim=-1)
-    tokens.copy_(chosen)
-    history.index_copy_(1, index, chosen.unsqueeze(1))
-    index.add_(1)
+    """Greedy feedback from logits (batch, vocab) computed without keys: folded into keys (batch,) (EMPTY_KEY),
+    then fed back as feed_back_keys does (tokens, history's column index[0], index + 1, keys emptied)."""
+    fold_argmax_keys(keys, logits)
+    feed_back_keys(keys, tokens, history, index)
 
 
 def _step_without_host_sync(fn) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 
 from ssmkit.layers import MoE, RMSNorm
 from ssmkit.layers.packing import check_packed
+from ssmkit.ops.argmax_keys import fold_argmax_keys
 from ssmkit.ops.norm import add_rms_norm, norm_linear
 
 from . import block as block_module
@@ -90,7 +91,8 @@ class LanguageModel(nn.Module):
             x = x[:, -logits_to_keep:]
         return self.lm_head(self.norm_f(x).to(self.lm_head.weight.dtype))
 
-    def step(self, input_ids: torch.Tensor, state: list, position: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, input_ids: torch.Tensor, state: list, position: torch.Tensor | None = None,
+             argmax_keys: torch.Tensor | None = None) -> torch.Tensor:
         """One decode step without input checks: input_ids (batch,) -> logits (batch, vocab_size).
 
         position None: attention layers attend over the kv.length positions their caches hold and advance it.
@@ -98,6 +100,11 @@ class LanguageModel(nn.Module):
         step (ssmkit.inference.graphs captures it in a CUDA graph). Attention layers write their key there and
         attend over all max_len positions under a mask built on the device; nothing reads a value back to the
         host and nothing advances position or kv.length (the caller does, position in place).
+
+        argmax_keys: None, or (batch,) int64 packed keys holding EMPTY_KEY (ssmkit.ops.argmax_keys) into which
+        each row's largest key of the logits is folded: key_index(argmax_keys) is then the greedy token
+        (torch.argmax's for logits without NaN). On a one-row CUDA step the LM head's launch does it (norm_linear's
+        argmax epilogue), elsewhere fold_argmax_keys after it.
         """
         residual, delta = None, self.embeddings(input_ids)
         for layer, layer_state in zip(self.layers, state):  # each block adds the previous one's output
@@ -107,10 +114,13 @@ class LanguageModel(nn.Module):
         if block_module.ONE_ROW_FUSIONS and block_module.gemv_rows(delta) and self.lm_head.bias is None:
             # the last add, norm_f and the LM head as one GEMV launch
             return norm_linear(delta, self.norm_f.weight, self.lm_head.weight, self.norm_f.eps, residual=residual,
-                               residual_dtype=stream, norm_dtype=stream)[0]
+                               residual_dtype=stream, norm_dtype=stream, argmax=argmax_keys)[0]
         h, _ = add_rms_norm(delta, residual, self.norm_f.weight, self.norm_f.eps, residual_dtype=stream,
                             norm_dtype=stream)  # norm_f normalizes the stream itself, uncast
-        return self.lm_head(h.to(self.lm_head.weight.dtype))
+        logits = self.lm_head(h.to(self.lm_head.weight.dtype))
+        if argmax_keys is not None:
+            fold_argmax_keys(argmax_keys, logits)
+        return logits
 
     def generate(self, *args, **kwargs):
         """See ssmkit.inference.generate.generate. Imported lazily: the one reference from models/ upward to

@@ -44,7 +44,7 @@ def static_on_cpu(monkeypatch):
     monkeypatch.setattr(generate_module, "_use_cuda_graph", lambda cuda_graph, device, model: cuda_graph is not False)
     calls = []
     original = GraphedDecoder._static_step
-    monkeypatch.setattr(GraphedDecoder, "_static_step", lambda self: calls.append(1) or original(self))
+    monkeypatch.setattr(GraphedDecoder, "_static_step", lambda self, **kw: calls.append(1) or original(self, **kw))
     yield calls
     clear_graphs()
 

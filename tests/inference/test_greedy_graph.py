@@ -12,7 +12,8 @@ import torch
 
 from ssmkit.inference import allocate_cache, generate, generate_steps, prefill
 from ssmkit.inference.graph_registry import clear_graphs, graphed_decoder, release_decoder
-from ssmkit.inference.graphs import GraphedDecoder, _feed_back_argmax
+from ssmkit.inference.graphs import GraphedDecoder, _feed_back_logits
+from ssmkit.ops.argmax_keys import EMPTY_KEY, argmax_keys, key_index
 from tests.compare import assert_close
 from tests.inference.models import CONFIGS, random_ids, tiny_model
 
@@ -139,9 +140,34 @@ def test_step_greedy_needs_a_run_and_begin_greedy_checks_its_arguments():
 def test_feedback_takes_the_first_maximal_index_and_writes_one_history_column():
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, -1.0, 5.0, 5.0]])
     tokens, history, index = torch.zeros(3, dtype=torch.int64), torch.full((3, 4), -1), torch.tensor([2])
-    _feed_back_argmax(logits, tokens, history, index)
-    assert tokens.tolist() == [1, 0, 2] and int(index) == 3
+    keys = torch.full((3,), EMPTY_KEY)
+    _feed_back_logits(logits, keys, tokens, history, index)
+    assert tokens.tolist() == [1, 0, 2] and int(index) == 3 and (keys == EMPTY_KEY).all()
     assert history.tolist() == [[-1, -1, 1, -1], [-1, -1, 0, -1], [-1, -1, 2, -1]]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name", ["mamba", "mamba2", "llama", "hybrid-moe", "all-mixers-moe"])
+def test_step_with_argmax_keys_folds_the_argmax_of_its_own_logits(name, batch):
+    """LanguageModel.step(argmax_keys=): the same logits as without, and the keys of those logits (static and
+    dynamic step); keys already larger are kept."""
+    model = tiny_model(name, torch.float32).eval()
+    prompt = random_ids(model.config.vocab_size, batch, 4)
+    with torch.no_grad():
+        caches = [allocate_cache(model, batch, 8) for _ in range(2)]
+        for cache in caches:
+            prefill(model, prompt, cache, cuda_graph=False)
+        tokens = random_ids(model.config.vocab_size, batch, seed=5)
+        keys = torch.full((batch,), EMPTY_KEY)
+        got = model.step(tokens, caches[0], torch.tensor([4]), argmax_keys=keys)
+        plain = model.step(tokens, caches[1], torch.tensor([4]))
+    assert torch.equal(got, plain), name
+    assert torch.equal(keys, argmax_keys(plain)) and torch.equal(key_index(keys), torch.argmax(plain, -1)), name
+    infinite = argmax_keys(torch.tensor([[float("inf")]])).expand(batch)  # above every finite logit's key
+    larger = infinite.clone()
+    with torch.no_grad():
+        model.step(tokens, caches[0], argmax_keys=larger)  # the dynamic step
+    assert torch.equal(larger, infinite), name
 
 
 @pytest.fixture
@@ -247,3 +273,39 @@ def test_cuda_greedy_step_without_its_graph_replays_the_step_graph_and_takes_the
     got = decoder_greedy(model, decoder, prompt, NEW)
     assert decoder.captured and decoder._greedy_graph is None
     assert_same_run(got, eager_greedy(model, prompt, NEW), "step graph + eager argmax")
+
+
+def record_folds(monkeypatch) -> list:
+    """Records every fold_argmax_keys call of the model and of norm_linear (the LM head's keys computed after it
+    rather than in its epilogue)."""
+    import ssmkit.models.lm as lm_module
+    import ssmkit.ops.norm as norm_module
+
+    calls = []
+    for module in (lm_module, norm_module):
+        original = module.fold_argmax_keys
+        monkeypatch.setattr(module, "fold_argmax_keys",
+                            lambda keys, logits, _f=original: calls.append(tuple(logits.shape)) or _f(keys, logits))
+    return calls
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name", ["llama", "mamba", "mamba2", "hybrid-moe"])
+def test_cuda_greedy_tokens_are_the_argmax_of_the_graph_logits_from_the_lm_head_epilogue(monkeypatch, name, batch,
+                                                                                          dtype):
+    """Each greedy token is torch.argmax of the step logits the graph returned (bfloat16's ties too); at batch 1
+    the keys come from the LM head's epilogue (no fold after it, not even at capture), at batch 3 from the fold.
+    The keys are empty after every step."""
+    folds = record_folds(monkeypatch)
+    model = tiny_model(name, dtype).cuda().eval()
+    prompt = random_ids(model.config.vocab_size, batch, 7).cuda()
+    decoder = GraphedDecoder(model, batch, 7 + NEW)
+    tokens, logits = decoder_greedy(model, decoder, prompt, NEW)
+    assert decoder._greedy_graph is not None, f"{name}: the greedy step should be captured"
+    assert torch.equal(tokens[:, 1:], torch.argmax(logits, -1)), f"{name} {dtype} batch {batch}"
+    assert (decoder.keys == EMPTY_KEY).all()
+    assert (folds == []) == (batch == 1), f"{name} batch {batch}: folds {folds}"
+    if dtype == torch.float32:
+        assert_same_run((tokens, logits), eager_greedy(model, prompt, NEW), f"{name} batch {batch} vs eager")

@@ -45,7 +45,8 @@ FLOAT32_POINTERS = {
     "part_sum_ptr", "part_acc_ptr", "res_ptr", "res_out_ptr", "segdt_ptr",
 }
 INT_POINTERS = {"cu_ptr", "seq_ptr", "idx_ptr"}
-INT64_POINTERS = {"pos_ptr"}  # decode positions, int64 as the KV cache keeps them
+# decode positions, int64 as the KV cache keeps them; packed argmax keys and the greedy feedback's buffers
+INT64_POINTERS = {"pos_ptr", "argmax_ptr", "keys_ptr", "tokens_ptr", "history_ptr", "index_ptr"}
 BYTE_POINTERS = {"key_mask_ptr"}  # bool masks, passed as their uint8 view
 FLOAT_SCALARS = {"dt_lo", "dt_hi", "eps", "qk_scale"}
 # Kernels whose state tensor is the model's dtype (the conv state), not float32.
@@ -247,7 +248,8 @@ def _cases() -> list:
             if gemv:
                 name, base = "_norm_gemv_kernel", dict(base, BLOCK_M=1, PERSISTENT=persistent, cs_ptr=None,
                                                        cw_ptr=None, cb_ptr=None, CONV_W=1, BLOCK_W=1,
-                                                       CONV_SILU=False, w2_ptr=None, w3_ptr=None)
+                                                       CONV_SILU=False, w2_ptr=None, w3_ptr=None,
+                                                       argmax_ptr=None)
             else:
                 name, base = "_norm_linear_kernel", dict(base, DOT_PRECISION="tf32", USE_DOT=cfg.use_dot,
                                                          BLOCK_M=MAX_ROWS if cfg.use_dot else 1)
@@ -267,7 +269,7 @@ def _cases() -> list:
         cases.append((fused, "_norm_gemv_kernel",
                       dict(NORMED_ROUND=1, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(k), PDL=True,
                            BLOCK_M=1, PERSISTENT=True, NORM_ROUND=1, NG=1, z_ptr=None, CONV_W=4, BLOCK_W=4,
-                           CONV_SILU=True, w2_ptr=None, w3_ptr=None), cfg.num_warps, cfg.num_stages,
+                           CONV_SILU=True, w2_ptr=None, w3_ptr=None, argmax_ptr=None), cfg.num_warps, cfg.num_stages,
                       f"_norm_gemv_kernel-residual-conv-k{k}-n{n}"))
     # Stacked weights after the residual add + norm (ONE_ROW_FUSIONS): q, k, v and gate, up of the 125M / 1.3B
     # Transformer++ presets.
@@ -276,9 +278,24 @@ def _cases() -> list:
         cases.append((fused, "_norm_gemv_kernel",
                       dict(NORMED_ROUND=1, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(k), PDL=True,
                            BLOCK_M=1, PERSISTENT=True, NORM_ROUND=1, NG=1, z_ptr=None, CONV_W=1, BLOCK_W=1,
-                           CONV_SILU=False, cs_ptr=None, cw_ptr=None, cb_ptr=None,
+                           CONV_SILU=False, cs_ptr=None, cw_ptr=None, cb_ptr=None, argmax_ptr=None,
                            **({} if parts == 3 else dict(w3_ptr=None))), cfg.num_warps, cfg.num_stages,
                       f"_norm_gemv_kernel-residual-stacked{parts}-k{k}-n{n}"))
+    # The LM head after the last residual add + norm_f with greedy decoding's argmax epilogue (int64 keys, one
+    # atomic maximum per row): the 125M-130M and 1.3B-1.4B widths, the GPT-NeoX / Llama vocabularies, and one
+    # non-persistent grid.
+    for k, n, persistent in ((768, 50280, True), (768, 32000, True), (2048, 50280, True), (2048, 32000, False)):
+        cfg = pick_config(1, k, n, True)
+        cases.append((fused, "_norm_gemv_kernel",
+                      dict(NORMED_ROUND=1, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(k), PDL=True,
+                           BLOCK_M=1, PERSISTENT=persistent, NORM_ROUND=1, NG=1, z_ptr=None, CONV_W=1, BLOCK_W=1,
+                           CONV_SILU=False, cs_ptr=None, cw_ptr=None, cb_ptr=None, w2_ptr=None, w3_ptr=None),
+                      cfg.num_warps, cfg.num_stages,
+                      f"_norm_gemv_kernel-residual-argmax-k{k}-n{n}{'-persistent' * persistent}"))
+    feedback = "ssmkit.ops.argmax_keys.triton"
+    for batch, warps in ((1, 1), (3, 1), (64, 4)):
+        cases.append((feedback, "_feed_back_kernel", dict(BLOCK_B=triton.next_power_of_2(batch), PDL=True), warps,
+                      2, f"_feed_back_kernel-batch{batch}"))
     rope = "ssmkit.ops.attention.triton.rope_cache"
     for block_d, has_rope in ((64, True), (128, True), (64, False)):
         cases.append((rope, "_rope_cache_kernel", dict(HAS_ROPE=has_rope, BLOCK_D=block_d), 1, 2,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssmkit.ops.argmax_keys import check_key_buffer, fold_argmax_keys
+from ssmkit.ops.argmax_keys.reference import INDEX_MASK
 from ssmkit.ops.norm.reference import add_rms_norm_ref, gated_rms_norm_ref, rms_norm_ref
 from ssmkit.ops.dispatch import pick_impl
 from ssmkit.ops.validate import check_impl, check_same_device, check_tensor
@@ -70,7 +72,8 @@ NORM_LINEAR_AUTO = True
 def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor | tuple, eps: float = 1e-6, *,
                 z: torch.Tensor | None = None, group_size: int | None = None, residual: torch.Tensor | None = None,
                 residual_dtype: torch.dtype | None = None, norm_dtype: torch.dtype | None = None,
-                conv=None, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
+                conv=None, argmax: torch.Tensor | None = None,
+                impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """An RMSNorm and the bias-free linear layer after it, as one op for decode: F.linear(norm(h), weight).
 
     Args:
@@ -85,6 +88,10 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
             conv.state.shape[1]) go through that conv decode step, conv.state rolled in place (x must be
             (batch, K) with conv.state's batch): a Mamba in_proj and its short conv. On the one-row GEMV path
             (CUDA) the conv runs in the same launch, else `causal_conv1d_step` runs after the projection.
+        argmax: (M,) int64 (M = the rows of x), packed argmax keys (ssmkit.ops.argmax_keys) holding EMPTY_KEY
+            (or earlier keys): each row's largest key of out is folded in, in place, so that key_index(argmax)
+            is torch.argmax(out, -1) for rows without NaN (an LM head's greedy token). On the one-row GEMV path
+            (CUDA) in the same launch's epilogue, else fold_argmax_keys after the projection. Not with conv.
         impl: "auto" (one Triton launch on CUDA where it was measured faster, see NORM_LINEAR_AUTO, else the two
             ops with impl="auto"), "triton", "reference".
     Returns:
@@ -119,6 +126,8 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
                       **{f"weight[{i}]": w for i, w in enumerate(weights[1:], 1)})
     if conv is not None:
         _check_conv_epilogue(conv, x, n_out)
+    if argmax is not None:
+        _check_argmax_epilogue(argmax, x, n_out, conv)
     norm_dtype = norm_weight.dtype if residual_dtype is not None and norm_dtype is None else norm_dtype
     rows = x.reshape(-1, dim)
     if impl == "triton" or (impl == "auto" and NORM_LINEAR_AUTO and x.is_cuda):
@@ -127,7 +136,7 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
         fused = impl == "triton" or faster_than_unfused(rows.shape[0], dim, n_out)
         config = pick_config(rows.shape[0], dim, n_out)  # picked once: norm_linear_fwd launches with it
         single_pass = one_pass(config, dim)
-        takes = ((conv is None or (CONV_EPILOGUE_AUTO and single_pass))
+        takes = ((conv is None or (CONV_EPILOGUE_AUTO and single_pass)) and (argmax is None or single_pass)
                  and (len(weights) == 1 or single_pass and len({w.stride() for w in weights}) == 1))
         if fused and takes and rows.shape[0] <= MAX_ROWS and _norm_linear_kernel_takes(
                 x, residual, z, norm_weight, weight, residual_dtype, norm_dtype):
@@ -135,9 +144,9 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
             if conv is not None:
                 conv = conv._replace(weight=conv.weight.contiguous())
             out, res = norm_linear_fwd(rows, flat[0], flat[1], norm_weight, eps, group_size, weights,
-                                       residual_dtype, norm_dtype or x.dtype, config, conv=conv)
+                                       residual_dtype, norm_dtype or x.dtype, config, conv=conv, argmax=argmax)
             return out.reshape(*x.shape[:-1], -1), None if res is None else res.reshape(x.shape)
-        if impl == "triton" and conv is None and len(weights) == 1:
+        if impl == "triton" and conv is None and argmax is None and len(weights) == 1:
             raise ValueError("impl: the fused norm + linear kernel takes at most 16 rows of float32/float16/"
                              "bfloat16 whose norm output has the weight's dtype or float32; use impl='auto'")
     sub = "reference" if impl == "reference" else "auto"
@@ -154,6 +163,8 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor
         piece = slice(conv.start, conv.start + conv.state.shape[1])
         out[:, piece] = causal_conv1d_step(conv.state, out[:, piece], conv.weight, conv.bias,
                                            activation=conv.activation, impl=sub)
+    if argmax is not None:
+        fold_argmax_keys(argmax, out.reshape(-1, n_out))
     return out, res
 
 
@@ -181,6 +192,15 @@ def _check_conv_epilogue(conv, x: torch.Tensor, n_out: int) -> None:
     if conv.activation not in (None, "silu"):
         raise ValueError(f"conv.activation: expected None or 'silu', got {conv.activation!r}")
     check_same_device(x=x, conv_state=conv.state, conv_weight=conv.weight, conv_bias=conv.bias)
+
+
+def _check_argmax_epilogue(argmax, x: torch.Tensor, n_out: int, conv) -> None:
+    """norm_linear's `argmax`: one int64 key per row of x, on x's device; not with conv; indices below 2^32 - 1."""
+    if conv is not None:
+        raise ValueError("argmax: not with conv (a conv's output features are no logits)")
+    check_key_buffer("argmax", argmax, x.numel() // max(x.shape[-1], 1), x.device)
+    if n_out >= INDEX_MASK:
+        raise ValueError(f"argmax: keys hold feature indices below {INDEX_MASK}, got {n_out} output features")
 
 
 def _norm_linear_kernel_takes(x, residual, z, norm_weight, weight, residual_dtype, norm_dtype) -> bool:

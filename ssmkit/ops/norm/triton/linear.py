@@ -35,6 +35,11 @@ Version history
   as the two launches: the projection rounded to its dtype, then to the state's, the filter summed in float32.
   Up to three weights stacked in one launch (an attention layer's q, k, v, a SwiGLU's gate and up after the same
   norm): each output feature's weight row is picked by its index, so nothing is concatenated in memory.
+- v5: greedy decoding's argmax as the one-pass GEMV's epilogue (`argmax`, the LM head of a one-row step): each
+  program keeps its rows' largest packed key (ssmkit.ops.argmax_keys: the rounded output's value, then the
+  smaller index) over the blocks it walks and folds it into an (M,) int64 buffer with one atomic maximum per
+  row. The argmax launch over the logits after the LM head goes, and the feedback that consumes the keys is one
+  small launch (ssmkit.ops.argmax_keys.triton).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmkit.ops.argmax_keys.triton import empty_keys, packed_keys
 from ssmkit.ops.dispatch import cuda_sm_count
 from ssmkit.ops.pdl import pdl_options, wait_for_previous
 
@@ -155,7 +161,8 @@ def _conv_epilogue(y, window, cs_ptr, cw_ptr, cb_ptr, rows, rmask, ns, conv_lo, 
 @triton.jit
 def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr, M, K, N, group_size, eps,
                       sx, sres, sz, sw, sout, sres_out, w2_ptr, w3_ptr, n1, n2, cs_ptr, cw_ptr, cb_ptr, conv_lo,
-                      conv_dim, scs_b, scs_d, scs_w, NORM_ROUND: tl.constexpr, NORMED_ROUND: tl.constexpr, NG: tl.constexpr,
+                      conv_dim, scs_b, scs_d, scs_w, argmax_ptr, NORM_ROUND: tl.constexpr,
+                      NORMED_ROUND: tl.constexpr, NG: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       PERSISTENT: tl.constexpr, PDL: tl.constexpr, CONV_W: tl.constexpr = 1,
                       BLOCK_W: tl.constexpr = 1, CONV_SILU: tl.constexpr = False):
@@ -168,7 +175,8 @@ def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr
     N = n1 + n2 + the third's rows). cs_ptr (conv state (M, conv_dim, CONV_W), strides scs_*) or None:
     features conv_lo .. conv_lo + conv_dim - 1 go through a conv step (weight cw (conv_dim, CONV_W) contiguous,
     bias cb or None, SiLU when CONV_SILU; BLOCK_W = CONV_W rounded up to a power of two), the next block's state
-    window read with its weight."""
+    window read with its weight. argmax_ptr ((M,) int64 packed keys, ssmkit.ops.argmax_keys) or None: each row's
+    largest key over the program's blocks of the output as stored, folded in with one atomic maximum."""
     pid = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
     rmask = rows < M
@@ -189,6 +197,7 @@ def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr
         rstd = tl.rsqrt(rstd / group_size + eps)
     a = _activation(h, rstd, ks, kmask, nw_ptr, group_size, NG, NORMED_ROUND, w.dtype)
     step = tl.num_programs(0) * BLOCK_N if PERSISTENT else N
+    best = empty_keys(BLOCK_M)  # the largest key of each row in this program's blocks
     while n0 < N:  # one block, or (PERSISTENT) blocks pid, pid + grid, ... with the next one's weight in flight
         nxt = n0 + step + tl.arange(0, BLOCK_N)
         w_next = w
@@ -206,9 +215,13 @@ def _norm_gemv_kernel(x_ptr, res_ptr, z_ptr, nw_ptr, w_ptr, out_ptr, res_out_ptr
             out = _conv_epilogue(out, window, cs_ptr, cw_ptr, cb_ptr, rows, rmask, ns, conv_lo, conv_dim, scs_b,
                                  scs_d, scs_w, CONV_W, BLOCK_W, CONV_SILU).to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + rows[:, None] * sout + ns[None, :], out, mask=rmask[:, None] & (ns < N)[None, :])
+        if argmax_ptr is not None:
+            best = tl.maximum(best, tl.max(packed_keys(out.to(tl.float32), ns[None, :], (ns < N)[None, :]), 1))
         w = w_next
         window = window_next
         n0 += step
+    if argmax_ptr is not None:
+        tl.atomic_max(argmax_ptr + rows, best, mask=rmask, sem="relaxed")  # ordered by the launch boundary
 
 
 @triton.jit
@@ -300,21 +313,24 @@ def one_pass(config: Config, k: int) -> bool:
 
 
 def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residual_dtype, norm_dtype,
-                    config: Config | None = None, conv=None):
+                    config: Config | None = None, conv=None, argmax=None):
     """Rows x (M <= MAX_ROWS, K); residual, z like x or None; norm_weight (K,) or None (no norm: x @ weight^T);
     weight (N, K), or a tuple of up to three (N_i, K) of one dtype and row stride whose outputs come stacked (the
     one-pass GEMV only). residual_dtype: None (no residual add) or the stream's dtype; norm_dtype: the dtype the norm
     rounds its normalized value to. config: the launch shape (None = pick_config's): a GEMV whose block holds the
     whole row runs _norm_gemv_kernel, anything else _norm_linear_kernel. conv: a ssmkit.ops.conv1d.ConvStep (state
     (M, dim, width), weight (dim, width) contiguous) finished in _norm_gemv_kernel's epilogue (a config that runs
-    _norm_linear_kernel is refused). Returns (out (M, N) in weight.dtype, new residual (M, K) or None)."""
+    _norm_linear_kernel is refused). argmax: (M,) int64 packed keys (ssmkit.ops.argmax_keys, EMPTY_KEY or earlier
+    keys) into which each row's largest key of out is folded by _norm_gemv_kernel's epilogue (likewise refused
+    for a config that runs _norm_linear_kernel). Returns (out (M, N) in weight.dtype, new residual (M, K) or
+    None)."""
     m, k = x.shape
     stacked = tuple(weight) if isinstance(weight, (tuple, list)) else (weight,)
     weight = stacked[0]
     n = sum(w.shape[0] for w in stacked)
     cfg = pick_config(m, k, n, norm_weight is not None) if config is None else config
-    if (conv is not None or len(stacked) > 1) and not one_pass(cfg, k):
-        raise ValueError(f"conv, stacked weights: the one-pass GEMV's alone, not config {cfg}")
+    if (conv is not None or argmax is not None or len(stacked) > 1) and not one_pass(cfg, k):
+        raise ValueError(f"conv, argmax, stacked weights: the one-pass GEMV's alone, not config {cfg}")
     if len(stacked) > 3 or any(w.stride(0) != weight.stride(0) or w.dtype != weight.dtype for w in stacked):
         raise ValueError("weight: expected at most three stacked weights of one dtype and row stride")
     out = torch.empty(m, n, dtype=weight.dtype, device=x.device)
@@ -338,7 +354,7 @@ def norm_linear_fwd(x, residual, z, norm_weight, eps, group_size, weight, residu
             conv_args = (conv.state, conv.weight, conv.bias, conv.start, conv.state.shape[1], *conv.state.stride())
             width = conv.state.shape[2]
             meta.update(CONV_W=width, BLOCK_W=triton.next_power_of_2(width), CONV_SILU=conv.activation == "silu")
-        _norm_gemv_kernel[(grid,)](*args, *stack_args, *conv_args, BLOCK_M=triton.next_power_of_2(m),
+        _norm_gemv_kernel[(grid,)](*args, *stack_args, *conv_args, argmax, BLOCK_M=triton.next_power_of_2(m),
                                    PERSISTENT=persistent, **meta)
     else:
         _norm_linear_kernel[(blocks,)](*args, DOT_PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
