@@ -60,7 +60,7 @@ from ssmkit.ops.dispatch import interpreting
 from .bwd_dt import launch_bwd_dt
 from .fwd import dot_precision, dt_bounds
 from .plan import block_n, configs, pick, tuning_shape
-from .tiles import (chunk_decay, chunk_rows, dot_split, head_tiles, incoming_state, load_skip, load_tile,
+from .tiles import (chunk_decay, chunk_rows, dot_split, exp2_ftz, head_tiles, incoming_state, load_skip, load_tile,
                     outgoing_adjoint, program_segment, seq_bounds, state_tile_offsets, store_group_grad)
 
 
@@ -72,13 +72,8 @@ def _decay2(c2, c2_in, mask, PTX: tl.constexpr):
     """(Q, Q) tile [input i, output j] of 2^(c2_j - c2_in_i) where mask, else 0: the decay from input i to output
     j when c2 is the chunk's cumulative log-decay in base 2 (cum log2(e), scaled once a row instead of once an
     element) and c2_in is c2 or c2 less a row factor's log2 (folded into the exponent, no multiply a tile).
-    Subnormal results flush to 0 (ex2.approx.ftz, as tiles.exp_ftz)."""
-    arg = tl.where(mask, c2[None, :] - c2_in[:, None], float("-inf"))
-    if PTX:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [arg], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.exp2(arg)
+    Subnormal results flush to 0 (tiles.exp2_ftz)."""
+    return exp2_ftz(tl.where(mask, c2[None, :] - c2_in[:, None], float("-inf")), PTX)
 
 
 @triton.jit
