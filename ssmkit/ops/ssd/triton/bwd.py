@@ -68,6 +68,16 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
+def _chunk_tiles(x_ptr, B_ptr, C_ptr, dout_ptr, row0, rmask, qs, xs, bs, xcol, bcol, ps, pmask, ns, nmask):
+    """Both walks' tiles of the chunk at token row0: x (Q, P), B and C (Q, N) as stored, dout (Q, P) in float32."""
+    x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, xcol, ps, pmask)
+    Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, bcol, ns, nmask)
+    Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, bcol, ns, nmask)
+    dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, xcol, ps, pmask).to(tl.float32)
+    return x, Bt, Ct, dy
+
+
+@triton.jit
 def _decay2(c2, c2_in, mask, PTX: tl.constexpr):
     """(Q, Q) tile [input i, output j] of 2^(c2_j - c2_in_i) where mask, else 0: the decay from input i to output
     j when c2 is the chunk's cumulative log-decay in base 2 (cum log2(e), scaled once a row instead of once an
@@ -156,10 +166,8 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             row0, rmask = chunk_rows(start, end, c, qs, Q)
             dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
                                              A, SOFTPLUS)
-            x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask)
-            Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
-            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
-            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
+            x, Bt, Ct, dy = _chunk_tiles(x_ptr, B_ptr, C_ptr, dout_ptr, row0, rmask, qs, xs, bs, h * headdim,
+                                         g * dstate, ps, pmask, ns, nmask)
             if z_ptr is not None:
                 dout = dy
                 zt = load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
@@ -245,10 +253,8 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             row0, rmask = chunk_rows(start, end, c, qs, Q)
             dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
                                              A, SOFTPLUS)
-            x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask)
-            Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
-            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
-            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
+            x, Bt, Ct, dy = _chunk_tiles(x_ptr, B_ptr, C_ptr, dout_ptr, row0, rmask, qs, xs, bs, h * headdim,
+                                         g * dstate, ps, pmask, ns, nmask)
             if z_ptr is not None:
                 dy = _gated_dy(dy, load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps,
                                              pmask).to(tl.float32))
