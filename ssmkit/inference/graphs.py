@@ -245,33 +245,21 @@ class GraphedDecoder:
     @torch.no_grad()
     def _capture(self) -> None:
         """Warm-up on a side stream, then capture one static step (its state updates and position += 1)."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for i in range(WARMUP_STEPS):
-                    self.position.zero_()  # stay inside the cache whatever its size
-                    if i == WARMUP_STEPS - 1:  # the earlier steps compiled and tuned Triton kernels, which syncs
-                        _step_without_host_sync(self._static_step)
-                    else:
-                        self._static_step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
+        def warm_up():
+            for i in range(WARMUP_STEPS):
+                self.position.zero_()  # stay inside the cache whatever its size
+                if i == WARMUP_STEPS - 1:  # the earlier steps compiled and tuned Triton kernels, which syncs
+                    _step_without_host_sync(self._static_step)
+                else:
+                    self._static_step()
             self.position.zero_()
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: another thread's CUDA calls (a server's) neither break nor get blocked by the capture.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                logits = self._static_step()
+
+        try:
+            self._graph, self._logits = self._record(warm_up, self._static_step)
         except Exception as e:  # a host read inside the step: capture is impossible for this model
-            _clear_cuda_error(self.device)
             self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warn_once(f"CUDA graph capture of {type(self.model).__name__} decode failed ({self.fallback_reason}); "
                       f"decoding eagerly instead")
-            return
-        finally:
-            self.model.train(was_training)
-        self._graph, self._logits = graph, logits
 
     @torch.no_grad()
     def _capture_greedy(self) -> None:
@@ -284,27 +272,39 @@ class GraphedDecoder:
         warm up on scratch buffers. A failed capture (out of memory) warns once; step_greedy then replays the
         step's graph and takes the argmax eagerly.
         """
+        def warm_up():
+            scratch = (self.tokens.clone(), self.history[:, :1].clone(), torch.zeros_like(self.history_index))
+            _step_without_host_sync(lambda: _feed_back_argmax(self._logits, *scratch))
+
+        try:
+            self._greedy_graph, self._greedy_logits = self._record(warm_up, self._greedy_step, self._graph.pool())
+        except Exception as e:
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warn_once(f"CUDA graph capture of {type(self.model).__name__}'s greedy step failed ({reason}); "
+                      f"the argmax runs after each replay instead")
+
+    def _record(self, warm_up, step, pool=None) -> tuple:
+        """Runs warm_up() on a side stream, then captures step() into a new CUDA graph (in the memory pool `pool`
+        when given), the model in eval mode. Returns (graph, step's output); a failure's CUDA error is cleared
+        before it is raised again."""
         was_training = self.model.training
         self.model.eval()
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                scratch = (self.tokens.clone(), self.history[:, :1].clone(), torch.zeros_like(self.history_index))
-                _step_without_host_sync(lambda: _feed_back_argmax(self._logits, *scratch))
+                warm_up()
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._graph.pool(), capture_error_mode="thread_local"):
-                logits = self._greedy_step()
-        except Exception as e:
+            # thread_local: another thread's CUDA calls (a server's) neither break nor get blocked by the capture.
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                out = step()
+            return graph, out
+        except Exception:
             _clear_cuda_error(self.device)
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            warn_once(f"CUDA graph capture of {type(self.model).__name__}'s greedy step failed ({reason}); "
-                      f"the argmax runs after each replay instead")
-            return
+            raise
         finally:
             self.model.train(was_training)
-        self._greedy_graph, self._greedy_logits = graph, logits
 
 
 def _feed_back_argmax(logits: torch.Tensor, tokens: torch.Tensor, history: torch.Tensor,
