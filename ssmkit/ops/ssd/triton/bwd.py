@@ -96,6 +96,16 @@ def _segment_adjoint_kernel(dout_ptr, dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, cu_
         tl.store(segadj_ptr + idx * headdim * dstate + offs, G, mask=nmask[:, None] & pmask[None, :])
 
 
+@triton.jit
+def _chunk_tiles(x_ptr, B_ptr, C_ptr, dout_ptr, row0, rmask, qs, xs, bs, xcol, bcol, ps, pmask, ns, nmask):
+    """Both walks' tiles of the chunk at token row0: x (Q, P), B and C (Q, N) as stored, dout (Q, P) in float32."""
+    x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, xcol, ps, pmask)
+    Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, bcol, ns, nmask)
+    Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, bcol, ns, nmask)
+    dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, xcol, ps, pmask).to(tl.float32)
+    return x, Bt, Ct, dy
+
+
 @triton.jit(do_not_specialize=("seqlen", "nseg", "seg_chunks", "ntok"))
 def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, cu_ptr, segst_ptr,
                    seglog_ptr, dout_ptr, dfinal_ptr, dC_ptr, parts_ptr, cfinal_ptr, dz_ptr,
@@ -125,10 +135,8 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             row0, rmask = chunk_rows(start, end, c, qs, Q)
             dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
                                              A, SOFTPLUS)
-            x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask)
-            Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
-            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
-            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
+            x, Bt, Ct, dy = _chunk_tiles(x_ptr, B_ptr, C_ptr, dout_ptr, row0, rmask, qs, xs, bs, h * headdim,
+                                         g * dstate, ps, pmask, ns, nmask)
             if z_ptr is not None:
                 dout = dy
                 zt = load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
@@ -213,10 +221,8 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             row0, rmask = chunk_rows(start, end, c, qs, Q)
             dtv, a, cum, total = chunk_decay(dt_ptr + row0 * nheads, bias_ptr, qs, rmask, h, nheads, dt_lo, dt_hi,
                                              A, SOFTPLUS)
-            x = load_tile(x_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask)
-            Bt = load_tile(B_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
-            Ct = load_tile(C_ptr + row0 * bs, qs, rmask, bs, g * dstate, ns, nmask)
-            dy = load_tile(dout_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps, pmask).to(tl.float32)
+            x, Bt, Ct, dy = _chunk_tiles(x_ptr, B_ptr, C_ptr, dout_ptr, row0, rmask, qs, xs, bs, h * headdim,
+                                         g * dstate, ps, pmask, ns, nmask)
             if z_ptr is not None:
                 dy = _gated_dy(dy, load_tile(z_ptr + row0 * xs, qs, rmask, xs, h * headdim, ps,
                                              pmask).to(tl.float32))
