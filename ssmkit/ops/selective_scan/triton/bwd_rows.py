@@ -22,7 +22,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import LN2, LOG2E, channel_params, channel_tile, exp2_approx, row_inputs
+from ssmkit.ops.ssd.triton.tiles import exp2_ftz
+
+from .tiles import LN2, LOG2E, channel_params, channel_tile, row_inputs
 
 
 @triton.jit
@@ -72,7 +74,7 @@ def _scan_bwd_rows_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_p
                     row = tl.cast((c0 + j) * BLOCK_T + i, tl.int64)
                     dtv, u, _, Bt, _ = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, seqlen, dc, nc,
                                                   sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS, PTX=PTX)
-                    h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]
+                    h = exp2_ftz(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]
         tl.debug_barrier()
         # 2. the tiles of the interval, last first
         for r2 in range(0, n_in):
@@ -85,7 +87,7 @@ def _scan_bwd_rows_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_p
                 row = tl.cast(t0 + i, tl.int64)
                 dtv, u, _, Bt, _ = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, seqlen, dc, nc,
                                               sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS, PTX=PTX)
-                h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]
+                h = exp2_ftz(dtv[None, :] * A2, PTX) * h + Bt[:, None] * u[None, :]
                 H = tl.where(tloc[:, None, None] == i, h[None, :, :], H)
             DX = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
             DDT = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
@@ -100,7 +102,7 @@ def _scan_bwd_rows_kernel(dout_ptr, dfinal_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_p
                 dtv, u, x, Bt, raw = row_inputs(x_ptr, dt_ptr, B_ptr, bias, b, g, row, seqlen, dc, nc,
                                                 sx_b, sx_l, sdt_b, sdt_l, sB_b, sB_l, sB_g, SOFTPLUS, PTX=PTX)
                 u = tl.where(dmask, u, 0.0)  # a padding channel must not reach the dB sum
-                a = exp2_approx(dtv[None, :] * A2, PTX)
+                a = exp2_ftz(dtv[None, :] * A2, PTX)
                 h_t = _pick_row(H, tloc, ir)
                 if ir == 0:
                     h_prev = h_in

@@ -12,7 +12,9 @@ Version history
 import triton
 import triton.language as tl
 
-from .tiles import exp2_approx, silu_approx, softplus_fast, widen
+from ssmkit.ops.ssd.triton.tiles import exp2_ftz
+
+from .tiles import silu_approx, softplus_fast, widen
 
 
 @triton.jit
@@ -43,7 +45,7 @@ def row_update(h, A2, bias, dt_raw, x_raw, B_raw, valid, SOFTPLUS: tl.constexpr,
         dtv = tl.where(valid, dtv, 0.0)
     x = x_raw.to(tl.float32)
     Bv = widen(B_raw, PTX)
-    h = exp2_approx(dtv[None, :] * A2, PTX) * h + Bv[:, None] * (dtv * x)[None, :]
+    h = exp2_ftz(dtv[None, :] * A2, PTX) * h + Bv[:, None] * (dtv * x)[None, :]
     return h, dtv, x
 
 

@@ -11,10 +11,13 @@ Version history
   recomputes the states the forward's rows walked.
 - v4: step_size (the tile-parallel configs and the tile backward) computes dt' with softplus_fast too (tl.exp2,
   keeping subnormals): one softplus for every scan kernel, where the tiles used ssd's atanh-series softplus.
+- v5: exp2_approx gone for ssd's tiles.exp2_ftz (the same ex2.approx.ftz), one implementation for both operators.
 """
 
 import triton
 import triton.language as tl
+
+from ssmkit.ops.ssd.triton.tiles import exp2_ftz
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -39,18 +42,6 @@ def channel_tile(pid, nblk, ngroups, dpg, dstate, BLOCK_D: tl.constexpr, BLOCK_N
 
 
 @triton.jit
-def exp2_approx(x, PTX: tl.constexpr):
-    """2^x by the hardware's approximation, flushing results below 2^-126 to 0 (ex2.approx.ftz): tl.exp2 adds
-    three instructions an element to keep those as subnormals, which a decay of a state never needs. PTX=False
-    (the interpreter, which runs no PTX) uses tl.exp2."""
-    if PTX:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.exp2(x)
-
-
-@triton.jit
 def rcp_approx(x, PTX: tl.constexpr):
     """1 / x by the hardware's reciprocal (rcp.approx.ftz, within 1 ulp): 1.0 / x adds a range check and two
     scalings an element for |x| > 2^126, which the callers' denominators never reach except as infinity, where
@@ -69,7 +60,7 @@ def softplus_fast(v, PTX: tl.constexpr):
     one exp (ex2.approx.ftz under PTX) and 10 FMAs, where ssd's softplus (an atanh series in u / (2 + u)) also
     spends a reciprocal, the second instruction on the multifunction unit, which the scan forward's 16 decays a
     row already keep busy. float32 error against float64 on [-10, 10]: 1.9e-7 at most (softplus: 2.5e-7)."""
-    u = exp2_approx(tl.abs(v) * -1.4426950408889634, PTX)
+    u = exp2_ftz(tl.abs(v) * -1.4426950408889634, PTX)
     q = u * -0.00324402354 + 0.0198514573
     q = q * u - 0.0569595359
     q = q * u + 0.106036559
@@ -149,7 +140,7 @@ def silu_approx(z, PTX: tl.constexpr):
     tl.sigmoid's exp and IEEE division add a subnormal check and a range check an element. z -> -inf gives
     z * 0 = -0, z -> +inf gives z, as the exact form."""
     if PTX:
-        return z * rcp_approx(1.0 + exp2_approx(z * -1.4426950408889634, PTX), PTX)
+        return z * rcp_approx(1.0 + exp2_ftz(z * -1.4426950408889634, PTX), PTX)
     else:
         return z * tl.sigmoid(z)
 

@@ -54,13 +54,22 @@ def head_tiles(h, pb, nheads, ngroups, headdim, dstate, BLOCK_P: tl.constexpr, B
 
 
 @triton.jit
-def exp_ftz(x, PTX: tl.constexpr):
-    """e^x as tl.exp computes it (ex2.approx of x log2(e)) but flushing results below 2^-126 to 0
-    (ex2.approx.ftz): tl.exp spends three more instructions an element keeping those as subnormals, which a
-    decay factor never needs. PTX=False (the interpreter runs no PTX) uses tl.exp."""
+def exp2_ftz(x, PTX: tl.constexpr):
+    """2^x by the hardware's approximation, flushing results below 2^-126 to 0 (ex2.approx.ftz): tl.exp2 spends
+    three more instructions an element keeping those as subnormals, which a decay factor never needs. PTX=False
+    (the interpreter runs no PTX) uses tl.exp2."""
     if PTX:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * 1.4426950408889634],
-                                         dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def exp_ftz(x, PTX: tl.constexpr):
+    """e^x as tl.exp computes it (ex2.approx of x log2(e)) but by exp2_ftz; PTX=False uses tl.exp."""
+    if PTX:
+        return exp2_ftz(x * 1.4426950408889634, True)
     else:
         return tl.exp(x)
 
