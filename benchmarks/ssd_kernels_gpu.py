@@ -16,6 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ssd_gpu import BenchConfig, ssd_call, ssd_inputs  # noqa: E402
 from ssmkit.bench.kernel_timing import kernel_times  # noqa: E402
+from ssmkit.ops.ssd.triton.plan import tuned_configs  # noqa: E402
 
 CALLS = 3
 
@@ -45,6 +46,8 @@ def main() -> None:
         print(f"== L={seqlen} b={batch}: {total / 1e3:.3f} ms kernel time per forward + backward")
         for name, (n, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:14]:
             print(f"   {n:4.1f} x {us / n:8.1f} us = {us:8.1f}  {name}")
+    for (name, key), config in tuned_configs().items():
+        print(f"tuned {name} {key[1:]}: {config}")
 
 
 if __name__ == "__main__":

@@ -167,6 +167,11 @@ def tuning_stats() -> dict:
     return dict(_STATS)
 
 
+def tuned_configs() -> dict:
+    """The configs tuned so far in this process, {(kernel name, key): config} (a copy)."""
+    return dict(_TUNED)
+
+
 def freeze_tuning(frozen: bool = True) -> None:
     """Process-wide: while frozen, no key is tuned; keys tuned earlier keep their configs."""
     _FROZEN[0] = bool(frozen)
