@@ -144,8 +144,9 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr,
                    ATOMIC: tl.constexpr):
-    """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts 0, 1
-    and this block's share of <dfinal, h_T> from the recomputed final state (cfinal, (nseq, npb, nheads))."""
+    """Forward walk: dC_t = h_tᵀ dy_t (per head, this head-dim block's share), dz, decay-gradient parts
+    (npb, 2, nheads, ntok) and this block's share of <dfinal, h_T> from the recomputed final state (cfinal,
+    (nseq, npb, nheads))."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
@@ -209,7 +210,7 @@ def _bwd_dc_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, i
             dC = ecum[:, None] * tl.dot(dy.to(dtype), tl.trans(S.to(dtype)), input_precision=PREC)
             dC = tl.dot(tl.trans(xdyL.to(dtype)), Bt, acc=dC, input_precision=PREC)
             store_group_grad(dC_ptr, dC, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok, ATOMIC)
-            pbase = parts_ptr + (pb * 4 * nheads + h).to(tl.int64) * ntok + row0 + qs
+            pbase = parts_ptr + (pb * 2 * nheads + h).to(tl.int64) * ntok + row0 + qs
             tl.store(pbase, d - v, mask=rmask)
             tl.store(pbase + nheads * ntok, v, mask=rmask)
             w = tl.exp(total - cum) * dtv
@@ -230,7 +231,8 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                    SOFTPLUS: tl.constexpr, D_PER_P: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr,
                    ATOMIC: tl.constexpr):
-    """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0, decay-gradient parts 2, 3."""
+    """Reverse walk: the adjoint g gives dx, dB (this head-dim block's share), dD, dh0 and decay-gradient parts
+    (npb, 2, nheads, ntok)."""
     h, pb, seq, seg = program_segment(nheads, headdim, nseg, BLOCK_P)
     start, end = seq_bounds(cu_ptr, seq, seqlen)
     nchunks = tl.cdiv(end - start, Q)
@@ -245,7 +247,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                              pmask, nmask, headdim, dstate, BLOCK_N, BLOCK_P)
         if D_ptr is not None:
             Dv = load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P)
-            dD = tl.zeros((BLOCK_P,), dtype=tl.float32)
+            dD = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # summed over rows once, after the walk
         c0 = seg * seg_chunks
         c1 = tl.minimum(c0 + seg_chunks, nchunks)
         for i in range(0, c1 - c0):
@@ -279,7 +281,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                 dx += Dv * dy
             xy_offs = qs[:, None] * xs + h * headdim + ps[None, :]
             tl.store(dx_ptr + row0 * xs + xy_offs, dx.to(dx_ptr.dtype.element_ty), mask=rmask[:, None] & pmask[None, :])
-            pbase = parts_ptr + ((pb * 4 + 2) * nheads + h).to(tl.int64) * ntok + row0 + qs
+            pbase = parts_ptr + (pb * 2 * nheads + h).to(tl.int64) * ntok + row0 + qs
             tl.store(pbase, s_inter, mask=rmask)
             tl.store(pbase + nheads * ntok, tl.sum(xf * gB, 1), mask=rmask)
             xdyL = (tl.dot(x, tl.trans(dyd), input_precision=PREC) * Lt).to(dtype)
@@ -289,9 +291,10 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             store_group_grad(dB_ptr, dB, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok, ATOMIC)
             G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * ecum[:, None], dtype, SPLIT, PREC)
             if D_ptr is not None:
-                dD += tl.sum(dy * xf, 0)
+                dD += dy * xf
         if D_ptr is not None:
-            tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, dD, mask=pmask)
+            tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, tl.sum(dD, 0),
+                     mask=pmask)
         if dinit_ptr is not None:
             if seg == 0:
                 offs = state_tile_offsets(ps, ns, headdim, dstate)
@@ -329,55 +332,74 @@ def ssd_bwd(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, 
     dinit = torch.empty(plan.nseq, nheads, headdim, dstate, **f32) if initial_state is not None else None
     dD_part = torch.zeros(plan.nseq * plan.nseg, nheads, headdim, **f32) if D is not None else None
     scalars = (seqlen, nheads, headdim, ngroups, dstate, plan.nseg, plan.seg_chunks, lo, hi)
-    parts = {}
     atomic = atomic_group_grads()
+    d_per_p = D is not None and D.ndim == 2
+    split = x.dtype != torch.float32
+    bufs = {}
 
-    def run(cfg):
-        bp = cfg["BLOCK_P"]
-        npb = triton.cdiv(headdim, bp)
-        if atomic:  # zeroed for every run: the tuner runs each config more than once
-            parts.update(dC=torch.zeros(ntok, ngroups, dstate, **f32), dB=torch.zeros(ntok, ngroups, dstate, **f32))
-        elif parts.get("npb") != npb:
-            parts.update(dC=torch.empty(npb, ntok, nheads, dstate, **f32),
-                         dB=torch.empty(npb, ntok, nheads, dstate, **f32))
-        if parts.get("npb") != npb:
-            parts.update(npb=npb, dt=torch.empty(npb, 4, nheads, ntok, **f32),
-                         cfinal=None if dfinal is None else torch.empty(plan.nseq, npb, nheads, **f32))
-        grid = (plan.nseq * plan.nseg * npb * nheads,)
-        meta = dict(Q=plan.Q, BLOCK_P=bp, BLOCK_N=bn, PREC=prec, num_warps=cfg["num_warps"],
+    def meta(cfg):
+        return dict(Q=plan.Q, BLOCK_P=cfg["BLOCK_P"], BLOCK_N=bn, PREC=prec, num_warps=cfg["num_warps"],
                     num_stages=cfg["num_stages"])
-        d_per_p = D is not None and D.ndim == 2
-        split = x.dtype != torch.float32
+
+    def grad_buffer(name, npb):
+        """dB or dC: (tokens, groups, dstate) for the atomics, zeroed for every run (the tuner runs each config
+        more than once); else per head-dim block and head partials."""
+        if atomic:
+            bufs[name] = torch.zeros(ntok, ngroups, dstate, **f32)
+        elif bufs.get(name) is None or bufs[name].shape[0] != npb:
+            bufs[name] = torch.empty(npb, ntok, nheads, dstate, **f32)
+        return bufs[name]
+
+    def parts(name, npb):
+        """A walk's two decay-gradient parts a token, (npb, 2, nheads, ntok)."""
+        if bufs.get(name) is None or bufs[name].shape[0] != npb:
+            bufs[name] = torch.empty(npb, 2, nheads, ntok, **f32)
+        return bufs[name]
+
+    def run_dc(cfg):
+        npb = triton.cdiv(headdim, cfg["BLOCK_P"])
+        cfinal = None if dfinal is None else torch.empty(plan.nseq, npb, nheads, **f32)
+        bufs["cfinal"] = cfinal
+        grid = (plan.nseq * plan.nseg * npb * nheads,)
+        _bwd_dc_kernel[grid](x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, dout,
+                             dfinal, grad_buffer("dC", npb), parts("dc_parts", npb), cfinal, dz, *scalars, ntok,
+                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, PTX=ptx, ATOMIC=atomic, **meta(cfg))
+
+    def run_dx(cfg):
+        npb = triton.cdiv(headdim, cfg["BLOCK_P"])
+        grid = (plan.nseq * plan.nseg * npb * nheads,)
         if segadj is not None:
             _segment_adjoint_kernel[grid](dout, dt, A, C, z, dt_bias, cu_seqlens, segadj, *scalars,
-                                          SOFTPLUS=dt_softplus, SPLIT=split, **meta)
-        _bwd_dc_kernel[grid](x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, segst, seglog, dout,
-                             dfinal, parts["dC"], parts["dt"], parts["cfinal"], dz, *scalars, ntok,
-                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, PTX=ptx, ATOMIC=atomic, **meta)
+                                          SOFTPLUS=dt_softplus, SPLIT=split, **meta(cfg))
         _bwd_dx_kernel[grid](x, dt, A, B, C, D, z, dt_bias, cu_seqlens, segadj, seglog, dfinal, dout, dx,
-                             parts["dB"], parts["dt"], dD_part, dinit, *scalars, ntok, SOFTPLUS=dt_softplus,
-                             D_PER_P=d_per_p, SPLIT=split, PTX=ptx, ATOMIC=atomic, **meta)
+                             grad_buffer("dB", npb), parts("dx_parts", npb), dD_part, dinit, *scalars, ntok,
+                             SOFTPLUS=dt_softplus, D_PER_P=d_per_p, SPLIT=split, PTX=ptx, ATOMIC=atomic, **meta(cfg))
 
+    # The two walks are tuned apart: each keeps the head-dim block and warps that suit its own registers.
+    dc_config = dx_config = config
     if config is None:
         key = (x.dtype, tuning_shape(plan), headdim, dstate, ngroups, nheads, D is not None, z is not None)
-        config = pick("bwd", key, configs(headdim, dstate, "bwd"), run, x.device, work=x.numel())
-    run(config)
+        candidates = configs(headdim, dstate, "bwd")
+        dc_config = pick("bwd_dc", key, candidates, run_dc, x.device, work=x.numel())
+        dx_config = pick("bwd_dx", key, candidates, run_dx, x.device, work=x.numel())
+    run_dc(dc_config)
+    run_dx(dx_config)
 
     # <dfinal, h_T> enters every token's decay gradient, so it takes the backward's split-product h_T, not
     # the forward's single-rounded `final` (with that, bf16 dA was 3.6e-2..2.0e-1 off in the H100 GPU tests).
-    cfinal = None if dfinal is None else parts["cfinal"].sum(1).contiguous()
+    cfinal = None if dfinal is None else bufs["cfinal"].sum(1).contiguous()
     ddt = torch.empty_like(dt)
     dA_part = torch.empty(plan.nseq, nheads, **f32)
     dbias_part = torch.empty(plan.nseq, nheads, **f32)
-    launch_bwd_dt(dt, dt_bias, A, cu_seqlens, parts["dt"], cfinal, plan, dt_softplus, lo, hi, ddt, dA_part,
-                  dbias_part)
+    launch_bwd_dt(dt, dt_bias, A, cu_seqlens, bufs["dc_parts"], bufs["dx_parts"], cfinal, plan, dt_softplus, lo,
+                  hi, ddt, dA_part, dbias_part)
     hpg = nheads // ngroups
     if atomic:
-        dB = parts["dB"].view(batch, seqlen, ngroups, dstate).to(B.dtype)
-        dC = parts["dC"].view(batch, seqlen, ngroups, dstate).to(C.dtype)
+        dB = bufs["dB"].view(batch, seqlen, ngroups, dstate).to(B.dtype)
+        dC = bufs["dC"].view(batch, seqlen, ngroups, dstate).to(C.dtype)
     else:
-        dB = parts["dB"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(B.dtype)
-        dC = parts["dC"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(C.dtype)
+        dB = bufs["dB"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(B.dtype)
+        dC = bufs["dC"].view(-1, batch, seqlen, ngroups, hpg, dstate).sum((0, 4)).to(C.dtype)
     dA = dA_part.sum(0).to(A.dtype)
     dbias = dbias_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else None
     dD = None

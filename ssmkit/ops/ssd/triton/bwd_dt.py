@@ -24,12 +24,13 @@ from .tiles import seq_bounds, softplus
 
 # Length arguments are not specialized: Triton would compile a variant of every config for each class of a
 # length (== 1, divisible by 16, other), a stall of seconds at a server's first prompt of each class.
-@triton.jit(do_not_specialize=("seqlen", "ntok", "npb"))
-def _bwd_dt_kernel(dt_ptr, bias_ptr, A_ptr, cu_ptr, parts_ptr, cfinal_ptr, ddt_ptr, dA_ptr, dbias_ptr,
-                   seqlen, nheads, ntok, npb, dt_lo, dt_hi,
+@triton.jit(do_not_specialize=("seqlen", "ntok", "npb_c", "npb_x"))
+def _bwd_dt_kernel(dt_ptr, bias_ptr, A_ptr, cu_ptr, cparts_ptr, xparts_ptr, cfinal_ptr, ddt_ptr, dA_ptr, dbias_ptr,
+                   seqlen, nheads, ntok, npb_c, npb_x, dt_lo, dt_hi,
                    SOFTPLUS: tl.constexpr, Q: tl.constexpr, NCH: tl.constexpr):
-    """parts (npb, 4, nheads, ntok): per head-dim block and token k, [d_k - R_k from the forward walk (d_k: the
-    in-chunk pairs ending at k less those starting at k), R_k, S_k, x_k·(g_k B_k)]; the in-chunk pairs that
+    """Per head-dim block and token k, cparts (npb_c, 2, nheads, ntok) from the forward walk: [d_k - R_k (d_k: the
+    in-chunk pairs ending at k less those starting at k), R_k]; xparts (npb_x, 2, nheads, ntok) from the reverse
+    walk: [S_k, x_k·(g_k B_k)] (the walks may take different head-dim blocks); the in-chunk pairs that
     straddle k are the sum over the chunk's tokens before k of d - R + S. cfinal (nseq, nheads): <dh_T, h_T>.
 
     Writes ddt (ntok, nheads) for the raw dt, and this sequence's shares of dA and d dt_bias (nseq, nheads).
@@ -62,12 +63,16 @@ def _bwd_dt_kernel(dt_ptr, bias_ptr, A_ptr, cu_ptr, parts_ptr, cfinal_ptr, ddt_p
         inc = tl.zeros((NCH, Q), dtype=tl.float32)
         across = tl.zeros((NCH, Q), dtype=tl.float32)
         q = tl.zeros((NCH, Q), dtype=tl.float32)
-        for pb in range(0, npb):
-            base = parts_ptr + (pb * 4 * nheads + h) * ntok + rows
-            s = tl.load(base + 2 * plane, mask=rmask, other=0.0)
-            inc += tl.load(base, mask=rmask, other=0.0) + s
-            across += tl.load(base + plane, mask=rmask, other=0.0) - s
-            q += tl.load(base + 3 * plane, mask=rmask, other=0.0)
+        for pb in range(0, npb_c):
+            base = cparts_ptr + (pb * 2 * nheads + h) * ntok + rows
+            inc += tl.load(base, mask=rmask, other=0.0)
+            across += tl.load(base + plane, mask=rmask, other=0.0)
+        for pb in range(0, npb_x):
+            base = xparts_ptr + (pb * 2 * nheads + h) * ntok + rows
+            s = tl.load(base, mask=rmask, other=0.0)
+            inc += s
+            across -= s
+            q += tl.load(base + plane, mask=rmask, other=0.0)
         within = tl.cumsum(inc, 1) - inc  # tokens of the chunk before k
         chunk_tot = tl.sum(across, 1)
         later = tl.cumsum(chunk_tot, 0, reverse=True) + carry  # sum over chunks c' >= c
@@ -83,11 +88,12 @@ def _bwd_dt_kernel(dt_ptr, bias_ptr, A_ptr, cu_ptr, parts_ptr, cfinal_ptr, ddt_p
     tl.store(dbias_ptr + seq * nheads + h, dbias)
 
 
-def launch_bwd_dt(dt, dt_bias, A, cu_seqlens, parts, cfinal, plan, dt_softplus, lo, hi, ddt, dA, dbias):
-    """Host launcher: one program per (head, sequence); parts (npb, 4, nheads, ntok) from the two walks."""
+def launch_bwd_dt(dt, dt_bias, A, cu_seqlens, cparts, xparts, cfinal, plan, dt_softplus, lo, hi, ddt, dA, dbias):
+    """Host launcher: one program per (head, sequence); cparts, xparts (npb, 2, nheads, ntok) from the two walks."""
     nheads = A.shape[0]
     if plan.nseq == 0 or nheads == 0:
         return
-    _bwd_dt_kernel[(nheads, plan.nseq)](dt, dt_bias, A, cu_seqlens, parts, cfinal, ddt, dA, dbias,
-                                        plan.seqlen, nheads, parts.shape[-1], parts.shape[0], lo, hi,
+    _bwd_dt_kernel[(nheads, plan.nseq)](dt, dt_bias, A, cu_seqlens, cparts, xparts, cfinal, ddt, dA, dbias,
+                                        plan.seqlen, nheads, cparts.shape[-1], cparts.shape[0], xparts.shape[0],
+                                        lo, hi,
                                         SOFTPLUS=dt_softplus, Q=plan.Q, NCH=max(1, 1024 // plan.Q), num_warps=4)

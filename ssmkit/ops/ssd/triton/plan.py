@@ -13,6 +13,9 @@ Version history
   tuned and their seconds. The kernels no longer specialize on lengths (one compile per config, not per length
   class): on an H100, served Mamba-2 had p99 latencies of 34-43 s (benchmarks/results/serve-load-h100-*), and
   the replayed workload TTFT p95 of 3-9 s against p50 of 50-1450 ms (bench-gpu-workload-h100-*).
+- v5 (the segment policy, below v4 in time): segments only when the sequences give fewer programs than SMs
+  (segment_count); the old target of 6 programs an SM cut L = 4K..16K into 2..7 segments, and each segment's
+  pre-pass and shorter walk cost more than the parallelism won (forward 0.517 -> 0.400 ms at L = 4K on an H100).
 - v4: tuning can be frozen (tuning_frozen(), freeze_tuning()): a key not tuned yet then takes its first config
   untimed. Tuning a key cost about 4 s on an H100 (16 keys, 62.8 s in one replayed workload), so a server or a
   benchmark tunes during its warm-up and freezes after it rather than stalling a request on a new shape bucket.
@@ -28,8 +31,12 @@ import torch
 
 from ssmkit.ops.dispatch import cuda_sm_count, interpreting
 
-# Programs to aim for per streaming multiprocessor before cutting sequences into more segments.
-PROGRAMS_PER_SM = 6
+# Sequences are cut into segments only when they give fewer programs than the GPU has SMs, and then into enough
+# for PROGRAMS_PER_SM programs an SM. On an H100 (forward, 65,536 tokens, 32 heads, headdim 64, dstate 64) one
+# segment a sequence was fastest up to L = 8K (256 programs: 0.395 ms against 0.576 with 2 segments), and at
+# L = 16K (128 programs) 4 segments were (0.570 ms; 1: 0.723, 2: 0.651, 8: 0.598):
+# benchmarks/results/ssd-fwd-segments-h100-2026-12-07.md.
+PROGRAMS_PER_SM = 4
 CHUNK_SIZES = (16, 32, 64, 128)
 # Rows of dstate the forward kernel takes at a time (its B, C blocks are (Q, FWD_SUB_N)): at 32 the sm_90 compile
 # spilled more than at 64, and 128 spilled more at dstate 128 and 256.
@@ -75,11 +82,14 @@ def make_plan(x, nheads, cu_seqlens, chunk_size, seg_chunks=None) -> Plan:
 
 
 def segment_count(nchunks: int, nseq: int, nheads: int, sms: int, programs_per_sm: int = PROGRAMS_PER_SM) -> int:
-    """Segments to cut each sequence of nchunks chunks into: the fewest that give nseq x nheads x segments >=
-    programs_per_sm x sms programs (head-dim blocks not counted), at most one a chunk. make_plan's policy, a pure
-    function so that the plans of other devices and settings can be tabulated without one
-    (benchmarks/kernel_resources_cpu.py --ssd-plan)."""
-    return min(nchunks, max(1, triton_cdiv(programs_per_sm * sms, max(1, nseq * nheads))))
+    """Segments to cut each sequence of nchunks chunks into: one while the nseq x nheads programs are at least
+    one an SM, else the fewest that give nseq x nheads x segments >= programs_per_sm x sms programs (head-dim
+    blocks not counted), at most one a chunk. make_plan's policy, a pure function so that the plans of other
+    devices and settings can be tabulated without one (benchmarks/kernel_resources_cpu.py --ssd-plan)."""
+    programs = max(1, nseq * nheads)
+    if programs >= sms:
+        return 1
+    return min(nchunks, max(1, triton_cdiv(programs_per_sm * sms, programs)))
 
 
 def triton_cdiv(a: int, b: int) -> int:
