@@ -181,7 +181,7 @@ def ssd_plan_table(headdim: int = 64, dstate: int = 64, nheads: int = 32, tokens
     for L in (512, 1024, 2048, 4096, 8192, 16384):
         batch, nchunks = tokens // L, triton_cdiv(L, 64)
         plans = {}
-        for target in (2, 4, PROGRAMS_PER_SM, 8, 12, 16):
+        for target in sorted({2, 4, PROGRAMS_PER_SM, 8, 12, 16}):
             nseg = segment_count(nchunks, batch, nheads, sms, target)
             seg_chunks = triton_cdiv(nchunks, nseg)
             key = (triton_cdiv(nchunks, seg_chunks), seg_chunks)

@@ -102,6 +102,15 @@ GPU_CASES = [
 ]
 
 
+def cotangents(y_shape, final_shape, dtype, seed=0):
+    """dout (in dtype) and dfinal (float32) from a seeded CUDA generator: with the global one each run (and each
+    xdist worker order) drew another dout, and about one draw in tens nearly cancels dA (a float32 run on an
+    H100 read 5.2e-5 relative against the 5e-5 bound; 8 seeded draws x 4 configs: median 5.1e-6, max 1.9e-5)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return (torch.randn(y_shape, device="cuda", generator=g).to(dtype),
+            torch.randn(final_shape, device="cuda", generator=g))
+
+
 def gpu_reference(inp, cu_seqlens=None, dout=None, dfinal=None):
     """Float64 chunked form on the GPU (itself tested against the recurrence in test_orders_agree.py)."""
     def oracle(*args, **kw):
@@ -115,8 +124,7 @@ def check_gpu_case(inp, nseq, cu_seqlens, dtype, chunk_size=64):
     from tests.ops.ssd.triton_cases import run_triton
 
     P, N = inp["x"].shape[-1], inp["B"].shape[-1]
-    dout = torch.randn(inp["x"].shape, device="cuda").to(dtype)
-    dfinal = torch.randn(nseq, inp["x"].shape[2], P, N, device="cuda")
+    dout, dfinal = cotangents(inp["x"].shape, (nseq, inp["x"].shape[2], P, N), dtype)
     out = run_triton(mod, inp, cu_seqlens=cu_seqlens, dout=dout, dfinal=dfinal, chunk_size=chunk_size)
     check_all(*out, gpu_reference(inp, cu_seqlens=cu_seqlens, dout=dout, dfinal=dfinal), dtype)
 
@@ -173,8 +181,7 @@ def test_every_tunable_config_matches_float64_on_gpu(shape, kind, cfg):
     cu = torch.tensor([0, 100, 101, 700, 1100], dtype=torch.int32, device="cuda") if varlen else None
     batch, seqlen, nseq = (1, 1100, 4) if varlen else (2, 550, 2)
     inp = make_inputs(batch, seqlen, 4, P, 2, N, dtype=dtype, device="cuda", nseq=nseq, seed=P + N)
-    dout = torch.randn(inp["x"].shape, device="cuda").to(dtype)
-    dfinal = torch.randn(nseq, 4, P, N, device="cuda")
+    dout, dfinal = cotangents(inp["x"].shape, (nseq, 4, P, N), dtype)
     y_ref, final_ref, grads_ref = gpu_reference(inp, cu_seqlens=cu, dout=dout, dfinal=dfinal)
     args = [inp[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
     y, final, plan, segst, seglog = ssd_fwd(*args, True, None, inp["initial_state"], cu, 64,
@@ -196,8 +203,7 @@ def test_deterministic_mode_gives_bit_identical_db_dc_matching_the_atomic_path_o
     from ssmkit.ops.ssd.triton.bwd import atomic_group_grads
 
     inp = make_inputs(2, 300, 8, 64, 2, 64, dtype=torch.bfloat16, device="cuda", seed=31)
-    dout = torch.randn(inp["x"].shape, device="cuda").to(torch.bfloat16)
-    dfinal = torch.randn(2, 8, 64, 64, device="cuda")
+    dout, dfinal = cotangents(inp["x"].shape, (2, 8, 64, 64), torch.bfloat16)
     ref = gpu_reference(inp, dout=dout, dfinal=dfinal)
     import ssmkit.ops.ssd.triton as mod
     from tests.ops.ssd.triton_cases import run_triton

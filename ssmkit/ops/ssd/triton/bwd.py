@@ -247,7 +247,7 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                              pmask, nmask, headdim, dstate, BLOCK_N, BLOCK_P)
         if D_ptr is not None:
             Dv = load_skip(D_ptr, h, headdim, ps, pmask, D_PER_P)
-            dD = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # summed over rows once, after the walk
+            dD = tl.zeros((BLOCK_P,), dtype=tl.float32)
         c0 = seg * seg_chunks
         c1 = tl.minimum(c0 + seg_chunks, nchunks)
         for i in range(0, c1 - c0):
@@ -291,10 +291,9 @@ def _bwd_dx_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             store_group_grad(dB_ptr, dB, row0, qs, rmask, ns, nmask, h, g, pb, nheads, ngroups, dstate, ntok, ATOMIC)
             G = tl.exp(total) * G + dot_split(tl.trans(Ct), dy * ecum[:, None], dtype, SPLIT, PREC)
             if D_ptr is not None:
-                dD += dy * xf
+                dD += tl.sum(dy * xf, 0)
         if D_ptr is not None:
-            tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, tl.sum(dD, 0),
-                     mask=pmask)
+            tl.store(dD_ptr + ((seq.to(tl.int64) * nseg + seg) * nheads + h) * headdim + ps, dD, mask=pmask)
         if dinit_ptr is not None:
             if seg == 0:
                 offs = state_tile_offsets(ps, ns, headdim, dstate)
