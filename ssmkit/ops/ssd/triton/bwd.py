@@ -47,6 +47,9 @@ Version history
   1538/36 -> 1409/17; dstate 128 dx (64,4,2) 2943/402 -> 2672/284. Every config, gated too, and what was tried
   and dropped: benchmarks/results/ssd-bwd-dx-sm90-cpu-2026-12-07.md. dD and D dy remain the dx walk's largest
   cost (without D, dx (64,4,2) compiles to 1570/51).
+- v7: the two walks are tuned apart (pick "bwd_dc", "bwd_dx"), each writing its two decay-gradient parts into
+  its own (npb, 2, heads, tokens) buffer, so each may take its own head-dim block; at dstate 128 on an H100 dc took
+  64 x 4 warps and dx 32 x 4 warps (benchmarks/results/ssd-fwd-v4-bwd-v6-segments-h100-2026-12-07.md).
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ Version history
   tuned and their seconds. The kernels no longer specialize on lengths (one compile per config, not per length
   class): on an H100, served Mamba-2 had p99 latencies of 34-43 s (benchmarks/results/serve-load-h100-*), and
   the replayed workload TTFT p95 of 3-9 s against p50 of 50-1450 ms (bench-gpu-workload-h100-*).
-- v5 (the segment policy, below v4 in time): segments only when the sequences give fewer programs than SMs
-  (segment_count); the old target of 6 programs an SM cut L = 4K..16K into 2..7 segments, and each segment's
-  pre-pass and shorter walk cost more than the parallelism won (forward 0.517 -> 0.400 ms at L = 4K on an H100).
 - v4: tuning can be frozen (tuning_frozen(), freeze_tuning()): a key not tuned yet then takes its first config
   untimed. Tuning a key cost about 4 s on an H100 (16 keys, 62.8 s in one replayed workload), so a server or a
   benchmark tunes during its warm-up and freezes after it rather than stalling a request on a new shape bucket.
+- v5: segments only when the sequences give fewer programs than SMs
+  (segment_count); the old target of 6 programs an SM cut L = 4K..16K into 2..7 segments, and each segment's
+  pre-pass and shorter walk cost more than the parallelism won (forward 0.517 -> 0.400 ms at L = 4K on an H100).
 """
 
 from __future__ import annotations
