@@ -2,6 +2,8 @@
 and SM count (plan.segment_count, make_plan's policy)."""
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ssmkit.ops.ssd.triton.plan import PROGRAMS_PER_SM, make_plan, segment_count
 
@@ -31,3 +33,18 @@ def test_make_plan_follows_segment_count_with_the_devices_sm_count():
     nseg = segment_count(40, 1, 2, 4)
     assert nseg == 8
     assert plan.seg_chunks == -(-40 // nseg) and plan.nseg == -(-40 // plan.seg_chunks)
+
+
+@given(nchunks=st.integers(1, 600), nseq=st.integers(0, 300), nheads=st.integers(1, 128),
+       sms=st.sampled_from([4, 78, 108, 132, 144]), target=st.integers(1, 8))
+@settings(max_examples=300, deadline=None)
+def test_segment_count_is_the_fewest_segments_that_reach_the_target_below_one_program_an_sm(nchunks, nseq, nheads,
+                                                                                            sms, target):
+    got = segment_count(nchunks, nseq, nheads, sms, target)
+    programs = max(1, nseq * nheads)
+    assert 1 <= got <= nchunks
+    if programs >= sms:
+        assert got == 1
+    else:  # found by search, not by the closed form the function uses
+        want = next((n for n in range(1, nchunks + 1) if programs * n >= target * sms), nchunks)
+        assert got == want
