@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from .graphs import GraphedDecoder, graph_cache_len
+from .signature import tensor_signature
 
 MAX_GRAPHS_PER_MODEL = 4  # each holds a full decode state (KV caches included); the least recently used goes
 # Idle decoders (kept for a later generation) of one model may hold at most this share of the device's memory;
@@ -48,7 +49,7 @@ def graphed_decoder(model, batch: int, max_len: int, *, kv_dtype: torch.dtype | 
     has_attention = "attention" in model.config.mixers
     capacity = (max_len if exact else graph_cache_len(max_len)) if has_attention else 1
     key = (batch, capacity, model.embeddings.weight.dtype, kv_dtype)
-    signature = _signature(model)
+    signature = tensor_signature(model)
     with _REGISTRY.lock:
         entry = _REGISTRY.by_model.setdefault(model, {"signature": signature, "decoders": OrderedDict(),
                                                       "busy": set(), "failed": None})
@@ -164,7 +165,3 @@ def eager_reason(model) -> str | None:
     holds = model.__dict__.get("_ssmkit_eager_only")
     return holds[-1] if holds else None
 
-
-def _signature(model) -> tuple:
-    """Which tensors the graphs read: replaced parameters (a .to(), a new dtype) make a captured graph stale."""
-    return tuple(t.data_ptr() for t in model.parameters()) + tuple(t.data_ptr() for t in model.buffers())

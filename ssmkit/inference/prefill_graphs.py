@@ -30,8 +30,9 @@ import torch
 from ssmkit.ops.dispatch import warn_once
 
 from .cache import allocate_cache, cache_tensors
-from .graph_registry import _signature, eager_reason
+from .graph_registry import eager_reason
 from .graphs import _clear_cuda_error, _step_without_host_sync
+from .signature import tensor_signature
 
 GRAPH_MIXERS = ("mamba", "mamba2")
 GRAPH_FEED_FORWARDS = (None, "mlp")
@@ -91,7 +92,7 @@ class GraphedPrefill:
         self._state_tensors = list(cache_tensors(self.state).values())
         self._graphs: dict[int, tuple] = {}  # piece length -> (graph, ids buffer, logits buffer)
         self.fallback_reason: str | None = None
-        self.signature = _signature(model)
+        self.signature = tensor_signature(model)
         self.lock = threading.Lock()
 
     @property
@@ -177,7 +178,7 @@ def graphed_prefill(model, batch: int) -> GraphedPrefill:
     with _LOCK:
         cache = _BY_MODEL.setdefault(model, {})
         entry = cache.pop(batch, None)
-        if entry is None or entry.signature != _signature(model):
+        if entry is None or entry.signature != tensor_signature(model):
             entry = GraphedPrefill(model, batch)
         cache[batch] = entry  # most recently used last
         while len(cache) > MAX_BATCHES:
