@@ -17,6 +17,7 @@ import torch
 
 from .cache import allocate_cache
 from .graph_registry import eager_reason, graphed_decoder, release_decoder
+from .module_walk import eval_mode
 from .prefill_graphs import graph_prefill_reason, graphed_prefill
 from .sampling import SamplingConfig, next_token
 
@@ -138,13 +139,10 @@ class _Plan:
 
 
 def _run(model, plan: _Plan, with_logits: bool = True) -> Iterator[GenerationStep]:
-    """The steps of `plan` with `model` in eval mode. with_logits=False is generate's: see _decode."""
-    was_training = model.training
-    model.eval()
-    try:
+    """The steps of `plan` with `model` in eval mode (each module's own mode back after). with_logits=False is
+    generate's: see _decode."""
+    with eval_mode(model):
         yield from _decode(model, plan, with_logits)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()

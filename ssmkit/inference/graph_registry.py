@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from .graphs import GraphedDecoder, graph_cache_len
-from .signature import tensor_signature
+from .module_walk import tensor_signature
 
 MAX_GRAPHS_PER_MODEL = 4  # each holds a full decode state (KV caches included); the least recently used goes
 # Idle decoders (kept for a later generation) of one model may hold at most this share of the device's memory;

@@ -22,6 +22,7 @@ from ssmkit.ops.attention.kv_cache import KVCache
 from ssmkit.ops.dispatch import warn_once
 
 from .cache import allocate_cache, cache_nbytes
+from .module_walk import eval_mode
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture: Triton compiles and cuBLAS picks its kernels
 
@@ -297,24 +298,22 @@ class GraphedDecoder:
         """Runs warm_up() on a side stream, then captures step() into a new CUDA graph (in the memory pool `pool`
         when given), the model in eval mode. Returns (graph, step's output); a failure's CUDA error is cleared
         before it is raised again."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                warm_up()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: another thread's CUDA calls (a server's) neither break nor get blocked by the capture.
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                out = step()
-            return graph, out
-        except Exception:
-            _clear_cuda_error(self.device)
-            raise
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model):
+            try:
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    warm_up()
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: another thread's CUDA calls (a server's) neither break nor get blocked by the
+                # capture.
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                    out = step()
+                return graph, out
+            except Exception:
+                _clear_cuda_error(self.device)
+                raise
 
 
 def _feed_back_logits(logits: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor, history: torch.Tensor,

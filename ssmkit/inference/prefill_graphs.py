@@ -32,7 +32,7 @@ from ssmkit.ops.dispatch import warn_once
 from .cache import allocate_cache, cache_tensors
 from .graph_registry import eager_reason
 from .graphs import _clear_cuda_error, _step_without_host_sync
-from .signature import tensor_signature
+from .module_walk import tensor_signature
 
 GRAPH_MIXERS = ("mamba", "mamba2")
 GRAPH_FEED_FORWARDS = (None, "mlp")

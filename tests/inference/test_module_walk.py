@@ -1,6 +1,6 @@
-"""tensor_signature (ssmkit.inference.signature), the staleness check of captured graphs, against the full walk
-it replaced: for every change to a model, the signature changes exactly when the set of parameter and buffer
-tensors (their data pointers, in module order) does."""
+"""ssmkit.inference.module_walk: tensor_signature, the staleness check of captured graphs, against the full walk
+it replaced (for every change to a model, the signature changes exactly when the set of parameter and buffer
+tensors does), and eval_mode against model.eval() (inside) and each module's own earlier mode (after)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssmkit.inference.signature import _WALKS, tensor_signature
+from ssmkit.inference.module_walk import _WALKS, eval_mode, tensor_signature
 from tests.inference.models import tiny_model
 
 
@@ -65,3 +65,26 @@ def test_the_kept_walk_does_not_keep_the_model_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("family", ["mamba2", "hybrid-moe"])
+def test_eval_mode_is_model_eval_inside_and_gives_each_module_its_own_mode_back(family):
+    model = tiny_model(family)
+    modules = list(model.modules())
+    for i, m in enumerate(modules):  # mixed modes, the root's among them
+        m.training = i % 3 == 0
+    before = [m.training for m in modules]
+    assert any(before) and not all(before)
+    with eval_mode(model):
+        assert not any(m.training for m in modules)
+    assert [m.training for m in modules] == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with eval_mode(model):
+            raise RuntimeError("inside")
+    assert [m.training for m in modules] == before
+    model.layers.append(copy.deepcopy(model.layers[0]))  # a changed tree is walked again
+    modules = list(model.modules())
+    before = [m.training for m in modules]
+    with eval_mode(model):
+        assert not any(m.training for m in modules)
+    assert [m.training for m in modules] == before
