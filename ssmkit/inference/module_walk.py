@@ -6,7 +6,8 @@ Walking the tree (`model.parameters()`, `model.buffers()`, `model.eval()`) cost 
 Mamba-2 1.3B (341 modules, 434 parameters) on a 2-core CPU, while the GPU waited. So the tree is walked once per
 model and after that only checked: every parent still holds the same child under each name and every module the
 same number of parameter, buffer and submodule slots (a changed tree is walked again). Then the signature is one
-data_ptr per slot (0.17 ms at the same size) and the mode switch one attribute per module.
+data_ptr per slot (0.17 ms at the same size) and the mode switch one attribute per module (0.13 ms there and
+back).
 
 tensor_signature changes when a parameter or buffer is replaced: a .to(), a new dtype, a reassigned parameter, a
 filled empty slot, a swapped or added submodule, a registered buffer.
@@ -65,12 +66,16 @@ def tensor_signature(model: nn.Module) -> tuple:
 def eval_mode(model: nn.Module):
     """Every module of `model` in eval mode inside the block (as model.eval()); each module's own mode back after,
     also when the block raises."""
-    modules = [model, *_walk(model).children]
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.training = False
+    # Each module's `training` is a plain instance attribute: written into its __dict__, not through
+    # nn.Module.__setattr__, which looks the name up in the parameter, buffer and module dicts first (Mamba-2
+    # 1.3B on this CPU: 1.2 ms for the switch and the switch back that way, 0.13 ms so, the walk's check included;
+    # model.eval() + model.train(was) 1.5 ms)
+    states = [m.__dict__ for m in (model, *_walk(model).children)]
+    modes = [d["training"] for d in states]
+    for d in states:
+        d["training"] = False
     try:
         yield model
     finally:
-        for m, mode in zip(modules, modes):
-            m.training = mode
+        for d, mode in zip(states, modes):
+            d["training"] = mode
