@@ -94,9 +94,14 @@ class GraphedDecoder:
         return self.max_len if self.has_attention else None
 
     def reset(self) -> None:
-        """Empties the state in place (SSM states zeroed, KV caches emptied) for a new prefill; position 0."""
+        """Empties the state in place (SSM states zeroed, KV caches emptied) for a new prefill; position 0. The
+        SSM tensors are zeroed by one multi-tensor launch: a zero_() each was 96 launches of host time for Mamba-2
+        1.3B on the way to the first token, while the GPU waited."""
+        zero = []
         for layer_state in self.state:
-            _reset_layer_state(layer_state)
+            _reset_layer_state(layer_state, zero)
+        if zero:  # a Transformer's layers hold KV caches only
+            torch._foreach_zero_(zero)
         self._greedy_run = False
         self.start(0)
 
@@ -344,7 +349,9 @@ def _clear_cuda_error(device) -> None:
         pass
 
 
-def _reset_layer_state(state) -> None:
+def _reset_layer_state(state, zero: list) -> None:
+    """Empties a layer's KV cache and padding fields; its other tensors (SSM and conv states) go to `zero` for
+    the caller to zero in one launch."""
     for f in dataclasses.fields(state):
         value = getattr(state, f.name)
         if isinstance(value, KVCache):
@@ -354,7 +361,7 @@ def _reset_layer_state(state) -> None:
         elif f.name == "padded":
             setattr(state, f.name, False)
         elif isinstance(value, torch.Tensor):
-            value.zero_()
+            zero.append(value)
 
 
 def _copy_layer_state(new, old, length: int) -> None:

@@ -143,6 +143,11 @@ def test_decoder_reset_forgets_the_previous_sequence():
         decoder.start(4)
         runs.append(decoder.step(tok).clone())
     assert torch.equal(runs[0], runs[1])
+    ssm = [t for s in decoder.state for t in vars(s).values() if isinstance(t, torch.Tensor) and t.dtype != torch.bool]
+    assert ssm and any(t.count_nonzero() for t in ssm)  # the step left state behind
+    decoder.reset()
+    assert not any(t.count_nonzero() for t in ssm)  # zeroed in place (one multi-tensor launch)
+    assert all(s.kv.length == 0 for s in decoder.state if hasattr(s, "kv"))
 
 
 def test_decoder_rejects_bad_sizes_and_capture_on_cpu():
