@@ -50,8 +50,14 @@ def prefill(model, input_ids: torch.Tensor, state: list, *, key_padding_mask: to
     Returns:
         logits (batch, vocab_size) at position seqlen - 1.
     """
+    model._check_inputs(input_ids, state, key_padding_mask)  # one read-back of the ids for the whole prompt
+    return _prefill(model, input_ids, state, key_padding_mask, chunk_size, cuda_graph)
+
+
+def _prefill(model, input_ids, state, key_padding_mask, chunk_size, cuda_graph) -> torch.Tensor:
+    """prefill after its input checks (generate's _plan makes the same ones: a second read-back of the ids,
+    with its host synchronisation, stood before the prefill of every generate)."""
     if cuda_graph is not False and graph_prefill_reason(model, input_ids, key_padding_mask, chunk_size) is None:
-        model._check_inputs(input_ids, state, None)
         return graphed_prefill(model, input_ids.shape[0]).run(input_ids, state)
     seqlen = input_ids.shape[1]
     step = seqlen if chunk_size is None else chunk_size
@@ -59,7 +65,7 @@ def prefill(model, input_ids: torch.Tensor, state: list, *, key_padding_mask: to
     for start in range(0, seqlen, step):
         piece = slice(start, start + step)
         mask = None if key_padding_mask is None else key_padding_mask[:, piece]
-        logits = model(input_ids[:, piece], state, key_padding_mask=mask, logits_to_keep=1)[:, -1]
+        logits = model._forward_unchecked(input_ids[:, piece], state, mask, logits_to_keep=1)[:, -1]
     return logits
 
 
@@ -162,8 +168,8 @@ def _decode(model, plan: _Plan, with_logits: bool = True) -> Iterator[Generation
         else:
             decoder.reset()
             state = decoder.state
-        logits = prefill(model, plan.input_ids, state, key_padding_mask=plan.key_padding_mask,
-                         chunk_size=plan.prefill_chunk_size, cuda_graph=None if plan.cuda_graph else False)
+        logits = _prefill(model, plan.input_ids, state, plan.key_padding_mask, plan.prefill_chunk_size,
+                          None if plan.cuda_graph else False)  # _plan checked the ids
         if decoder is not None:
             decoder.start(prompt_len)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
