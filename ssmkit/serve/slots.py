@@ -93,16 +93,17 @@ class SlotPool:
         and shared-length (not per-row), so a prefill through them computes exactly what a new batch-1 cache
         computes, while writing into the pool."""
         rows = slice(slot, slot + 1)
-        views = []
+        views, zero = [], []
         for s in self.state:
             if isinstance(s, AttentionState):
                 s.key_mask[rows] = True  # an earlier, padded occupant may have left masked positions
                 views.append(AttentionState(kv=_kv_view(s.kv, rows, None, 0), key_mask=s.key_mask[rows]))
             else:
                 view = _row_view(s, rows)
-                for t in _tensor_fields(view):
-                    t.zero_()
+                zero.extend(_tensor_fields(view))
                 views.append(view)
+        if zero:  # one multi-tensor launch, not one per SSM / conv tensor (96 for Mamba-2 1.3B) before each prefill
+            torch._foreach_zero_(zero)
         self.lengths[slot] = 0
         self.padded[slot] = False
         return views
