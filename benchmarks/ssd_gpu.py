@@ -28,7 +28,7 @@ from ssmkit.bench.kernel_timing import fmt, rel_error, start_kernel_run  # noqa:
 from ssmkit.ops.ssd.chunked import ssd_chunked  # noqa: E402
 from ssmkit.ops.ssd.step import ssd_step_reference  # noqa: E402
 from ssmkit.ops.ssd.triton import ssd_step_triton, ssd_triton  # noqa: E402
-from ssmkit.ops.ssd.triton.plan import _TUNED  # noqa: E402
+from ssmkit.ops.ssd.triton.plan import tuned_configs  # noqa: E402
 
 
 @dataclass
@@ -88,7 +88,7 @@ def validate(cfg, log):
     errs["final"] = rel_error(outs["triton"][1], outs["chunked"][1])
     for name, a, b in zip(t, outs["triton"][2], outs["chunked"][2]):
         errs[f"d{name}"] = rel_error(a, b)
-    log(f"validate bf16 b4 L4096 vs chunked: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    log("validate bf16 b4 L4096 vs chunked: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
     ok = errs["y"] < 1e-2 and errs["final"] < 1e-2 and all(v < 2e-2 for k, v in errs.items() if k[0] == "d")
     return ok, errs
 
@@ -181,7 +181,7 @@ def main():
     for s in steps:
         log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}))
     log("tuned configs: " + "; ".join(f"{name} P{key[2]} N{key[3]} nseg{key[1][3]} -> {c}"
-                                      for (name, key), c in _TUNED.items()))
+                                      for (name, key), c in tuned_configs().items()))
 
     table = ["| L | batch | triton fwd | graph | chunked fwd | SDPA-flash fwd | triton fwd+bwd | graph | "
              "chunked fwd+bwd | SDPA-flash fwd+bwd |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -201,7 +201,7 @@ def main():
           f"python {platform.python_version()}; bf16, headdim {cfg.headdim}, nheads {cfg.nheads}, ngroups 1, "
           f"dstate {cfg.dstate} unless swept, {cfg.total_tokens} tokens per call; ms, do_bench median (L2 flushed) "
           "and CUDA-graph replay median.", "", "Command: `python benchmarks/ssd_gpu.py --out <file>`", "",
-          f"Validation (bf16, b=4, L=4096, rel. to the torch chunked path): "
+          "Validation (bf16, b=4, L=4096, rel. to the torch chunked path): "
           + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()), "", *table, "", "Log:", "", "```", *lines, "```"]
     Path(cfg.out).write_text("\n".join(md) + "\n")
     print("\n".join(table))

@@ -271,7 +271,7 @@ class GraphedDecoder:
         try:
             self._graph, self._logits = self._record(warm_up, self._static_step)
         except Exception as e:  # a host read inside the step: capture is impossible for this model
-            self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            self.fallback_reason = error_summary(e)
             warn_once(f"CUDA graph capture of {type(self.model).__name__} decode failed ({self.fallback_reason}); "
                       f"decoding eagerly instead")
 
@@ -295,30 +295,38 @@ class GraphedDecoder:
         try:
             self._greedy_graph, self._greedy_logits = self._record(warm_up, self._greedy_step, self._graph.pool())
         except Exception as e:
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            warn_once(f"CUDA graph capture of {type(self.model).__name__}'s greedy step failed ({reason}); "
+            warn_once(f"CUDA graph capture of {type(self.model).__name__}'s greedy step failed ({error_summary(e)}); "
                       f"the argmax runs after each replay instead")
 
     def _record(self, warm_up, step, pool=None) -> tuple:
-        """Runs warm_up() on a side stream, then captures step() into a new CUDA graph (in the memory pool `pool`
-        when given), the model in eval mode. Returns (graph, step's output); a failure's CUDA error is cleared
-        before it is raised again."""
+        """record_graph(warm_up, step) with the model in eval mode."""
         with eval_mode(self.model):
-            try:
-                side = torch.cuda.Stream(self.device)
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):
-                    warm_up()
-                torch.cuda.current_stream(self.device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                # thread_local: another thread's CUDA calls (a server's) neither break nor get blocked by the
-                # capture.
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                    out = step()
-                return graph, out
-            except Exception:
-                _clear_cuda_error(self.device)
-                raise
+            return record_graph(self.device, warm_up, step, pool)
+
+
+def record_graph(device, warm_up, step, pool=None) -> tuple:
+    """Runs warm_up() on a side stream, then captures step() into a new CUDA graph (in the memory pool `pool` when
+    given). Returns (graph, step's output); a failure's CUDA error is cleared before it is raised again. The decode
+    graphs and the prefill graphs (prefill_graphs.py) are all made here."""
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            warm_up()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: another thread's CUDA calls (a server's) neither break nor get blocked by the capture.
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            out = step()
+        return graph, out
+    except Exception:
+        _clear_cuda_error(device)
+        raise
+
+
+def error_summary(e: Exception) -> str:
+    """A failed capture's reason in one line: the exception's type and its message's first line."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _feed_back_logits(logits: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor, history: torch.Tensor,

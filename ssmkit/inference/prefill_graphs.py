@@ -31,7 +31,7 @@ from ssmkit.ops.dispatch import warn_once
 
 from .cache import allocate_cache, cache_tensors
 from .graph_registry import eager_reason
-from .graphs import _clear_cuda_error, _step_without_host_sync
+from .graphs import _step_without_host_sync, error_summary, record_graph
 from .module_walk import tensor_signature
 
 GRAPH_MIXERS = ("mamba", "mamba2")
@@ -149,19 +149,18 @@ class GraphedPrefill:
         model = self.model
         device = model.embeddings.weight.device
         ids = torch.zeros(self.batch, n, dtype=torch.int64, device=device)
+
+        def forward():
+            return model._forward_unchecked(ids, self.state, logits_to_keep=1)
+
+        def warm_up():
+            forward()  # compiles and tunes (may sync)
+            _step_without_host_sync(forward)
+
         try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                model._forward_unchecked(ids, self.state, logits_to_keep=1)  # compiles and tunes (may sync)
-                _step_without_host_sync(lambda: model._forward_unchecked(ids, self.state, logits_to_keep=1))
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                out = model._forward_unchecked(ids, self.state, logits_to_keep=1)[:, -1]
+            graph, out = record_graph(device, warm_up, lambda: forward()[:, -1])
         except Exception as e:  # a host read inside the forward: capture is impossible for this model
-            _clear_cuda_error(device)
-            self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            self.fallback_reason = error_summary(e)
             warn_once(f"CUDA graph capture of {type(model).__name__} prefill failed ({self.fallback_reason}); "
                       f"prefilling eagerly instead")
             return

@@ -35,7 +35,7 @@ from ssmkit.ops.dispatch import cuda_sm_count, interpreting
 # for PROGRAMS_PER_SM programs an SM. On an H100 (forward, 65,536 tokens, 32 heads, headdim 64, dstate 64) one
 # segment a sequence was fastest up to L = 8K (256 programs: 0.395 ms against 0.576 with 2 segments), and at
 # L = 16K (128 programs) 4 segments were (0.570 ms; 1: 0.723, 2: 0.651, 8: 0.598):
-# benchmarks/results/ssd-fwd-segments-h100-2026-12-07.md.
+# benchmarks/results/ssd-fwd-v4-bwd-v6-segments-h100-2026-12-07.md.
 PROGRAMS_PER_SM = 4
 CHUNK_SIZES = (16, 32, 64, 128)
 # Rows of dstate the forward kernel takes at a time (its B, C blocks are (Q, FWD_SUB_N)): at 32 the sm_90 compile
