@@ -2,12 +2,13 @@
 first token: `tensor_signature(model)` (do the captured graphs still read the model's tensors?) and
 `eval_mode(model)` (every module in eval mode for the call, each module's own mode back after).
 
-Walking the tree (`model.parameters()`, `model.buffers()`, `model.eval()`) cost 0.8-1.1 ms of host time each for
-Mamba-2 1.3B (341 modules, 434 parameters) on a 2-core CPU, while the GPU waited. So the tree is walked once per
-model and after that only checked: every parent still holds the same child under each name and every module the
-same number of parameter, buffer and submodule slots (a changed tree is walked again). Then the signature is one
-data_ptr per slot (0.17 ms at the same size) and the mode switch one attribute per module (0.13 ms there and
-back).
+Walking the tree each time cost host time while the GPU waited: for Mamba-2 1.3B (341 modules, 434 parameters) on
+one CPU thread 0.76 ms for the signature (`model.parameters()`, `model.buffers()`) and 1.57 ms for model.eval()
+and model.train(was). So the tree is walked once per model and after that only checked: every parent still holds
+the same child under each name and every module the same number of parameter, buffer and submodule slots (a
+changed tree is walked again). Then the signature is one data_ptr per slot (0.12 ms) and the mode switch one
+attribute per module (0.10 ms there and back): benchmarks/host_overhead_cpu.py,
+benchmarks/results/host-overhead-cpu-2026-12-07.md.
 
 tensor_signature changes when a parameter or buffer is replaced: a .to(), a new dtype, a reassigned parameter, a
 filled empty slot, a swapped or added submodule, a registered buffer.
@@ -68,8 +69,7 @@ def eval_mode(model: nn.Module):
     also when the block raises."""
     # Each module's `training` is a plain instance attribute: written into its __dict__, not through
     # nn.Module.__setattr__, which looks the name up in the parameter, buffer and module dicts first (Mamba-2
-    # 1.3B on this CPU: 1.2 ms for the switch and the switch back that way, 0.13 ms so, the walk's check included;
-    # model.eval() + model.train(was) 1.5 ms)
+    # 1.3B on this CPU: 1.2 ms for the switch and the switch back that way, against 0.10 ms so)
     states = [m.__dict__ for m in (model, *_walk(model).children)]
     modes = [d["training"] for d in states]
     for d in states:
