@@ -34,7 +34,9 @@ class IncrementalText:
 class StopMatcher:
     """Cuts the text at the first stop string: feed(new_text) -> (text safe to send, stopped).
 
-    Text that ends with a proper prefix of a stop string is held back until it is known not to start one.
+    Text that ends with a proper prefix of a stop string is held back until it is known not to start one, and a
+    stop found after such a tail's start is not final yet: a longer stop starting earlier may still complete
+    (stops "a" and "baa", text "ba" then "a": the cut is at 0, not at 1).
     """
 
     def __init__(self, stops: list[str]):
@@ -44,13 +46,13 @@ class StopMatcher:
 
     def feed(self, new: str, final: bool = False) -> tuple[str, bool]:
         self.text += new
+        pending = len(self.text) - (0 if final else self._held_back())  # where a stop may still begin
         hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
-        if hits:
+        if hits and min(hits) <= pending:
             cut = min(hits)
             out, self.sent = self.text[self.sent:cut], max(self.sent, cut)
             return out, True
-        keep = 0 if final else self._held_back()
-        end = max(self.sent, len(self.text) - keep)
+        end = max(self.sent, pending)
         out, self.sent = self.text[self.sent:end], end
         return out, False
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ssmkit.io import ByteTokenizer
@@ -23,6 +23,7 @@ def _cut_at_once(text: str, stops: list[str]) -> tuple[str, bool]:
 @given(text=st.text(alphabet="abc\u00e9", max_size=30), stops=st.lists(st.text(alphabet="abc", min_size=1,
                                                                                     max_size=4), max_size=3),
        cuts=st.lists(st.integers(0, 30), max_size=6))
+@example(text="baa", stops=["a", "baa"], cuts=[2])  # a longer stop starting earlier completes in the next piece
 def test_stop_matcher_fed_in_pieces_equals_cutting_the_whole_text(text, stops, cuts):
     bounds = sorted({0, len(text), *[c for c in cuts if c <= len(text)]})
     matcher, out, stopped = StopMatcher(stops), "", False
