@@ -19,6 +19,10 @@ Version history
 - v5: segments only when the sequences give fewer programs than SMs
   (segment_count); the old target of 6 programs an SM cut L = 4K..16K into 2..7 segments, and each segment's
   pre-pass and shorter walk cost more than the parallelism won (forward 0.517 -> 0.400 ms at L = 4K on an H100).
+- v6: below one program an SM, the most segments whose programs still fit PROGRAMS_PER_SM an SM (rounding
+  down), not the fewest that reach it (rounding up): at L = 16K, batch 4, 32 heads that is 4 segments, not 5, and
+  forward + backward went 3.059 -> 2.742 ms (forward 0.618 -> 0.576) on an H100; a fifth segment puts 640
+  programs on 528 places, a second round for 112 of them.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ import torch
 
 from ssmkit.ops.dispatch import cuda_sm_count, interpreting
 
-# Sequences are cut into segments only when they give fewer programs than the GPU has SMs, and then into enough
-# for PROGRAMS_PER_SM programs an SM. On an H100 (forward, 65,536 tokens, 32 heads, headdim 64, dstate 64) one
-# segment a sequence was fastest up to L = 8K (256 programs: 0.395 ms against 0.576 with 2 segments), and at
-# L = 16K (128 programs) 4 segments were (0.570 ms; 1: 0.723, 2: 0.651, 8: 0.598):
-# benchmarks/results/ssd-fwd-v4-bwd-v6-segments-h100-2026-12-07.md.
+# Sequences are cut into segments only when they give fewer programs than the GPU has SMs, and then into as many
+# as fit PROGRAMS_PER_SM programs an SM. On an H100 (65,536 tokens, 32 heads, headdim 64, dstate 64) one segment
+# a sequence was fastest up to L = 8K (256 programs: forward 0.395 ms against 0.576 with 2 segments), and at
+# L = 16K (128 programs) 4 segments were (forward 0.570-0.576 ms; 1: 0.723, 2: 0.651, 3: 0.705, 5: 0.618,
+# 8: 0.598, 9: 0.606; forward + backward 2.742 ms at 4 against 3.341 at 3, 3.059 at 5, 2.926 at 9):
+# benchmarks/results/ssd-fwd-v4-bwd-v6-segments-h100-2026-12-07.md, ssd-gpu-h100-2026-12-07.md.
 PROGRAMS_PER_SM = 4
 CHUNK_SIZES = (16, 32, 64, 128)
 # Rows of dstate the forward kernel takes at a time (its B, C blocks are (Q, FWD_SUB_N)): at 32 the sm_90 compile
@@ -83,13 +88,13 @@ def make_plan(x, nheads, cu_seqlens, chunk_size, seg_chunks=None) -> Plan:
 
 def segment_count(nchunks: int, nseq: int, nheads: int, sms: int, programs_per_sm: int = PROGRAMS_PER_SM) -> int:
     """Segments to cut each sequence of nchunks chunks into: one while the nseq x nheads programs are at least
-    one an SM, else the fewest that give nseq x nheads x segments >= programs_per_sm x sms programs (head-dim
-    blocks not counted), at most one a chunk. make_plan's policy, a pure function so that the plans of other
-    devices and settings can be tabulated without one (benchmarks/kernel_resources_cpu.py --ssd-plan)."""
+    one an SM, else the most that keep nseq x nheads x segments <= programs_per_sm x sms programs (head-dim
+    blocks not counted), at least one, at most one a chunk. make_plan's policy, a pure function so that the plans
+    of other devices and settings can be tabulated without one (benchmarks/kernel_resources_cpu.py --ssd-plan)."""
     programs = max(1, nseq * nheads)
     if programs >= sms:
         return 1
-    return min(nchunks, max(1, triton_cdiv(programs_per_sm * sms, programs)))
+    return min(nchunks, max(1, programs_per_sm * sms // programs))
 
 
 def triton_cdiv(a: int, b: int) -> int:
