@@ -2,7 +2,9 @@
 the replay's GPU time per step, the time per step of generate_steps' loop and of generate (greedy, no stop tokens:
 the in-graph greedy loop, no launch outside the replay), and the kernels one replay launches (counts and mean
 durations from torch.profiler, which sees the kernels inside a graph replay). With --prefill, the same for
-one prefill of the prompt (eager: wall time against GPU time tells launch-bound from GPU-bound).
+one prefill of the prompt (eager: wall time against GPU time tells launch-bound from GPU-bound) and, where the
+model takes prefill from CUDA graphs, that prefill's timeline: host time before the first kernel, kernel time,
+gaps between kernels and the largest gaps.
 
     python3 benchmarks/decode_profile.py mamba2-130m,mamba-130m,llama-125m [--prefill] [--no-pdl]
         [--no-one-row-fusions] [--no-conv-epilogue]    # needs a CUDA device
@@ -142,6 +144,35 @@ def profile_prefill(model, ids) -> None:
             print("      " + line[:150])
 
 
+@torch.no_grad()
+def profile_graphed_prefill(model, ids) -> None:
+    """Where the wall time of one prefill from CUDA graphs goes: host time before the first kernel starts, the
+    span from the first kernel's start to the last one's end, the kernel time inside that span (the rest are
+    gaps between kernels inside the replays) and the time after the last kernel until the host sees it."""
+    for _ in range(3):
+        prefill(model, ids, allocate_cache(model, 1, CACHE), cuda_graph=None)
+    state = allocate_cache(model, 1, CACHE)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        prefill(model, ids, state, cuda_graph=None)
+        torch.cuda.synchronize()
+    gpu = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                 if e.device_type == torch.autograd.DeviceType.CUDA)
+    cpu = [e.time_range for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
+    if not gpu or not cpu:
+        print("   graphed prefill: the profiler saw no kernels")
+        return
+    t0, t1 = min(r.start for r in cpu), max(r.end for r in cpu)
+    busy = sum(end - start for start, end, _ in gpu)
+    span = gpu[-1][1] - gpu[0][0]
+    gaps = sorted(((b[0] - a[1], a[2], b[2]) for a, b in zip(gpu, gpu[1:])), reverse=True)
+    print(f"   graphed prefill (profiled, us): host before the first kernel {gpu[0][0] - t0:.0f}; kernels "
+          f"{len(gpu)} from first start to last end {span:.0f}, busy {busy:.0f}, gaps {span - busy:.0f}; "
+          f"after the last kernel {t1 - gpu[-1][1]:.0f}")
+    for gap, before, after in gaps[:6]:
+        print(f"      gap {gap:7.1f} us  after {before[:50]}  before {after[:50]}")
+
+
 def main(presets: list[str], with_prefill: bool = False) -> None:
     device = torch.device("cuda")
     print(f"device {torch.cuda.get_device_name()}; torch {torch.__version__}")
@@ -165,6 +196,8 @@ def main(presets: list[str], with_prefill: bool = False) -> None:
         kernel_table(kernels)
         if with_prefill:
             profile_prefill(model, ids)
+            if graph_prefill_reason(model, ids, None, None) is None:
+                profile_graphed_prefill(model, ids)
         del model, decoder
         torch.cuda.empty_cache()
 
