@@ -28,6 +28,9 @@ from .fwd import dt_bounds
 from .plan import block_n, next_pow2, sm_count
 from .tiles import softplus
 
+# Warps a step program takes (module-level so that a benchmark can sweep it: .scratch/step_sweep.py, pending).
+STEP_WARPS = 4
+
 
 @triton.jit
 def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, y_ptr,
@@ -130,7 +133,7 @@ def ssd_step_triton(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_s
                            dt.stride(0), B.stride(0), C.stride(0), 0 if z is None else z.stride(0), nheads,
                            headdim, ngroups, dstate, lo, hi, SOFTPLUS=bool(dt_softplus), A_IS_LOG=bool(A_is_log),
                            D_PER_P=D is not None and D.ndim == 2, BLOCK_P=bp, BLOCK_N=block_n(dstate),
-                           EARLY_STATE=bool(state_prefetch), num_warps=4, **pdl_options(x.device))
+                           EARLY_STATE=bool(state_prefetch), num_warps=STEP_WARPS, **pdl_options(x.device))
     return y
 
 
