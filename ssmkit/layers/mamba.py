@@ -125,8 +125,9 @@ class Mamba(nn.Module):
             x = causal_conv1d_step(state.conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias,
                                    activation="silu")
         dt_low, B, C = self._dt_low_B_C(x)
-        # A = -exp(A_log) and dt = dt_proj(dt_low) happen inside the step kernel (launches per token saved)
+        # A = -exp(A_log) and dt = dt_proj(dt_low) happen inside the step kernel (launches per token saved);
+        # state_prefetch: the launch just before (x_proj) never writes the SSM state
         y = selective_scan_step(state.ssm_state, x, dt_low, self.A_log, B[:, None], C[:, None], D=self.D, z=z,
                                 dt_bias=self.dt_proj.bias, dt_softplus=True, A_is_log=True,
-                                dt_proj_weight=self.dt_proj.weight)
+                                dt_proj_weight=self.dt_proj.weight, state_prefetch=True)
         return linear(y, self.out_proj.weight, self.out_proj.bias)  # one row: a Triton GEMV on CUDA

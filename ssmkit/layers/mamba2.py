@@ -122,8 +122,9 @@ class Mamba2(nn.Module):
                                      activation="silu")
         x, B, C = self._split_xBC(xBC)
         # A = -exp(A_log) happens inside the step kernel (launches per token saved)
+        # state_prefetch: the launch just before (in_proj or the conv step) never writes the SSM state
         y = ssd_step(state.ssm_state, x, dt, self.A_log, B, C, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                     dt_limit=self.dt_limit, A_is_log=True)
+                     dt_limit=self.dt_limit, A_is_log=True, state_prefetch=True)
         y = y.reshape(hidden.shape[0], self.d_inner)
         if self.out_proj.bias is not None:
             return self.out_proj(self.norm(y, z))

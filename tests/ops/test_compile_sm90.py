@@ -148,7 +148,8 @@ def _cases() -> list:
                   "_bwd_dt_kernel"))
     for a_log in (False, True):
         cases.append((ssd + "step", "_ssd_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=a_log, D_PER_P=False,
-                                                             BLOCK_P=64, BLOCK_N=bn, idx_ptr=None, PDL=True),
+                                                             BLOCK_P=64, BLOCK_N=bn, idx_ptr=None, PDL=True,
+                                                             EARLY_STATE=a_log),
                       4, 2,
                       f"_ssd_step_kernel-alog{int(a_log)}"))
     # Selective scan at dim 2048, dstate 16: every forward config (LOOP ones included) and tile backward config.
@@ -190,10 +191,11 @@ def _cases() -> list:
     cases.append((scan + "fwd", "_scan_fwd_kernel", dict(lean, LOOP=True, BLOCK_T=4, BLOCK_D=32, PREFETCH=2), 1, 2,
                   "_scan_fwd_kernel-lean-loop-pf2"))  # tile loads ahead without z
     cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=False, BLOCK_D=64, BLOCK_N=sbn,
-                                                           BLOCK_R=16, w_ptr=None, PDL=True), 4, 2,
+                                                           BLOCK_R=16, w_ptr=None, PDL=True, EARLY_STATE=False),
+                  4, 2,
                   "_scan_step_kernel"))
     cases.append((scan + "step", "_scan_step_kernel", dict(SOFTPLUS=True, A_IS_LOG=True, BLOCK_D=64, BLOCK_N=sbn,
-                                                           BLOCK_R=128, PDL=True), 4, 2,
+                                                           BLOCK_R=128, PDL=True, EARLY_STATE=True), 4, 2,
                   "_scan_step_kernel-fused-dt-proj"))
     # Causal conv1d (width 4, SiLU) and the gated RMSNorm, at the block sizes their wrappers launch.
     conv = "ssmkit.ops.conv1d.triton."

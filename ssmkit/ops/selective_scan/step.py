@@ -51,7 +51,8 @@ def recurrence_step(h, x, dt, A, B, C) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def selective_scan_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-                        A_is_log: bool = False, dt_proj_weight=None, impl: str = "auto") -> torch.Tensor:
+                        A_is_log: bool = False, dt_proj_weight=None, state_prefetch: bool = False,
+                        impl: str = "auto") -> torch.Tensor:
     """Decodes one token: updates `state` in place and returns y.
 
     state (batch, dim, dstate), any float dtype (kept); x, dt, z (batch, dim); A (dim, dstate); B, C
@@ -60,6 +61,9 @@ def selective_scan_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, 
     A_is_log: A holds A_log and the step uses A = -exp(A_log) in the compute dtype.
     dt_proj_weight (dim, dt_rank): dt is the low-rank (batch, dt_rank) input and the step uses
     dt = F.linear(dt, dt_proj_weight), rounded to dt's dtype as the linear layer's output would be.
+    state_prefetch: the caller's promise that the launch just before this one does not write `state`, so the
+    kernel may read it before its programmatic-dependent-launch wait (ssmkit.ops.pdl); a model's decode step
+    passes True. No effect on the reference.
     impl: "reference" (torch), "triton" (one kernel launch), "auto" (the kernel on CUDA once the Triton module
     declares AUTO_SELECTABLE, else the reference).
     Only shapes and devices are checked (no value checks such as A < 0), so the call never synchronizes
@@ -70,7 +74,7 @@ def selective_scan_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, 
     if impl != "reference":
         fn = pick_impl("ssmkit.ops.selective_scan", "selective_scan_step", impl, x.device, None)
         if fn is not None:
-            return fn(state, x, dt, A, B, C, **kw)
+            return fn(state, x, dt, A, B, C, state_prefetch=state_prefetch, **kw)
     cdt = compute_dtype(x.dtype)
     if dt_proj_weight is not None:
         dt = F.linear(dt, dt_proj_weight)

@@ -70,7 +70,7 @@ def ssd(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_l
 
 
 def ssd_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
-             state_indices=None, A_is_log=False, impl="auto"):
+             state_indices=None, A_is_log=False, state_prefetch=False, impl="auto"):
     """Advances `state` by one token IN PLACE and returns y: h <- exp(dt A) h + dt x Bᵀ, y = (h C + D x) silu(z).
 
     state: (nslots, nheads, headdim, dstate), float32 or bfloat16 for the kernel (any float dtype for the
@@ -79,6 +79,9 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus
     row (distinct slots; continuous batching), without it nslots == batch and row i uses slot i.
     A_is_log: A holds A_log and the step uses A = -exp(A_log) in float32 (Mamba-2's parameterization), computed
     inside the kernel rather than by separate launches per token.
+    state_prefetch: the caller's promise that the launch just before this one does not write `state` (or
+    `state_indices`), so the kernel may read it before its programmatic-dependent-launch wait, overlapping that
+    launch (ssmkit.ops.pdl); a model's decode step passes True. No effect on the reference.
     impl: "reference" (torch, `step.py`), "triton" (one kernel launch), "auto" (triton on CUDA when available,
     else reference). Inputs the kernel cannot take (float64) fall back to the reference with a one-time warning.
     Only shapes and devices are checked (no value checks): they would synchronise the host and break CUDA
@@ -92,7 +95,7 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus
 
         reason = step_unsupported_reason(state, x)
         if reason is None:
-            return ssd_step_triton(state, x, dt, A, B, C, **kw)
+            return ssd_step_triton(state, x, dt, A, B, C, state_prefetch=state_prefetch, **kw)
         warn_once(reason)
     return ssd_step_reference(state, x, dt, A, B, C, **kw)
 

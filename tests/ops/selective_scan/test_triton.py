@@ -9,6 +9,7 @@ and norm Triton tests. GPU tests carry the `gpu` mark.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import subprocess
@@ -443,13 +444,14 @@ def case_step():
 def check_step_fused_parameterization(device="cpu"):
     """A given as A_log and dt as the low-rank input of dt_proj (its weight passed): the kernel computes
     A = -exp(A_log) and dt = F.linear(dt_low, W) itself and steps like the torch step given A and dt, in float32
-    and in bfloat16 (where dt is rounded to bf16 as the linear layer's output is)."""
+    and in bfloat16 (where dt is rounded to bf16 as the linear layer's output is), with the state read before the
+    PDL wait (state_prefetch, as the Mamba layer calls it) and after it."""
     import torch.nn.functional as F
 
     from ssmkit.ops.selective_scan import selective_scan_step
     from ssmkit.ops.selective_scan.triton import selective_scan_step_triton
 
-    for dtype, rank in ((torch.float32, 5), (torch.bfloat16, 48)):
+    for (dtype, rank), prefetch in itertools.product(((torch.float32, 5), (torch.bfloat16, 48)), (False, True)):
         inp = scan_inputs(3, 1, 12, 8, 2, device=device, seed=11)
         g = torch.Generator().manual_seed(12)
         low = torch.randn(3, rank, generator=g).to(device=device, dtype=dtype)
@@ -458,12 +460,12 @@ def check_step_fused_parameterization(device="cpu"):
         kw = dict(D=inp["D"], dt_bias=inp["dt_bias"], dt_softplus=True, z=tok["z"])
         state, expected = inp["initial_state"].clone(), inp["initial_state"].clone()
         y = selective_scan_step_triton(state, tok["x"], low, torch.log(-inp["A"]), tok["B"], tok["C"],
-                                       A_is_log=True, dt_proj_weight=w, **kw)
+                                       A_is_log=True, dt_proj_weight=w, state_prefetch=prefetch, **kw)
         y_ref = selective_scan_step(expected, tok["x"], F.linear(low, w), inp["A"], tok["B"], tok["C"], **kw,
                                     impl="reference")
-        assert_close(y, y_ref, dtype, name=f"y fused parameterization {dtype}")
+        assert_close(y, y_ref, dtype, name=f"y fused parameterization {dtype} state_prefetch={prefetch}")
         # bf16: dt may round to the neighbouring bf16 value where the two sums straddle a rounding boundary
-        assert_close(state, expected, dtype, name=f"state fused parameterization {dtype}")
+        assert_close(state, expected, dtype, name=f"state fused parameterization {dtype} state_prefetch={prefetch}")
 
 
 def case_dispatch():

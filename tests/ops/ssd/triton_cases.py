@@ -302,11 +302,13 @@ def check_step(step_fn, state_dtype, device="cpu"):
 
 
 def case_step(mod):
-    """The kernel, called through the public `ssd_step(impl="triton")`, equals the torch step."""
+    """The kernel, called through the public `ssd_step(impl="triton")`, equals the torch step, with and without
+    state_prefetch."""
     from ssmkit.ops.ssd import ssd_step
 
     for state_dtype in (torch.float32, torch.bfloat16):
-        check_step(lambda *a, **kw: ssd_step(*a, **kw, impl="triton"), state_dtype)
+        for prefetch in (False, True):  # the state read before the PDL wait or after it
+            check_step(lambda *a, **kw: ssd_step(*a, **kw, state_prefetch=prefetch, impl="triton"), state_dtype)
 
 
 def case_dispatch(mod):
