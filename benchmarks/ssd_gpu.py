@@ -42,16 +42,22 @@ class BenchConfig:
     dstates: list = field(default_factory=lambda: [64, 128, 256])
     batches: list = field(default_factory=lambda: [1, 4, 16, 64, 128, 256])
     skip_chunked_at: int = 1 << 30  # the torch chunked path loops over chunks in Python; skip it above this L
+    step_sweep: bool = False
 
 
 def parse() -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=BenchConfig.out)
     p.add_argument("--quick", action="store_true", help="two lengths, every dstate, two decode batches (smoke run)")
+    p.add_argument("--decode-only", action="store_true", help="only the decode step (no lengths, no dstate sweep)")
+    p.add_argument("--step-sweep", action="store_true",
+                   help="also time the decode step at batch 1 over head-dim blocks x warps")
     a = p.parse_args()
-    cfg = BenchConfig(out=a.out)
+    cfg = BenchConfig(out=a.out, step_sweep=a.step_sweep)
     if a.quick:
         cfg.lengths, cfg.dstates, cfg.batches = [512, 4096], [64, 128, 256], [1, 64]
+    if a.decode_only:
+        cfg.lengths, cfg.dstates = [], []
     return cfg
 
 
@@ -75,7 +81,11 @@ def ssd_call(impl, t):
 
 
 def validate(cfg, log):
-    """Triton vs chunked (float32 math inside) at one benchmark shape, outputs and every gradient."""
+    """Triton vs chunked (float32 math inside) at one benchmark shape, outputs and every gradient. Skipped with
+    --decode-only (each decode row carries its own error against the step reference)."""
+    if not cfg.lengths and not cfg.dstates:
+        log("validation of the chunked forward / backward skipped (--decode-only)")
+        return True, {}
     t = {k: v.requires_grad_() for k, v in ssd_inputs(4, 4096, cfg, cfg.dstate, seed=1).items()}
     dy = torch.randn_like(t["x"])
     errs = {}
@@ -130,8 +140,10 @@ def bench_sdpa(batch, seqlen, cfg):
 
 
 
-def bench_step(batch, state_dtype, copy_bw, nheads=64, headdim=64, dstate=128):
-    """Kernel time of one decode step inside a CUDA graph, stepping through enough states to miss L2."""
+def bench_step(batch, state_dtype, copy_bw, nheads=64, headdim=64, dstate=128, prefetch=False, block_p=None):
+    """Kernel time of one decode step inside a CUDA graph, stepping through enough states to miss L2.
+    prefetch: state_prefetch=True, as the Mamba-2 layer calls it (each step reads its state before the PDL wait;
+    in this graph the launch before writes another state); block_p: force the head-dim block."""
     state_bytes = batch * nheads * headdim * dstate * torch.tensor([], dtype=state_dtype).element_size()
     nbuf = max(2, min(200, (512 << 20) // state_bytes))
     states = [torch.randn(batch, nheads, headdim, dstate, device="cuda").to(state_dtype) for _ in range(nbuf)]
@@ -139,9 +151,9 @@ def bench_step(batch, state_dtype, copy_bw, nheads=64, headdim=64, dstate=128):
     rnd = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
     x, dt, B, C = rnd(batch, nheads, headdim), rnd(batch, nheads), rnd(batch, 1, dstate), rnd(batch, 1, dstate)
     A, D, bias = -torch.rand(nheads, device="cuda") - 0.5, rnd(nheads), rnd(nheads)
-    kw = dict(D=D, dt_bias=bias, dt_softplus=True)
+    kw = dict(D=D, dt_bias=bias, dt_softplus=True, state_prefetch=prefetch, block_p=block_p)
     expected = states[0].clone()
-    y_ref = ssd_step_reference(expected, x, dt, A, B, C, **kw)
+    y_ref = ssd_step_reference(expected, x, dt, A, B, C, D=D, dt_bias=bias, dt_softplus=True)
     y = ssd_step_triton(states[0], x, dt, A, B, C, **kw)
     err = max(rel_error(y, y_ref), rel_error(states[0].float(), expected.float()))
     graph = torch.cuda.CUDAGraph()
@@ -152,8 +164,33 @@ def bench_step(batch, state_dtype, copy_bw, nheads=64, headdim=64, dstate=128):
     ms = do_bench(graph.replay, warmup=10, rep=100, return_mode="median") / nbuf
     eager_ms = do_bench(lambda: ssd_step_triton(states[0], x, dt, A, B, C, **kw), return_mode="median")
     io_bytes = 2 * state_bytes + batch * (2 * nheads * headdim + nheads + 2 * dstate) * 4
-    return dict(batch=batch, state=str(state_dtype)[6:], us=ms * 1e3, eager_us=eager_ms * 1e3,
+    return dict(batch=batch, state=str(state_dtype)[6:], prefetch=prefetch, us=ms * 1e3, eager_us=eager_ms * 1e3,
                 bw=io_bytes / (ms * 1e-3), frac=io_bytes / (ms * 1e-3) / copy_bw, err=err)
+
+
+def step_sweep(copy_bw, log) -> list[str]:
+    """The decode step at batch 1 (state prefetched) over head-dim blocks x warps: a markdown table of us a step;
+    the default block (step_block_p) and STEP_WARPS are what ssd_step_triton takes untold."""
+    from ssmkit.ops.ssd.triton import step
+
+    default_warps = step.STEP_WARPS
+    rows = ["| batch | state | block_p | " + " | ".join(f"{w} warps" for w in (1, 2, 4, 8)) + " |",
+            "|---|---|---|---|---|---|---|"]
+    try:
+        for batch in (1,):
+            for dtype in (torch.float32, torch.bfloat16):
+                for bp in (2, 4, 8, 16, 32):
+                    cells = []
+                    for warps in (1, 2, 4, 8):
+                        step.STEP_WARPS = warps
+                        r = bench_step(batch, dtype, copy_bw, prefetch=True, block_p=bp)
+                        log(json.dumps(dict(sweep=True, block_p=bp, warps=warps, **{k: (round(v, 4) if isinstance(
+                            v, float) else v) for k, v in r.items()})))
+                        cells.append(f"{r['us']:.2f}" if r["err"] < 1e-3 else f"{r['us']:.2f} (err {r['err']:.0e})")
+                    rows.append(f"| {batch} | {str(dtype)[6:]} | {bp} | " + " | ".join(cells) + " |")
+    finally:
+        step.STEP_WARPS = default_warps
+    return rows
 
 
 
@@ -177,7 +214,8 @@ def main():
         (f, fg), (fb, fbg) = bench_ssd("triton", cfg.total_tokens // 4096, 4096, cfg, N)
         sweep.append(dict(dstate=N, f=f, f_g=fg, fb=fb, fb_g=fbg))
         log(json.dumps(sweep[-1], default=str))
-    steps = [bench_step(b, sd, copy_bw) for sd in (torch.float32, torch.bfloat16) for b in cfg.batches]
+    steps = [bench_step(b, sd, copy_bw, prefetch=pf) for sd in (torch.float32, torch.bfloat16) for b in cfg.batches
+             for pf in (False, True)]
     for s in steps:
         log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}))
     log("tuned configs: " + "; ".join(f"{name} P{key[2]} N{key[3]} nseg{key[1][3]} -> {c}"
@@ -192,15 +230,18 @@ def main():
     table += ["", "| dstate (L=4096) | fwd | graph | fwd+bwd | graph |", "|---|---|---|---|---|"]
     table += [f"| {s['dstate']} | {fmt(s['f'])} | {fmt(s['f_g'])} | {fmt(s['fb'])} | {fmt(s['fb_g'])} |"
               for s in sweep]
-    table += ["", f"| decode batch | state | us (graph) | us (eager) | GB/s | of copy {copy_bw / 1e12:.2f} TB/s |"
-              " max rel err |", "|---|---|---|---|---|---|---|"]
-    table += [f"| {s['batch']} | {s['state']} | {s['us']:.2f} | {s['eager_us']:.1f} | {s['bw'] / 1e9:.0f} | "
-              f"{100 * s['frac']:.0f}% | {s['err']:.1e} |" for s in steps]
+    table += ["", f"| decode batch | state | state read before the PDL wait | us (graph) | us (eager) | GB/s | "
+              f"of copy {copy_bw / 1e12:.2f} TB/s | max rel err |", "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {s['batch']} | {s['state']} | {'yes' if s['prefetch'] else 'no'} | {s['us']:.2f} | "
+              f"{s['eager_us']:.1f} | {s['bw'] / 1e9:.0f} | {100 * s['frac']:.0f}% | {s['err']:.1e} |" for s in steps]
+    if cfg.step_sweep:
+        table += ["", "Decode step, us a step in a CUDA graph, state prefetched, by head-dim block x warps:", "",
+                  *step_sweep(copy_bw, log)]
     today = datetime.date.today().isoformat()
     md = [f"# SSD on GPU ({dev}, {today})", "", f"torch {torch.__version__}, triton {triton.__version__}, "
           f"python {platform.python_version()}; bf16, headdim {cfg.headdim}, nheads {cfg.nheads}, ngroups 1, "
           f"dstate {cfg.dstate} unless swept, {cfg.total_tokens} tokens per call; ms, do_bench median (L2 flushed) "
-          "and CUDA-graph replay median.", "", "Command: `python benchmarks/ssd_gpu.py --out <file>`", "",
+          "and CUDA-graph replay median.", "", f"Command: `python benchmarks/ssd_gpu.py {' '.join(sys.argv[1:])}`", "",
           "Validation (bf16, b=4, L=4096, rel. to the torch chunked path): "
           + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()), "", *table, "", "Log:", "", "```", *lines, "```"]
     Path(cfg.out).write_text("\n".join(md) + "\n")
