@@ -173,21 +173,20 @@ def step_sweep(copy_bw, log) -> list[str]:
     the default block (step_block_p) and STEP_WARPS are what ssd_step_triton takes untold."""
     from ssmkit.ops.ssd.triton import step
 
-    default_warps = step.STEP_WARPS
-    rows = ["| batch | state | block_p | " + " | ".join(f"{w} warps" for w in (1, 2, 4, 8)) + " |",
-            "|---|---|---|---|---|---|---|"]
+    default_warps, warp_counts = step.STEP_WARPS, (1, 2, 4, 8)
+    rows = ["| state | block_p | " + " | ".join(f"{w} warps" for w in warp_counts) + " |",
+            "|---|---|" + "---|" * len(warp_counts)]
     try:
-        for batch in (1,):
-            for dtype in (torch.float32, torch.bfloat16):
-                for bp in (2, 4, 8, 16, 32):
-                    cells = []
-                    for warps in (1, 2, 4, 8):
-                        step.STEP_WARPS = warps
-                        r = bench_step(batch, dtype, copy_bw, prefetch=True, block_p=bp)
-                        log(json.dumps(dict(sweep=True, block_p=bp, warps=warps, **{k: (round(v, 4) if isinstance(
-                            v, float) else v) for k, v in r.items()})))
-                        cells.append(f"{r['us']:.2f}" if r["err"] < 1e-3 else f"{r['us']:.2f} (err {r['err']:.0e})")
-                    rows.append(f"| {batch} | {str(dtype)[6:]} | {bp} | " + " | ".join(cells) + " |")
+        for dtype in (torch.float32, torch.bfloat16):
+            for bp in (2, 4, 8, 16, 32):
+                cells = []
+                for warps in warp_counts:
+                    step.STEP_WARPS = warps
+                    r = bench_step(1, dtype, copy_bw, prefetch=True, block_p=bp)
+                    log(json.dumps(dict(sweep=True, block_p=bp, warps=warps,
+                                        **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})))
+                    cells.append(f"{r['us']:.2f}" + ("" if r["err"] < 1e-3 else f" (err {r['err']:.0e})"))
+                rows.append(f"| {str(dtype)[6:]} | {bp} | " + " | ".join(cells) + " |")
     finally:
         step.STEP_WARPS = default_warps
     return rows
@@ -235,7 +234,8 @@ def main():
     table += [f"| {s['batch']} | {s['state']} | {'yes' if s['prefetch'] else 'no'} | {s['us']:.2f} | "
               f"{s['eager_us']:.1f} | {s['bw'] / 1e9:.0f} | {100 * s['frac']:.0f}% | {s['err']:.1e} |" for s in steps]
     if cfg.step_sweep:
-        table += ["", "Decode step, us a step in a CUDA graph, state prefetched, by head-dim block x warps:", "",
+        table += ["", "Decode step at batch 1, us a step in a CUDA graph, state prefetched, head-dim block x warps:",
+                  "",
                   *step_sweep(copy_bw, log)]
     today = datetime.date.today().isoformat()
     md = [f"# SSD on GPU ({dev}, {today})", "", f"torch {torch.__version__}, triton {triton.__version__}, "
