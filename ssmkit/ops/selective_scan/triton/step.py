@@ -60,12 +60,11 @@ def _scan_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_pt
     if D_ptr is not None:
         Dv = tl.load(D_ptr + ds, mask=dmask, other=0.0).to(tl.float32)
     sp = state_ptr + b * s_b + ds[:, None] * s_d + ns[None, :] * s_n
+    if not EARLY_STATE:
+        wait_for_previous(PDL)
+    h = tl.load(sp, mask=smask, other=0.0).to(tl.float32)
     if EARLY_STATE:
-        h = tl.load(sp, mask=smask, other=0.0).to(tl.float32)
         wait_for_previous(PDL)
-    else:
-        wait_for_previous(PDL)
-        h = tl.load(sp, mask=smask, other=0.0).to(tl.float32)
     if w_ptr is not None:  # dt = dt_low @ w^T, rounded to dt's dtype like the linear layer's output
         low = tl.load(dt_ptr + b * sdt_b + rs, mask=rmask, other=0.0).to(tl.float32)
         dt = tl.sum(w * low[None, :], 1).to(dt_ptr.dtype.element_ty).to(tl.float32)

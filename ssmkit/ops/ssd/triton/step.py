@@ -65,14 +65,12 @@ def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr
             Dv = tl.load(D_ptr + h * headdim + ps, mask=pmask, other=0.0).to(tl.float32)
         else:
             Dv = tl.load(D_ptr + h).to(tl.float32)
+    if not EARLY_STATE:
+        wait_for_previous(PDL)
+    sp = state_ptr + _slot(idx_ptr, b) * s_slot + h * s_head + ps[:, None] * s_p + ns[None, :] * s_n
+    s = tl.load(sp, mask=smask, other=0.0).to(tl.float32)
     if EARLY_STATE:
-        sp = state_ptr + _slot(idx_ptr, b) * s_slot + h * s_head + ps[:, None] * s_p + ns[None, :] * s_n
-        s = tl.load(sp, mask=smask, other=0.0).to(tl.float32)
         wait_for_previous(PDL)
-    else:
-        wait_for_previous(PDL)
-        sp = state_ptr + _slot(idx_ptr, b) * s_slot + h * s_head + ps[:, None] * s_p + ns[None, :] * s_n
-        s = tl.load(sp, mask=smask, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + b * s_dtb + h).to(tl.float32)
     if bias_ptr is not None:
         dt += bias
